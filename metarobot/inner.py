@@ -1,0 +1,99 @@
+"""The MAML inner-loop step: the one definition shared by the trainer and the ONNX export.
+
+The inner objective is the likelihood-ratio surrogate of ProMP (its "LVC" objective)::
+
+    ratio  = exp(log pi_theta(a|s) - old_logp)
+    L(theta) = -sum_i w_i * min(ratio_i * A_i, clip(ratio_i, 1 - c, 1 + c) * A_i) / sum_i w_i
+
+With ``old_logp`` the log-probability under the pre-update parameters (held constant),
+``ratio`` is 1 at the pre-update parameters, so the first step's gradient equals the
+vanilla policy gradient and its second derivative carries the correct curvature term.
+``clip`` (``c``) defaults to infinity (no clipping) in the trainer; on later unrolled steps
+a finite clip keeps adapted parameters from running away. ``w`` masks padding (0/1) or
+weights transitions.
+
+One step is ``theta' = theta - lr * grad L(theta)``, with ``lr`` a scalar, or one learning
+rate per parameter for Meta-SGD. Written with :func:`torch.func.grad`, so it can be
+``vmap``-ed over tasks, differentiated through (second order), and traced to aten ops
+by ``make_fx`` for the ONNX adapt graph.
+
+Shapes: ``obs [N, O]``, ``act [N, A]``, ``adv``, ``old_logp``, ``weight`` ``[N]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from metarobot.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
+
+
+class InnerBatch(NamedTuple):
+    """The data of one task's inner step (see module docstring for shapes)."""
+
+    obs: Tensor
+    act: Tensor
+    adv: Tensor
+    old_logp: Tensor
+    weight: Tensor
+
+
+def inner_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+               clip: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The clipped likelihood-ratio surrogate and the approximate KL(old || new).
+
+    Returns ``(loss, approx_kl)``, both scalars. The KL uses the non-negative estimator
+    ``E[(r - 1) - log r]``.
+    """
+    logp = log_prob(model, params, batch.obs, batch.act)
+    log_ratio = logp - batch.old_logp
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    surrogate = torch.minimum(ratio * batch.adv, clipped * batch.adv)
+    total_weight = batch.weight.sum()
+    loss = -(batch.weight * surrogate).sum() / total_weight
+    approx_kl = (batch.weight * ((ratio - 1.0) - log_ratio)).sum() / total_weight
+    return loss, approx_kl
+
+
+def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+               lr: float | Tensor | Params, clip: float | Tensor = float("inf"),
+               first_order: bool = False) -> tuple[Params, Tensor, Tensor]:
+    """One inner gradient step. Returns ``(adapted params, loss, approx_kl)`` at ``params``.
+
+    Args:
+        lr: a scalar, or a dict of per-parameter learning rates (Meta-SGD).
+        first_order: drop the second-order terms (FOMAML): the gradient is treated as a
+            constant by any outer differentiation.
+    """
+
+    def loss_fn(p: Params) -> tuple[Tensor, Tensor]:
+        loss, kl = inner_loss(model, p, batch, clip)
+        return loss, (loss, kl)
+
+    grads, (loss, kl) = grad(loss_fn, has_aux=True)(params)
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
+    rates = lr if isinstance(lr, dict) else {k: lr for k in params}
+    return {k: params[k] - rates[k] * grads[k] for k in params}, loss, kl
+
+
+def inner_steps_flat(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor,
+                     batch: InnerBatch, lr: Tensor, clip: Tensor, steps: int = 1,
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """``steps`` inner steps on flat parameters ``[P]``: the function the adapt graph exports.
+
+    ``lr`` is a scalar tensor or a ``[P]`` vector (Meta-SGD). Every step uses the same
+    batch and the same ``old_logp`` (the pre-update policy's), as the trainer does.
+    Returns ``(new flat params [P], loss, approx_kl)`` where loss and KL are those of the
+    last step, evaluated before it.
+    """
+    rates: float | Tensor | Params = lr if lr.dim() == 0 else layout.unflatten(lr)
+    params = layout.unflatten(flat)
+    loss = kl = flat.new_zeros(())
+    for _ in range(steps):
+        params, loss, kl = inner_step(model, params, batch, rates, clip)
+    return layout.flatten(params), loss, kl

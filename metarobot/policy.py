@@ -1,0 +1,146 @@
+"""Gaussian MLP policy used as a pure function of an explicit parameter dict.
+
+The module holds the architecture and the observation normaliser (as buffers); the
+trainable parameters travel separately as a ``dict[str, Tensor]`` and are applied with
+:func:`torch.func.functional_call`. That is what lets the MAML inner loop produce adapted
+parameters per task (and ``vmap`` over tasks) without touching the module.
+
+Shapes: ``obs`` is ``[..., obs_dim]``, actions are ``[..., act_dim]``; log-probabilities
+are summed over the action dimension, so they are ``[...]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+#: Normalised observations are clipped to this many standard deviations.
+OBS_CLIP = 10.0
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class GaussianMLPPolicy(nn.Module):
+    """``a ~ N(mu(obs), exp(log_std)^2)`` with a tanh MLP mean and a state-independent log-std.
+
+    The observation normaliser (``obs_mean``, ``obs_var``) is a pair of buffers applied
+    before the MLP: ``clip((obs - mean) / sqrt(var + 1e-8), -10, 10)``. It is frozen within
+    an iteration and updated between iterations by :meth:`set_normalizer`.
+
+    Args:
+        obs_dim: observation size O.
+        act_dim: action size A.
+        hidden: hidden layer widths (default two layers of 64).
+        init_log_std: initial log standard deviation of every action dimension.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64),
+                 init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(hidden)
+        layers: list[nn.Module] = []
+        width = self.obs_dim
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        out = nn.Linear(width, self.act_dim)
+        # A small last layer keeps the initial mean near zero (standard for PPO policies).
+        nn.init.orthogonal_(out.weight, gain=0.01)
+        nn.init.zeros_(out.bias)
+        layers.append(out)
+        self.mean_net = nn.Sequential(*layers)
+        self.log_std = nn.Parameter(torch.full((self.act_dim,), float(init_log_std)))
+        self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
+        self.register_buffer("obs_var", torch.ones(self.obs_dim))
+
+    def normalize(self, obs: Tensor) -> Tensor:
+        return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(mean [..., A], log_std [..., A])`` for raw observations ``[..., O]``."""
+        mean = self.mean_net(self.normalize(obs))
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
+        return mean, log_std
+
+    def set_normalizer(self, mean: Tensor, var: Tensor) -> None:
+        self.obs_mean.copy_(mean)
+        self.obs_var.copy_(var)
+
+    def init_params(self) -> Params:
+        """A fresh copy of the module's parameters as a dict (leaf tensors)."""
+        return {k: v.detach().clone().requires_grad_(True) for k, v in self.named_parameters()}
+
+
+def policy_forward(model: GaussianMLPPolicy, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
+    """``model`` evaluated with ``params`` instead of its own parameters."""
+    return functional_call(model, params, (obs,))
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, act: Tensor) -> Tensor:
+    """Log-density of ``act`` under ``N(mean, exp(log_std)^2)``, summed over the last dim."""
+    z = (act - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last dim."""
+    return (log_std + 0.5 * math.log(2.0 * math.pi * math.e)).sum(-1)
+
+
+def log_prob(model: GaussianMLPPolicy, params: Params, obs: Tensor, act: Tensor) -> Tensor:
+    """``log pi_params(act | obs)`` with shape ``obs.shape[:-1]``."""
+    mean, log_std = policy_forward(model, params, obs)
+    return gaussian_log_prob(mean, log_std, act)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How a parameter dict maps to one flat vector ``[P]`` (used by export and deploy).
+
+    Attributes:
+        names: parameter names, in ``model.named_parameters()`` order.
+        shapes: their shapes.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @staticmethod
+    def of(params: Params) -> ParamLayout:
+        return ParamLayout(tuple(params), tuple(tuple(v.shape) for v in params.values()))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, total = [], 0
+        for size in self.sizes:
+            out.append(total)
+            total += size
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        """Total number of parameters P."""
+        return sum(self.sizes)
+
+    def flatten(self, params: Params) -> Tensor:
+        """``dict -> [P]`` (in layout order)."""
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: Tensor) -> Params:
+        """``[P] -> dict`` of views with the layout's shapes."""
+        return {n: flat[o:o + s].reshape(shape) for n, o, s, shape
+                in zip(self.names, self.offsets, self.sizes, self.shapes)}
+
+    def to_dict(self) -> dict[str, list]:
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes],
+                "offsets": list(self.offsets), "size": self.size}
