@@ -51,6 +51,9 @@ class MetaEnv(gym.Env[np.ndarray, np.ndarray]):
     camera: ClassVar[tuple[tuple[float, float, float], float, float, float]] = (
         (0.0, 0.0, 0.0), 1.5, 45.0, -30.0)
     render_size: ClassVar[tuple[int, int]] = (320, 240)
+    #: Physics steps (``stepSimulation`` calls) per env step; benchmarks use it to time
+    #: the raw physics of the same scene.
+    substeps: ClassVar[int] = 1
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None) -> None:
         if render_mode not in (None, "rgb_array"):

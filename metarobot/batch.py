@@ -1,0 +1,39 @@
+"""The episode batch exchanged between the sampler and the algorithm.
+
+All tensors are padded to the environment's maximum episode length ``T``; ``mask`` marks
+the real steps. ``M`` tasks x ``E`` episodes per task.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class EpisodeBatch(NamedTuple):
+    """Episodes of ``M`` tasks, ``E`` per task, padded to ``T`` steps.
+
+    Attributes:
+        obs: ``[M, E, T, O]`` raw (unnormalised) observations.
+        act: ``[M, E, T, A]`` actions as sampled (before the env's clipping).
+        rew: ``[M, E, T]`` rewards.
+        mask: ``[M, E, T]`` 1.0 for real steps, 0.0 for padding after the episode ended.
+        logp: ``[M, E, T]`` log-probability of ``act`` under the sampling policy (no grad).
+        success: ``[M, E]`` 1.0 where the episode succeeded (``info["success"]``).
+    """
+
+    obs: Tensor
+    act: Tensor
+    rew: Tensor
+    mask: Tensor
+    logp: Tensor
+    success: Tensor
+
+    def to(self, device: str) -> EpisodeBatch:
+        return EpisodeBatch(*(t.to(device) for t in self))
+
+    @property
+    def episode_returns(self) -> Tensor:
+        """Undiscounted return of every episode, ``[M, E]``."""
+        return (self.rew * self.mask).sum(-1)

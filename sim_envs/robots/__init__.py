@@ -1,0 +1,1 @@
+"""Robot pieces shared by task families (one small module per robot)."""
