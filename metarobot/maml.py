@@ -1,0 +1,278 @@
+"""The PPO-MAML (ProMP) meta-objective, computed for all M tasks at once with ``vmap``.
+
+How one meta-iteration uses this module (the trainer's loop)::
+
+    # theta = params (dict of leaf tensors), old_params = theta detached at sampling time.
+    for k in range(K):                                  # ProMP: fresh data per inner step
+        adapted_k, _, _ = adapt(model, params, pre[:k], advs[:k], lr, num_steps=k)  # k>0
+        pre[k] = sample(M tasks, adapted_k); advs[k] = compute_advantages(...)[0]
+    adapted_K, _, _ = adapt(model, params, pre, advs, lr, num_steps=K)
+    post = sample(M tasks, adapted_K); post_adv = compute_advantages(...)[0]
+    for epoch in range(outer.epochs):                   # Adam steps on the same data
+        loss, stats = meta_loss(model, params, old_params, pre, advs, post, post_adv,
+                                lr, num_steps=K, eta=eta)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    eta = update_eta(eta, stats["kl_penalty"], kl_target)
+
+Reptile instead: ``adapted, _, _ = adapt(..., first_order=True, clip=0.2)`` (K clipped
+PPO-style steps, with ``pre=[batch]`` reusing one batch) and
+``params = reptile_update(params, adapted, reptile_lr)``.
+
+Inner steps (``adapt``) are ``theta' = theta - lr * grad L(theta)`` with ``L`` one of:
+
+* ``"lvc"``: :func:`metarobot.inner.inner_loss`, the likelihood-ratio surrogate with the
+  sampling log-prob as ``old_logp``. At the sampling parameters the ratio is 1, so its
+  gradient is the policy gradient and its Hessian carries the sampling-distribution term.
+  The step is :func:`metarobot.inner.inner_step` itself (what the device runs).
+* ``"vpg"``: ``-mean(log pi * A)`` (MAML's original surrogate, no sampling term).
+* ``"dice"``: DiCE: ``-mean(exp(sum_{t'<=t} (log pi - old_logp)) * A_t)`` per trajectory;
+  the stored ``old_logp`` plays the magic box's stop-gradient, so every derivative order
+  is DiCE's at the sampling parameters.
+
+Parameters across tasks are "stacked": each tensor has a leading task dim ``M``.
+Shapes follow :class:`metarobot.batch.EpisodeBatch` (``[M, E, T, ...]``); ``adv`` tensors
+are ``[M, E, T]`` from :func:`metarobot.advantages.compute_advantages`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from metarobot import inner
+from metarobot.batch import EpisodeBatch
+from metarobot.inner import InnerBatch
+from metarobot.policy import (
+    GaussianMLPPolicy,
+    Params,
+    gaussian_entropy,
+    log_prob,
+    policy_forward,
+)
+
+InnerLossName = Literal["lvc", "dice", "vpg"]
+INNER_LOSSES: tuple[str, ...] = ("lvc", "dice", "vpg")
+#: A loss of one task's parameters: returns ``(loss, approx_kl)``.
+TaskLoss = Callable[[Params], tuple[Tensor, Tensor]]
+
+
+def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
+    """Flatten episodes per task: ``obs [M, E*T, O]``, ``act [M, E*T, A]``, the rest
+    ``[M, E*T]``; ``old_logp`` is the sampling log-prob and ``weight`` the mask."""
+    if adv.shape != batch.rew.shape:
+        raise ValueError(f"adv {tuple(adv.shape)} must have the batch's [M, E, T] shape "
+                         f"{tuple(batch.rew.shape)}")
+    return InnerBatch(obs=batch.obs.flatten(1, 2), act=batch.act.flatten(1, 2),
+                      adv=adv.flatten(1), old_logp=batch.logp.flatten(1),
+                      weight=batch.mask.flatten(1))
+
+
+def _approx_kl(log_ratio: Tensor, weight: Tensor) -> Tensor:
+    """``E_w[(r - 1) - log r]``, the estimator :func:`metarobot.inner.inner_loss` reports."""
+    return (weight * (torch.exp(log_ratio) - 1.0 - log_ratio)).sum() / weight.sum()
+
+
+def vpg_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+             ) -> tuple[Tensor, Tensor]:
+    """One task's ``-sum_i w_i log pi(a_i|s_i) A_i / sum_i w_i`` and approx KL (``[N]`` data)."""
+    logp = log_prob(model, params, batch.obs, batch.act)
+    loss = -(batch.weight * logp * batch.adv).sum() / batch.weight.sum()
+    return loss, _approx_kl(logp - batch.old_logp, batch.weight)
+
+
+def dice_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horizon: int,
+              ) -> tuple[Tensor, Tensor]:
+    """One task's DiCE loss and approx KL; ``batch`` is ``E`` episodes of ``horizon`` steps
+    flattened (``N = E * horizon``). The magic box of step ``t`` is the product of the
+    episode's likelihood ratios up to ``t`` (1 in value at the sampling parameters)."""
+    logp = log_prob(model, params, batch.obs, batch.act)
+    log_ratio = logp - batch.old_logp
+    cum_log_ratio = (batch.weight * log_ratio).reshape(-1, horizon).cumsum(-1).reshape(-1)
+    loss = -(batch.weight * torch.exp(cum_log_ratio) * batch.adv).sum() / batch.weight.sum()
+    return loss, _approx_kl(log_ratio, batch.weight)
+
+
+def surrogate_step(loss_fn: TaskLoss, params: Params, lr: float | Tensor | Params,
+                   first_order: bool = False) -> tuple[Params, Tensor, Tensor]:
+    """``params - lr * grad loss_fn(params)``: :func:`metarobot.inner.inner_step` with the
+    loss as an argument (used for "vpg" and "dice"; a test holds it equal to inner_step)."""
+
+    def loss_with_aux(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        loss, kl = loss_fn(p)
+        return loss, (loss, kl)
+
+    grads, (loss, kl) = grad(loss_with_aux, has_aux=True)(params)
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
+    rates = lr if isinstance(lr, dict) else {k: lr for k in params}
+    return {k: params[k] - rates[k] * grads[k] for k in params}, loss, kl
+
+
+def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[EpisodeBatch],
+          pre_advs: Sequence[Tensor], inner_lr: float | Tensor | Params, num_steps: int,
+          inner_loss: InnerLossName = "lvc", first_order: bool = False,
+          clip: float = math.inf) -> tuple[Params, Tensor, Tensor]:
+    """``num_steps`` inner steps for all M tasks at once (``vmap`` over tasks).
+
+    Args:
+        params: shared pre-update parameters theta (unstacked).
+        pre_batches, pre_advs: step ``k`` uses ``pre_batches[k]`` with advantages
+            ``pre_advs[k]`` (``[M, E, T]``); in ProMP step ``k``'s data was sampled with the
+            k-times adapted policy. A single batch is reused for every step (as the device
+            does), otherwise there must be exactly ``num_steps``.
+        inner_lr: scalar, or a dict of per-parameter learning rates (Meta-SGD).
+        num_steps: K >= 1.
+        inner_loss: "lvc", "vpg" or "dice" (see module docstring).
+        first_order: FOMAML, the inner gradients are constants to outer differentiation.
+        clip: likelihood-ratio clip of the "lvc" surrogate (inf = none).
+
+    Returns:
+        ``(adapted params stacked [M, ...], inner losses [K, M], inner approx KLs [K, M])``;
+        step k's loss and KL are evaluated at the parameters before step k. Adapted params
+        are differentiable functions of ``params`` (and of a tensor ``inner_lr``).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if len(pre_batches) != len(pre_advs) or len(pre_batches) not in (1, num_steps):
+        raise ValueError(f"need 1 or num_steps={num_steps} pre-update batches with one "
+                         f"advantage tensor each, got {len(pre_batches)} and {len(pre_advs)}")
+    if inner_loss not in INNER_LOSSES:
+        raise ValueError(f"inner_loss must be one of {INNER_LOSSES}, got {inner_loss!r}")
+    if inner_loss != "lvc" and not math.isinf(clip):
+        raise ValueError(f"clip applies to the 'lvc' inner loss only, got clip={clip} "
+                         f"with {inner_loss!r}")
+    if isinstance(inner_lr, dict) and set(inner_lr) != set(params):
+        raise ValueError(f"Meta-SGD inner_lr keys {sorted(inner_lr)} must match the "
+                         f"parameters {sorted(params)}")
+
+    def task_step(p: Params, batch: InnerBatch, horizon: int) -> tuple[Params, Tensor, Tensor]:
+        if inner_loss == "lvc":
+            return inner.inner_step(model, p, batch, inner_lr, clip, first_order)
+        if inner_loss == "vpg":
+            return surrogate_step(lambda q: vpg_loss(model, q, batch), p, inner_lr, first_order)
+        return surrogate_step(lambda q: dice_loss(model, q, batch, horizon), p, inner_lr,
+                              first_order)
+
+    num_tasks = pre_batches[0].obs.shape[0]
+    task_params = {k: v.expand(num_tasks, *v.shape) for k, v in params.items()}
+    losses, kls = [], []
+    for k in range(num_steps):
+        j = k if len(pre_batches) > 1 else 0
+        batch = batch_to_inner(pre_batches[j], pre_advs[j])
+        horizon = pre_batches[j].obs.shape[2]
+        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None))(task_params, batch,
+                                                                      horizon)
+        losses.append(loss)
+        kls.append(kl)
+    return task_params, torch.stack(losses), torch.stack(kls)
+
+
+def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: EpisodeBatch,
+               post_adv: Tensor, clip: float = 0.3) -> tuple[Tensor, dict[str, float]]:
+    """PPO-clip loss of the adapted policies on post-update data, averaged over tasks.
+
+    ``ratio = exp(log pi_{theta'_i}(a|s) - logp_sampled)`` per task ``i``; the loss is
+    :func:`metarobot.inner.inner_loss` with ``clip``. ``adapted_params`` are stacked
+    ``[M, ...]`` and carry the graph back to theta through the inner steps.
+
+    Returns:
+        ``(scalar loss, stats)`` with stats ``outer_loss``, ``outer_kl`` (approx KL between
+        the sampling and adapted policies), ``clip_frac`` (fraction of real steps with
+        ``|ratio - 1| > clip``) and ``entropy`` (mean over tasks, nats).
+    """
+    post = batch_to_inner(post_batch, post_adv)
+    losses, kls = vmap(lambda p, b: inner.inner_loss(model, p, b, clip))(adapted_params, post)
+    with torch.no_grad():
+        logp = vmap(lambda p, b: log_prob(model, p, b.obs, b.act))(adapted_params, post)
+        clipped = (torch.exp(logp - post.old_logp) - 1.0).abs() > clip
+        clip_frac = (post.weight * clipped).sum() / post.weight.sum()
+        log_std = vmap(lambda p, b: policy_forward(model, p, b.obs[:1])[1])(adapted_params,
+                                                                           post)
+        entropy = gaussian_entropy(log_std).mean()
+    loss = losses.mean()
+    stats = {"outer_loss": loss.item(), "outer_kl": kls.mean().item(),
+             "clip_frac": clip_frac.item(), "entropy": entropy.item()}
+    return loss, stats
+
+
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
+    """Closed-form ``KL(p || q)`` of diagonal Gaussians, summed over the last dim."""
+    var_p, var_q = torch.exp(2.0 * log_std_p), torch.exp(2.0 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2.0 * var_q)
+            - 0.5).sum(-1)
+
+
+def kl_penalty(model: GaussianMLPPolicy, params: Params, old_params: Params,
+               pre_batch: EpisodeBatch) -> Tensor:
+    """Mean ``KL(pi_old || pi_theta)`` of the pre-update policy over ``pre_batch``'s real
+    steps (scalar). ``old_params`` (theta at sampling time) are treated as constants."""
+    mean, log_std = policy_forward(model, params, pre_batch.obs)
+    with torch.no_grad():
+        old_mean, old_log_std = policy_forward(
+            model, {k: v.detach() for k, v in old_params.items()}, pre_batch.obs)
+    kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
+    return (kl * pre_batch.mask).sum() / pre_batch.mask.sum()
+
+
+def update_eta(eta: float, kl: float, target: float) -> float:
+    """ProMP's adaptive KL coefficient: x2 if ``kl > 1.5 target``, /2 if ``kl < target / 1.5``."""
+    if target <= 0 or eta <= 0:
+        raise ValueError(f"eta and the KL target must be > 0, got {eta}, {target}")
+    if kl > 1.5 * target:
+        return eta * 2.0
+    if kl < target / 1.5:
+        return eta / 2.0
+    return eta
+
+
+def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
+              pre_batches: Sequence[EpisodeBatch], pre_advs: Sequence[Tensor],
+              post_batch: EpisodeBatch, post_adv: Tensor, inner_lr: float | Tensor | Params,
+              num_steps: int, eta: float, inner_loss: InnerLossName = "lvc",
+              first_order: bool = False, inner_clip: float = math.inf,
+              outer_clip: float = 0.3) -> tuple[Tensor, dict[str, float]]:
+    """The loss of one outer Adam step: ``outer_loss(adapt(theta)) + eta * kl_penalty``.
+
+    Arguments are those of :func:`adapt`, :func:`outer_loss` and :func:`kl_penalty` (the
+    penalty is measured on ``pre_batches[0]``, the data sampled with ``old_params``).
+
+    Returns:
+        ``(scalar loss, stats)``: stats are :func:`outer_loss`'s plus ``loss``,
+        ``kl_penalty``, ``eta`` and ``inner_loss_k`` / ``inner_kl_k`` (mean over tasks) for
+        each inner step ``k``. ``inner_kl_0`` is 0 while ``params == old_params`` (the
+        first step's ratio is 1 there).
+    """
+    adapted, inner_losses, inner_kls = adapt(model, params, pre_batches, pre_advs, inner_lr,
+                                             num_steps, inner_loss, first_order, inner_clip)
+    outer, stats = outer_loss(model, adapted, post_batch, post_adv, outer_clip)
+    kl = kl_penalty(model, params, old_params, pre_batches[0])
+    loss = outer + eta * kl
+    stats.update(loss=loss.item(), kl_penalty=kl.item(), eta=float(eta))
+    for k in range(num_steps):
+        stats[f"inner_loss_{k}"] = inner_losses[k].mean().item()
+        stats[f"inner_kl_{k}"] = inner_kls[k].mean().item()
+    return loss, stats
+
+
+@torch.no_grad()
+def reptile_update(params: Params, adapted_params: Params, outer_lr: float) -> Params:
+    """Reptile: ``theta + outer_lr * mean_i(theta'_i - theta)``, a new parameter dict.
+
+    Args:
+        params: theta (unstacked).
+        adapted_params: the tasks' adapted parameters, stacked ``[M, ...]`` (e.g. from
+            :func:`adapt` with K clipped "lvc" steps on one batch, ``first_order=True``).
+        outer_lr: the fraction ``epsilon`` in ``(0, 1]`` of the way to the tasks' mean.
+
+    Returns:
+        New leaf tensors, ``requires_grad`` as in ``params``.
+    """
+    if not 0.0 < outer_lr <= 1.0:
+        raise ValueError(f"Reptile outer_lr must be in (0, 1], got {outer_lr}")
+    return {k: (p + outer_lr * (adapted_params[k] - p).mean(0)).requires_grad_(p.requires_grad)
+            for k, p in params.items()}
