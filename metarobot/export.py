@@ -1,0 +1,348 @@
+"""Export a meta-trained policy to a deployable ONNX bundle (format: :mod:`deploy.bundle`).
+
+Two kinds of graph are written, both plain inference graphs with standard ``ai.onnx``
+operators only:
+
+* ``policy.onnx``: ``obs [B, O]`` (dynamic ``B``) and an optional flat ``params [P]`` ->
+  ``action_mean [B, A]`` (unclipped; the runtime samples around it and clips to the action
+  bounds) and ``log_std [B, A]`` (the state-independent log-std, clamped to [-5, 2] and
+  broadcast over the batch). The observation normaliser is folded into the graph as
+  constants. ``params`` is a graph input *with an initializer of the same name* holding the
+  meta-learned parameters, so omitting it runs the meta-learned policy.
+* ``adapt.onnx`` (one inner step) and ``adapt_kK.onnx`` (``K`` unrolled steps): traced
+  from :func:`metarobot.inner.inner_steps_flat` (the trainer's own inner step, not a
+  re-implementation) with ``make_fx`` and exported with the dynamo exporter. Inputs
+  ``params [P], obs [N, O], act [N, A], adv [N], old_logp [N], weight [N]`` (dynamic
+  ``N``), ``lr`` (``[]``, or ``[P]`` for Meta-SGD) and ``clip []``; outputs
+  ``new_params [P], loss [], approx_kl []`` (loss and KL of the last step, before it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import onnx
+import torch
+from torch import Tensor
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import metarobot
+from deploy.bundle import (
+    ADAPT_INPUTS,
+    ADAPT_OUTPUTS,
+    FORMAT,
+    FORMAT_VERSION,
+    LR_NAME,
+    METADATA_KEY,
+    PARAMS_NAME,
+    POLICY_INPUTS,
+    POLICY_NAME,
+    POLICY_OUTPUTS,
+    adapt_file_name,
+    dumps_metadata,
+    params_sha256,
+    write_manifest,
+)
+from metarobot.inner import InnerBatch, inner_steps_flat
+from metarobot.policy import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    OBS_CLIP,
+    GaussianMLPPolicy,
+    ParamLayout,
+    Params,
+    policy_forward,
+)
+
+#: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it).
+OPSET = 18
+MODEL_AUTHOR = "metarobot"
+MODEL_LICENSE = "MIT"
+INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam", "baseline")
+#: Verification tolerance of the exported graphs against torch (float32).
+_VERIFY_ATOL = 1e-4
+
+
+def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequence[str],
+             output_names: Sequence[str], dynamic_shapes: list[dict[int, Any] | None],
+             opset: int) -> onnx.ModelProto:
+    """Trace ``fn`` to aten ops with ``make_fx`` (this unrolls ``torch.func.grad``), then
+    export the traced graph with the dynamo exporter."""
+    graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args).eval()
+    with warnings.catch_warnings():
+        # The exporter warns about axis renaming and deprecated pytree internals: noise.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(graph, args, dynamo=True, external_data=False,
+                                    input_names=list(input_names),
+                                    output_names=list(output_names),
+                                    dynamic_shapes=dynamic_shapes, opset_version=opset,
+                                    verbose=False)
+    return program.model_proto
+
+
+def export_policy_graph(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor, *,
+                        opset: int = OPSET) -> onnx.ModelProto:
+    """The policy graph: ``obs [B, O], params [P] -> action_mean [B, A], log_std [B, A]``.
+
+    ``params`` gets ``flat`` (the meta-learned parameters, float32 ``[P]``) as its default
+    initializer. The model's normaliser buffers are folded in as constants.
+    """
+    def forward(obs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return policy_forward(model, layout.unflatten(params), obs)
+
+    flat = flat.detach().to(torch.float32).contiguous()
+    example_obs = torch.zeros(2, model.obs_dim)
+    proto = _to_onnx(forward, (example_obs, flat), POLICY_INPUTS, POLICY_OUTPUTS,
+                     [{0: torch.export.Dim("B")}, None], opset)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(flat.numpy(), name="params"))
+    return proto
+
+
+def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: int,
+                       per_parameter_lr: bool, opset: int = OPSET,
+                       dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
+    """The adapt graph of ``steps`` unrolled :func:`inner_steps_flat` steps (dynamic N).
+
+    ``dtype`` is the dtype of every input and output; the model must already be in it
+    (``float64`` exists for gradient checks; bundles are float32).
+    """
+    def adapt(params: Tensor, obs: Tensor, act: Tensor, adv: Tensor, old_logp: Tensor,
+              weight: Tensor, lr: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return inner_steps_flat(model, layout, params, InnerBatch(obs, act, adv, old_logp, weight),
+                                lr, clip, steps)
+
+    n = 3  # any example size: N is exported as dynamic
+    opts = {"dtype": dtype}
+    lr = torch.full((layout.size,), 0.1, **opts) if per_parameter_lr else torch.tensor(0.1, **opts)
+    args = (torch.zeros(layout.size, **opts), torch.zeros(n, model.obs_dim, **opts),
+            torch.zeros(n, model.act_dim, **opts), torch.ones(n, **opts), torch.zeros(n, **opts),
+            torch.ones(n, **opts), lr, torch.tensor(0.2, **opts))
+    dim_n = torch.export.Dim("N")
+    return _to_onnx(adapt, args, ADAPT_INPUTS, ADAPT_OUTPUTS,
+                    [None, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, None, None],
+                    opset)
+
+
+def _space_dict(space: gymnasium.spaces.Box, name: str) -> dict[str, Any]:
+    if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{name} must be a flat gymnasium Box, got {space!r}")
+    return {"shape": list(space.shape), "dtype": str(space.dtype),
+            "low": np.asarray(space.low, dtype=np.float64).tolist(),
+            "high": np.asarray(space.high, dtype=np.float64).tolist()}
+
+
+def _check_inner_config(inner_config: Mapping[str, Any], params: Params,
+                        layout: ParamLayout) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Validated inner config for the metadata, and the flat Meta-SGD rates (or None)."""
+    missing = [k for k in INNER_KEYS if k not in inner_config]
+    if missing:
+        raise ValueError(f"inner_config lacks {missing} (needs {list(INNER_KEYS)})")
+    config = dict(inner_config)
+    lr = config["lr"]
+    lr_flat = None
+    if isinstance(lr, Mapping):
+        if set(lr) != set(params):
+            raise ValueError("a per-parameter (Meta-SGD) lr must have exactly the parameter "
+                             f"names {list(params)}, got {list(lr)}")
+        for name, rate in lr.items():
+            if tuple(torch.as_tensor(rate).shape) != tuple(params[name].shape):
+                raise ValueError(f"Meta-SGD lr {name!r} has shape {tuple(rate.shape)}, the "
+                                 f"parameter has {tuple(params[name].shape)}")
+        lr_flat = layout.flatten({k: torch.as_tensor(v) for k, v in lr.items()}).detach()
+        lr_flat = lr_flat.to(torch.float32).numpy()
+        if not np.all(np.isfinite(lr_flat)):
+            raise ValueError("the Meta-SGD learning rates contain NaN or inf")
+        config["lr"] = {"kind": "per_parameter", "file": LR_NAME,
+                        "sha256": params_sha256(lr_flat)}
+    else:
+        lr = float(lr)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"inner lr must be a finite positive float, got {lr}")
+        config["lr"] = lr
+    config["clip"] = float(config["clip"])
+    if not config["clip"] > 0:
+        raise ValueError(f"inner clip must be > 0 (inf = no clip), got {config['clip']}")
+    steps = config["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"inner steps must be an int >= 1, got {steps!r}")
+    for key in ("gamma", "lam"):
+        config[key] = float(config[key])
+        if not 0.0 <= config[key] <= 1.0:
+            raise ValueError(f"inner {key} must be in [0, 1], got {config[key]}")
+    for key in ("loss", "baseline"):
+        if not isinstance(config[key], str) or not config[key]:
+            raise ValueError(f"inner {key} must be a non-empty string, got {config[key]!r}")
+    config["normalize"] = bool(config.get("normalize", True))
+    return config, lr_flat
+
+
+def _check_ops(proto: onnx.ModelProto, name: str) -> None:
+    """Only standard ai.onnx operators (no contrib, training or custom domains)."""
+    def nodes(graph: onnx.GraphProto) -> Any:
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    yield from nodes(sub)
+
+    all_nodes = list(nodes(proto.graph)) + [n for f in proto.functions for n in f.node]
+    bad = sorted({f"{n.domain}::{n.op_type}" for n in all_nodes
+                  if n.domain not in ("", "ai.onnx")})
+    if bad:
+        raise RuntimeError(f"{name} uses non-standard operators {bad}")
+
+
+def _finish(proto: onnx.ModelProto, metadata_json: str, doc: str) -> onnx.ModelProto:
+    for key, value in ((METADATA_KEY, metadata_json), ("model_author", MODEL_AUTHOR),
+                       ("model_license", MODEL_LICENSE)):
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    proto.doc_string = doc
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _verify(path: Path, feeds: dict[str, np.ndarray], expected: Sequence[Tensor]) -> None:
+    """Run the written model with onnxruntime and compare it with torch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for name, got, want in zip([o.name for o in session.get_outputs()],
+                               session.run(None, feeds), expected):
+        err = float(np.max(np.abs(got - want.detach().numpy()), initial=0.0))
+        if not err <= _VERIFY_ATOL:
+            raise RuntimeError(f"exported {path.name} output {name!r} differs from torch by "
+                               f"{err:.3g} (> {_VERIFY_ATOL})")
+
+
+def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path, *,
+                  family: str, env_id: str, observation_space: gymnasium.spaces.Box,
+                  action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any],
+                  adapt_steps_options: Sequence[int] = (1, 2, 3), opset: int = OPSET,
+                  overwrite: bool = False) -> Path:
+    """Write a deployable bundle (see :mod:`deploy.bundle` for the files and metadata).
+
+    Args:
+        model: the policy module (architecture and normaliser buffers; its own parameters
+            are not used).
+        params: the meta-learned parameters (``model.named_parameters()`` names/shapes).
+        out_dir: the bundle directory; it must not exist or be empty unless ``overwrite``.
+        family: task family name (e.g. ``"reach"``); env_id: its gymnasium id.
+        observation_space, action_space: flat ``Box`` spaces of the env (``[O]``, ``[A]``);
+            the runtime clips actions to ``action_space``.
+        inner_config: ``loss`` (str), ``lr`` (float, or a dict of per-parameter tensors for
+            Meta-SGD), ``clip`` (float, ``inf`` = none), ``steps`` (int), ``gamma``,
+            ``lam`` (floats in [0, 1]), ``baseline`` (str), optional ``normalize`` (bool,
+            per-task advantage normalisation, default True).
+        adapt_steps_options: unrolled step counts K to export; must include 1.
+        opset: ONNX opset.
+        overwrite: replace an existing non-empty ``out_dir``.
+
+    Returns:
+        The bundle directory. It is written to a temporary sibling and renamed at the end,
+        so a failed export leaves no partial bundle (and an existing one untouched).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True)")
+    names = [n for n, _ in model.named_parameters()]
+    if list(params) != names:
+        raise ValueError(f"params must have the model's parameter names in order {names}, "
+                         f"got {list(params)}")
+    for name, value in model.named_parameters():
+        if tuple(params[name].shape) != tuple(value.shape):
+            raise ValueError(f"param {name!r} has shape {tuple(params[name].shape)}, the model "
+                             f"expects {tuple(value.shape)}")
+    obs_space = _space_dict(observation_space, "observation_space")
+    act_space = _space_dict(action_space, "action_space")
+    if obs_space["shape"] != [model.obs_dim] or act_space["shape"] != [model.act_dim]:
+        raise ValueError(f"spaces {obs_space['shape']} / {act_space['shape']} do not match the "
+                         f"policy's obs_dim {model.obs_dim} / act_dim {model.act_dim}")
+    options = sorted(set(int(k) for k in adapt_steps_options))
+    if 1 not in options or options[0] < 1:
+        raise ValueError(f"adapt_steps_options must be positive and include 1, "
+                         f"got {list(adapt_steps_options)}")
+    layout = ParamLayout.of(params)
+    flat = layout.flatten({k: v.detach() for k, v in params.items()}).to(torch.float32)
+    if not torch.all(torch.isfinite(flat)):
+        raise ValueError("the meta-learned parameters contain NaN or inf")
+    inner, lr_flat = _check_inner_config(inner_config, params, layout)
+
+    model = model.eval()
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package": "metarobot",
+        "versions": {"metarobot": metarobot.__version__, "torch": torch.__version__,
+                     "onnx": onnx.__version__, "numpy": np.__version__},
+        "opset": opset,
+        "family": family,
+        "env_id": env_id,
+        "observation_space": obs_space,
+        "action_space": act_space,
+        "normalizer": {"mean": model.obs_mean.double().tolist(),
+                       "var": model.obs_var.double().tolist(), "eps": 1e-8, "clip": OBS_CLIP,
+                       "folded": True},
+        "policy": {"hidden": list(model.hidden), "activation": "tanh",
+                   "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
+                   "action_mean": "unclipped; the runtime clips actions to action_space"},
+        "params": {"layout": layout.to_dict(), "sha256": params_sha256(flat.numpy()),
+                   "dtype": "float32", "file": PARAMS_NAME},
+        "inner": inner,
+        "models": {"policy": POLICY_NAME,
+                   "adapt": {str(k): adapt_file_name(k) for k in options}},
+    }
+    metadata_json = dumps_metadata(metadata)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        files = [POLICY_NAME, PARAMS_NAME]
+        np.save(tmp / PARAMS_NAME, flat.numpy().astype("<f4"))
+        if lr_flat is not None:
+            np.save(tmp / LR_NAME, lr_flat.astype("<f4"))
+            files.append(LR_NAME)
+
+        with torch.no_grad():
+            policy = export_policy_graph(model, layout, flat, opset=opset)
+        _check_ops(policy, POLICY_NAME)
+        onnx.save(_finish(policy, metadata_json, __doc__ or ""), tmp / POLICY_NAME)
+        gen = torch.Generator().manual_seed(0)
+        obs = torch.randn(5, model.obs_dim, generator=gen)
+        with torch.no_grad():
+            want = policy_forward(model, layout.unflatten(flat), obs)
+        _verify(tmp / POLICY_NAME, {"obs": obs.numpy()}, want)
+
+        lr_value = (torch.from_numpy(lr_flat) if lr_flat is not None
+                    else torch.tensor(inner["lr"], dtype=torch.float32))
+        for steps in options:
+            name = adapt_file_name(steps)
+            proto = export_adapt_graph(model, layout, steps=steps,
+                                       per_parameter_lr=lr_flat is not None, opset=opset)
+            _check_ops(proto, name)
+            onnx.save(_finish(proto, metadata_json, __doc__ or ""), tmp / name)
+            files.append(name)
+            batch = InnerBatch(obs, torch.randn(5, model.act_dim, generator=gen),
+                               torch.randn(5, generator=gen), torch.zeros(5), torch.ones(5))
+            clip = torch.tensor(0.2)
+            want = inner_steps_flat(model, layout, flat, batch, lr_value, clip, steps)
+            feeds = dict(zip(ADAPT_INPUTS, (flat, *batch, lr_value, clip)))
+            _verify(tmp / name, {k: v.numpy() for k, v in feeds.items()}, want)
+
+        write_manifest(tmp, files, metadata)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
