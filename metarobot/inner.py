@@ -22,6 +22,8 @@ Shapes: ``obs [N, O]``, ``act [N, A]``, ``adv``, ``old_logp``, ``weight`` ``[N]`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -61,20 +63,26 @@ def inner_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
 
 def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
                lr: float | Tensor | Params, clip: float | Tensor = float("inf"),
-               first_order: bool = False) -> tuple[Params, Tensor, Tensor]:
+               first_order: bool = False,
+               loss_fn: Callable[[Params], tuple[Tensor, Tensor]] | None = None,
+               ) -> tuple[Params, Tensor, Tensor]:
     """One inner gradient step. Returns ``(adapted params, loss, approx_kl)`` at ``params``.
 
     Args:
         lr: a scalar, or a dict of per-parameter learning rates (Meta-SGD).
         first_order: drop the second-order terms (FOMAML): the gradient is treated as a
             constant by any outer differentiation.
+        loss_fn: another inner objective ``params -> (loss, approx_kl)`` (the trainer's
+            "vpg" and "dice" options); default :func:`inner_loss` on ``batch`` with ``clip``.
     """
+    if loss_fn is None:
+        loss_fn = partial(inner_loss, model, batch=batch, clip=clip)
 
-    def loss_fn(p: Params) -> tuple[Tensor, Tensor]:
-        loss, kl = inner_loss(model, p, batch, clip)
+    def loss_with_aux(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        loss, kl = loss_fn(p)
         return loss, (loss, kl)
 
-    grads, (loss, kl) = grad(loss_fn, has_aux=True)(params)
+    grads, (loss, kl) = grad(loss_with_aux, has_aux=True)(params)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
     rates = lr if isinstance(lr, dict) else {k: lr for k in params}

@@ -37,12 +37,13 @@ are ``[M, E, T]`` from :func:`metarobot.advantages.compute_advantages`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import vmap
 
 from metarobot import inner
 from metarobot.batch import EpisodeBatch
@@ -57,8 +58,6 @@ from metarobot.policy import (
 
 InnerLossName = Literal["lvc", "dice", "vpg"]
 INNER_LOSSES: tuple[str, ...] = ("lvc", "dice", "vpg")
-#: A loss of one task's parameters: returns ``(loss, approx_kl)``.
-TaskLoss = Callable[[Params], tuple[Tensor, Tensor]]
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -95,22 +94,6 @@ def dice_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horiz
     cum_log_ratio = (batch.weight * log_ratio).reshape(-1, horizon).cumsum(-1).reshape(-1)
     loss = -(batch.weight * torch.exp(cum_log_ratio) * batch.adv).sum() / batch.weight.sum()
     return loss, _approx_kl(log_ratio, batch.weight)
-
-
-def surrogate_step(loss_fn: TaskLoss, params: Params, lr: float | Tensor | Params,
-                   first_order: bool = False) -> tuple[Params, Tensor, Tensor]:
-    """``params - lr * grad loss_fn(params)``: :func:`metarobot.inner.inner_step` with the
-    loss as an argument (used for "vpg" and "dice"; a test holds it equal to inner_step)."""
-
-    def loss_with_aux(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        loss, kl = loss_fn(p)
-        return loss, (loss, kl)
-
-    grads, (loss, kl) = grad(loss_with_aux, has_aux=True)(params)
-    if first_order:
-        grads = {k: g.detach() for k, g in grads.items()}
-    rates = lr if isinstance(lr, dict) else {k: lr for k in params}
-    return {k: params[k] - rates[k] * grads[k] for k in params}, loss, kl
 
 
 def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[EpisodeBatch],
@@ -154,9 +137,11 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         if inner_loss == "lvc":
             return inner.inner_step(model, p, batch, inner_lr, clip, first_order)
         if inner_loss == "vpg":
-            return surrogate_step(lambda q: vpg_loss(model, q, batch), p, inner_lr, first_order)
-        return surrogate_step(lambda q: dice_loss(model, q, batch, horizon), p, inner_lr,
-                              first_order)
+            loss_fn = partial(vpg_loss, model, batch=batch)
+        else:
+            loss_fn = partial(dice_loss, model, batch=batch, horizon=horizon)
+        return inner.inner_step(model, p, batch, inner_lr, first_order=first_order,
+                                loss_fn=loss_fn)
 
     num_tasks = pre_batches[0].obs.shape[0]
     task_params = {k: v.expand(num_tasks, *v.shape) for k, v in params.items()}

@@ -148,8 +148,9 @@ def test_vmap_over_tasks_equals_python_loop(loss_name):
             if loss_name == "lvc":
                 p, loss, kl = inner.inner_step(model, p, task_batch, INNER_LR)
             else:
-                p, loss, kl = maml.surrogate_step(
-                    lambda q, b=task_batch: maml.dice_loss(model, q, b, HORIZON), p, INNER_LR)
+                p, loss, kl = inner.inner_step(
+                    model, p, task_batch, INNER_LR,
+                    loss_fn=lambda q, b=task_batch: maml.dice_loss(model, q, b, HORIZON))
             assert torch.allclose(loss, losses[k, i], atol=1e-10)
             assert torch.allclose(kl, kls[k, i], atol=1e-10)
         for name in params:
@@ -242,7 +243,7 @@ def test_configured_inner_lr_is_applied(loss_name, meta_sgd):
         assert sum(g.norm() for g in grads.values()) > 1e-3
 
 
-def test_surrogate_step_is_inner_step_with_its_loss():
+def test_inner_step_with_explicit_loss_is_the_default_step():
     model = tiny_model()
     params = model.init_params()
     pre, advs, _, _ = make_problem(model, params, 1, "lvc")
@@ -250,8 +251,8 @@ def test_surrogate_step_is_inner_step_with_its_loss():
     moved = {k: v + 0.05 for k, v in params.items()}  # ratio != 1, so the clip matters
     for first_order in (False, True):
         a = inner.inner_step(model, moved, task, 0.2, clip=0.1, first_order=first_order)
-        b = maml.surrogate_step(lambda q: inner.inner_loss(model, q, task, 0.1), moved, 0.2,
-                                first_order=first_order)
+        b = inner.inner_step(model, moved, task, 0.2, first_order=first_order,
+                             loss_fn=lambda q: inner.inner_loss(model, q, task, 0.1))
         for name in params:
             assert torch.equal(a[0][name], b[0][name])
         assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
