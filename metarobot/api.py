@@ -1,0 +1,101 @@
+"""The Python API; the ``metarobot`` CLI is a thin layer over these functions.
+
+Example::
+
+    import metarobot
+    run = metarobot.train(config="reach-cpu", overrides=["iterations=20"])
+    result = metarobot.evaluate(run, split="test", adapt_steps=2)
+    print(result.table())
+    metarobot.export(run, "bundle/")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from metarobot.config import TrainConfig, load_config
+from metarobot.evaluate import EvaluationResult, evaluate_policy, load_trained_policy
+from metarobot.trainer import MetaTrainer
+from sim_envs.registry import FAMILY_NAMES, env_id, make_family
+
+
+def resolve_config(config: str | Path | None = None, family: str | None = None,
+                   overrides: list[str] | None = None) -> TrainConfig:
+    """A shipped config name (``reach``, ``reach-cpu``, ...), a YAML path, or the family's
+    default, with ``key=value`` overrides applied and validated."""
+    path: Path | None = None
+    if config is not None:
+        path = Path(config)
+        if not path.exists():
+            from metarobot.config import default_config_path
+
+            path = default_config_path(str(config))
+    return load_config(path, family=family if path is None else None,
+                       overrides=(["family=" + family] if family and path else [])
+                       + list(overrides or []))
+
+
+def default_run_dir(family: str) -> Path:
+    return Path("runs") / f"{family}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: str | Path | TrainConfig | None = None, family: str | None = None,
+          overrides: list[str] | None = None, run_dir: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Meta-train and return the run directory (holds ``checkpoint.pt``, logs, config)."""
+    cfg = config if isinstance(config, TrainConfig) else resolve_config(config, family,
+                                                                         overrides)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.family)
+    MetaTrainer(cfg, run_dir, progress=progress).train()
+    return run_dir
+
+
+def resume(run_dir: str | Path, iterations: int | None = None, progress: bool = True) -> Path:
+    """Continue a run from its last checkpoint."""
+    MetaTrainer.resume(run_dir, progress=progress, iterations=iterations).train()
+    return Path(run_dir)
+
+
+def evaluate(run_dir: str | Path, split: str = "test", adapt_steps: int = 3,
+             num_tasks: int = 20, episodes: int | None = None, seed: int = 0,
+             out_dir: str | Path | None = None) -> EvaluationResult:
+    """Return and success before/after each adaptation step; saved as JSON + PNG in
+    ``out_dir`` (default ``run_dir/eval``)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    result = evaluate_policy(load_trained_policy(run_dir), split, adapt_steps, num_tasks,
+                             episodes, seed)
+    result.save(out_dir or Path(run_dir) / "eval", stem=f"evaluation_{split}")
+    return result
+
+
+def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, ...] = (1, 2, 3),
+           overwrite: bool = False) -> Path:
+    """Export the run's policy and its adaptation step to an ONNX bundle."""
+    import gymnasium
+
+    from metarobot.export import export_bundle
+
+    policy = load_trained_policy(run_dir)
+    cfg = policy.config
+    env = gymnasium.make(env_id(cfg.family), **cfg.env_kwargs)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,
+             "lr": (cfg.inner.lr if policy.meta_sgd_lr is None else
+                    {k: v.detach() for k, v in policy.meta_sgd_lr.items()}),
+             "clip": cfg.inner.clip, "gamma": cfg.advantages.gamma, "lam": cfg.advantages.lam,
+             "normalize": cfg.advantages.normalize, "baseline": "linear_feature"}
+    return export_bundle(policy.model, policy.params, out_dir, family=cfg.family,
+                         env_id=env_id(cfg.family), observation_space=obs_space,
+                         action_space=act_space, inner_config=inner,
+                         adapt_steps_options=unrolled_steps, overwrite=overwrite)
+
+
+def list_envs() -> list[dict[str, Any]]:
+    """Every family: gymnasium id, split rule and parameters (unit, range, hidden)."""
+    return [{"id": env_id(name), **make_family(name).describe()} for name in FAMILY_NAMES]

@@ -1,0 +1,84 @@
+"""Sample, adapt, sample again: the data-collection loop shared by training and evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from metarobot import maml
+from metarobot.advantages import compute_advantages
+from metarobot.batch import EpisodeBatch
+from metarobot.config import AdvantageConfig, InnerConfig
+from metarobot.policy import GaussianMLPPolicy, Params
+from sim_envs.tasks import Task
+
+
+class Sampler(Protocol):
+    def sample(self, model: GaussianMLPPolicy, params: Params, tasks: list[Task],
+               episodes_per_task: int, *, seed: int, generator: torch.Generator,
+               deterministic: bool = False) -> EpisodeBatch: ...
+
+
+@dataclass
+class AdaptationRollouts:
+    """Data of ``steps`` adaptation steps on ``M`` tasks.
+
+    Attributes:
+        batches: ``steps + 1`` batches; batch ``k`` was sampled with the k-times adapted
+            parameters (batch 0 with theta itself).
+        advs: advantages ``[M, E, T]`` of each batch (baseline refit per task and step).
+        explained_variance: baseline explained variance ``[M]`` of each batch.
+        adapted: parameters after ``steps`` inner steps, stacked ``[M, ...]``; a
+            differentiable function of theta when ``keep_graph`` was set.
+    """
+
+    batches: list[EpisodeBatch]
+    advs: list[Tensor]
+    explained_variance: list[Tensor]
+    adapted: Params
+
+
+def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[EpisodeBatch],
+                 advs: list[Tensor], inner: InnerConfig, meta_sgd_lr: Params | None,
+                 ) -> tuple[Params, Tensor, Tensor]:
+    """``len(batches)`` inner steps, step k on ``batches[k]`` (see :func:`maml.adapt`), with
+    Meta-SGD's learned rates when given, else the configured scalar ``inner.lr``."""
+    clip = inner.clip if inner.loss == "lvc" else math.inf
+    lr = meta_sgd_lr if meta_sgd_lr is not None else inner.lr
+    return maml.adapt(model, params, batches, advs, lr,
+                      num_steps=len(batches), inner_loss=inner.loss,
+                      first_order=inner.first_order, clip=clip)
+
+
+def collect_adaptation_rollouts(
+    sampler: Sampler, model: GaussianMLPPolicy, params: Params, tasks: list[Task],
+    episodes: int, steps: int, inner: InnerConfig, advantages: AdvantageConfig,
+    meta_sgd_lr: Params | None, seed: int, generator: torch.Generator,
+    keep_graph: bool = False,
+) -> AdaptationRollouts:
+    """Sample with theta, adapt on that data, sample with the adapted policy, ``steps`` times.
+
+    The adaptation of each step is computed once; sampling uses a detached copy, and with
+    ``keep_graph`` the returned ``adapted`` keeps the graph back to ``params`` so the first
+    outer step can reuse it instead of adapting again.
+    """
+    num_tasks = len(tasks)
+    adapted = {k: v.detach().expand(num_tasks, *v.shape) for k, v in params.items()}
+    batches, advs, evs = [], [], []
+    for k in range(steps + 1):
+        sampling_params = {n: v.detach() for n, v in adapted.items()}
+        batch = sampler.sample(model, sampling_params, tasks, episodes, seed=seed + 7919 * k,
+                               generator=generator)
+        adv, ev = compute_advantages(batch.obs, batch.rew, batch.mask, advantages.gamma,
+                                     advantages.lam, advantages.normalize)
+        batches.append(batch)
+        advs.append(adv)
+        evs.append(ev)
+        if k < steps:
+            with torch.enable_grad() if keep_graph else torch.no_grad():
+                adapted, _, _ = adapt_params(model, params, batches, advs, inner, meta_sgd_lr)
+    return AdaptationRollouts(batches, advs, evs, adapted)

@@ -1,0 +1,349 @@
+"""The PPO-MAML meta-trainer: iterations, checkpoints, logging, resume.
+
+One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
+
+1. sample M training tasks (seeded by the run seed and the iteration);
+2. collect K pre-update batches, adapting after each (ProMP: step k's data comes from the
+   k-times adapted policy), then one post-update batch with the adapted parameters;
+3. ``outer.epochs`` Adam steps on PPO-clip(post-update data) + eta * KL(pre-update policy
+   vs its sampling version), no resampling in between; the first reuses the adaptation
+   graph from step 2, later ones adapt again from the updated theta;
+4. adapt eta, update the observation normaliser, log, checkpoint.
+
+A non-finite loss or gradient skips the update (logged); ``max_nonfinite_updates`` in a
+row stops training with :class:`TrainingDiverged`, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarobot import maml
+from metarobot.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from metarobot.config import TrainConfig, config_from_dict, save_config
+from metarobot.normalizer import RunningMeanStd
+from metarobot.policy import GaussianMLPPolicy, Params
+from metarobot.rollouts import adapt_params, collect_adaptation_rollouts
+from metarobot.runlog import RunLogger
+from sim_envs.registry import env_id, make_family
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after too many consecutive non-finite updates."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def env_spaces(family: str, env_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The observation and action spaces of a family's env."""
+    import gymnasium
+
+    env = gymnasium.make(env_id(family), **env_kwargs)
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def make_sampler(config: TrainConfig, device: torch.device) -> Any:
+    from metarobot.sampler import MultiTaskSampler
+
+    return MultiTaskSampler(env_id(config.family), config.sampler.num_workers,
+                            config.sampler.envs_per_worker, device=device,
+                            env_kwargs=config.env_kwargs)
+
+
+class MetaTrainer:
+    """Meta-trains a :class:`GaussianMLPPolicy` on a task family.
+
+    Args:
+        config: a validated :class:`TrainConfig`.
+        run_dir: where config, checkpoint, logs and episode records go.
+        progress: show a progress bar.
+
+    Use :meth:`resume` to continue a run from its last checkpoint.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
+        self.config = config.validate()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(config.seed)
+        self.family = make_family(config.family)
+        obs_space, act_space = env_spaces(config.family, config.env_kwargs)
+        self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
+        self.model = GaussianMLPPolicy(self.obs_dim, self.act_dim, config.policy.hidden,
+                                       config.policy.init_log_std).to(self.device)
+        self.params: Params = {k: v.to(self.device) for k, v in self.model.init_params().items()}
+        self.meta_sgd_lr: Params | None = (
+            {k: torch.full_like(v, config.inner.lr).requires_grad_(True)
+             for k, v in self.params.items()} if config.inner.meta_sgd else None)
+        trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
+        self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
+        self.normalizer = RunningMeanStd(self.obs_dim)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.eta = config.outer.eta
+        self.iteration = 0
+        self.env_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._sampler: Any = None
+        self._stop_requested = False
+        self._logger: RunLogger | None = None
+        self._events_seen = 0
+        save_config(config, self.run_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "iteration": self.iteration,
+            "config": self.config.to_dict(),
+            "model": {"params": {k: v.detach().cpu() for k, v in self.params.items()},
+                      "obs_dim": self.obs_dim, "act_dim": self.act_dim},
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "numpy": np.random.get_state()},
+            "algo_state": {"eta": self.eta, "env_steps": self.env_steps,
+                           "meta_sgd_lr": None if self.meta_sgd_lr is None else
+                           {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()}},
+        }
+
+    def save(self) -> Path:
+        """Write the checkpoint atomically (only ever with finite parameters)."""
+        if not all(torch.isfinite(v).all() for v in self.params.values()):
+            raise TrainingDiverged("refusing to checkpoint non-finite parameters")
+        save_checkpoint(self.checkpoint_path, self.state_dict())
+        return self.checkpoint_path
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = state["model"]
+        if (model["obs_dim"], model["act_dim"]) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"checkpoint is for obs/act dims {model['obs_dim']}/"
+                             f"{model['act_dim']}, this config's env has "
+                             f"{self.obs_dim}/{self.act_dim}")
+        if set(model["params"]) != set(self.params) or any(
+                model["params"][k].shape != v.shape for k, v in self.params.items()):
+            raise ValueError("checkpoint parameters do not match this config's policy")
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(model["params"][k])
+            if self.meta_sgd_lr is not None:
+                saved = state["algo_state"]["meta_sgd_lr"]
+                if saved is None:
+                    raise ValueError("checkpoint has no Meta-SGD learning rates")
+                for k, v in self.meta_sgd_lr.items():
+                    v.copy_(saved[k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        np.random.set_state(state["rng"]["numpy"])
+        self.eta = float(state["algo_state"]["eta"])
+        self.env_steps = int(state["algo_state"]["env_steps"])
+        self.iteration = int(state["iteration"])
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True,
+               iterations: int | None = None) -> MetaTrainer:
+        """Continue the run in ``run_dir`` from its last checkpoint."""
+        state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+        config = config_from_dict(state["config"])
+        if iterations is not None:
+            config = dataclasses.replace(config, iterations=iterations).validate()
+        trainer = cls(config, run_dir, progress=progress)
+        trainer.load_state_dict(state)
+        return trainer
+
+    # ------------------------------------------------------------------ training
+    def _sampler_instance(self) -> Any:
+        if self._sampler is None:
+            self._sampler = make_sampler(self.config, self.device)
+        return self._sampler
+
+    def run_iteration(self) -> dict[str, float]:
+        """One meta-iteration (see the module docstring); returns the logged scalars."""
+        cfg, it = self.config, self.iteration
+        t_start = time.perf_counter()
+        self.model.set_normalizer(self.normalizer.mean.float().to(self.device),
+                                  self.normalizer.var.float().to(self.device))
+        tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train",
+                                         seed=cfg.seed * 1_000_003 + it)
+        old_params = {k: v.detach().clone() for k, v in self.params.items()}
+
+        # 1-2. Pre-update data with theta (and the k-times adapted policies), post-update data.
+        rollouts = collect_adaptation_rollouts(
+            self._sampler_instance(), self.model, self.params, tasks, cfg.meta_batch.episodes,
+            cfg.inner.steps, cfg.inner, cfg.advantages, self.meta_sgd_lr,
+            seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator,
+            keep_graph=cfg.outer.algo == "ppo")
+        pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
+        post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
+        t_sampled = time.perf_counter()
+
+        # 3. Outer update.
+        stats: dict[str, float] = {}
+        t_inner = 0.0
+        if cfg.outer.algo == "ppo":
+            adapted = rollouts.adapted
+            for epoch in range(cfg.outer.epochs):
+                t0 = time.perf_counter()
+                if epoch > 0:  # theta moved: adapt again (epoch 0 reuses the sampling graph)
+                    adapted, _, _ = adapt_params(self.model, self.params, pre, pre_advs,
+                                                 cfg.inner, self.meta_sgd_lr)
+                t_inner += time.perf_counter() - t0
+                outer, stats = maml.outer_loss(self.model, adapted, post, post_adv,
+                                               cfg.outer.clip)
+                kl = maml.kl_penalty(self.model, self.params, old_params, pre[0])
+                loss = outer + self.eta * kl
+                stats.update(loss=loss.item(), kl_penalty=kl.item())
+                if not self._apply_update(loss):
+                    break
+            if cfg.outer.adaptive_eta:
+                self.eta = maml.update_eta(self.eta, stats["kl_penalty"], cfg.outer.kl_target)
+        else:  # Reptile: move theta toward the tasks' parameters after K inner steps.
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                adapted = rollouts.adapted
+                new = maml.reptile_update(self.params, adapted, cfg.outer.reptile_lr)
+                for k, v in self.params.items():
+                    v.copy_(new[k])
+            t_inner += time.perf_counter() - t0
+        t_done = time.perf_counter()
+
+        # 4. Bookkeeping.
+        self.normalizer.update(pre[0].obs, pre[0].mask)
+        self.env_steps += int(sum(b.mask.sum().item() for b in rollouts.batches))
+        self.iteration += 1
+        scalars = self._iteration_scalars(rollouts, stats)
+        scalars.update({"time/sampling": t_sampled - t_start, "time/inner_step": t_inner,
+                        "time/outer_step": t_done - t_sampled - t_inner,
+                        "time/iteration": t_done - t_start, "outer/eta": self.eta,
+                        "env_steps": float(self.env_steps)})
+        self._save_episodes(it, tasks, rollouts.batches)
+        return scalars
+
+    def _apply_update(self, loss: torch.Tensor) -> bool:
+        """Backward and Adam step; skip (and count) if loss or gradients are non-finite."""
+        trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            grads = [p.grad for p in trainable if p.grad is not None]
+            finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            self._event("non-finite loss or gradient: update skipped",
+                        consecutive=self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= self.config.max_nonfinite_updates:
+                raise TrainingDiverged(
+                    f"{self.nonfinite_in_a_row} consecutive non-finite updates at iteration "
+                    f"{self.iteration}; the last good checkpoint is {self.checkpoint_path}")
+            return False
+        self.nonfinite_in_a_row = 0
+        torch.nn.utils.clip_grad_norm_(trainable, self.config.outer.max_grad_norm)
+        self.optimizer.step()
+        return True
+
+    def _iteration_scalars(self, rollouts: Any, stats: dict[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        last = len(rollouts.batches) - 1
+        for k, batch in enumerate(rollouts.batches):
+            tag = "pre" if k == 0 else ("post" if k == last else f"step{k}")
+            out[f"return/{tag}"] = batch.episode_returns.mean().item()
+            out[f"success/{tag}"] = batch.success.mean().item()
+            out[f"baseline/explained_variance_{tag}"] = rollouts.explained_variance[k].mean().item()
+        for key in ("outer_loss", "outer_kl", "clip_frac", "entropy", "loss", "kl_penalty"):
+            if key in stats:
+                out[f"outer/{'kl' if key == 'kl_penalty' else key}"] = stats[key]
+        return out
+
+    def _save_episodes(self, iteration: int, tasks: list, batches: list) -> None:
+        """Per-step rewards, masks and success of every episode, for later inspection."""
+        folder = self.run_dir / "episodes"
+        folder.mkdir(exist_ok=True)
+        arrays = {"task_ids": np.array([t.task_id for t in tasks])}
+        for k, b in enumerate(batches):
+            arrays[f"rew_{k}"] = b.rew.cpu().numpy().astype(np.float32)
+            arrays[f"mask_{k}"] = b.mask.cpu().numpy().astype(np.uint8)
+            arrays[f"success_{k}"] = b.success.cpu().numpy().astype(np.uint8)
+        np.savez_compressed(folder / f"iter_{iteration:05d}.npz", **arrays)
+
+    def _event(self, message: str, **fields: Any) -> None:
+        if self._logger is not None:
+            self._logger.event(message, iteration=self.iteration, **fields)
+
+    def train(self) -> Path:
+        """Run until ``config.iterations``; checkpoint every ``checkpoint_every`` iterations,
+        at the end and on SIGINT/SIGTERM. Returns the checkpoint path."""
+        cfg = self.config
+        self._logger = RunLogger(self.run_dir, cfg.iterations, self.iteration, self.progress)
+        restore = self._install_signal_handlers()
+        try:
+            if self.iteration == 0 and not self.checkpoint_path.exists():
+                self.save()  # a resumable starting point, even if the first iteration dies
+            while self.iteration < cfg.iterations and not self._stop_requested:
+                scalars = self.run_iteration()
+                self._logger.log(self.iteration, scalars)
+                for event in getattr(self._sampler, "events", [])[self._events_seen:]:
+                    self._logger.event(f"sampler: {event}")
+                self._events_seen = len(getattr(self._sampler, "events", []))
+                if self.iteration % cfg.checkpoint_every == 0 or self._stop_requested:
+                    self.save()
+            self.save()
+            if self._stop_requested:
+                self._logger.event(f"stopped by signal; checkpoint saved at iteration "
+                                   f"{self.iteration}")
+        finally:
+            restore()
+            self._logger.close()
+            self.close()
+        return self.checkpoint_path
+
+    def _install_signal_handlers(self) -> Any:
+        """SIGINT/SIGTERM: finish the iteration, checkpoint, stop. A second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt  # second signal: abort now, last checkpoint stays
+            self._stop_requested = True
+            self._event(f"signal {signal.Signals(signum).name}: finishing this iteration, "
+                        "then saving a checkpoint (send again to abort)")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
