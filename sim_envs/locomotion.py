@@ -182,7 +182,7 @@ class LocomotionEnv(MetaEnv):
     """
 
     family_type = LocomotionFamily
-    camera = ((0.0, 0.0, 0.2), 1.6, 40.0, -25.0)
+    camera = ((0.0, 0.0, 0.2), 1.3, 40.0, -22.0)
     substeps = SUBSTEPS
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
