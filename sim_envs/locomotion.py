@@ -50,8 +50,9 @@ registered env stops after 200 steps (4 s, TimeLimit truncation).
 v_cmd = speed x (cos heading, sin heading)) ``- 0.001 * sum_j |tau_j * qdot_j|`` (mechanical
 power in W at the last physics step) ``- 5`` on a fall.
 
-**Termination**: a fall, i.e. the trunk touches the ground or tilts more than 1 rad from
-upright. Also (unreachable within 200 steps) leaving the terrain square.
+**Termination**: a fall, i.e. the trunk touches the ground, tilts more than 1 rad from
+upright, or its base is less than 0.12 m above the lowest ground within 0.2 m (standing
+height 0.27 m). Also (unreachable within 200 steps) leaving the terrain square.
 
 **Success** (``info["success"]``): latched at the first step where the base has moved at
 least half the commanded distance along the heading, ``0.5 * speed * 4 s``, without a fall
@@ -90,6 +91,10 @@ TRACKING_SIGMA = 0.25  # (m/s)^2
 ENERGY_WEIGHT = 0.001  # reward per W
 FALL_PENALTY = 5.0
 MAX_TILT = 1.0  # rad
+#: A base lower than this (m) above the lowest ground within GROUND_WINDOW (m) has fallen.
+#: The lowest ground, so that a base over a step edge is measured from the lower step.
+MIN_BASE_HEIGHT = 0.12
+GROUND_WINDOW = 0.2
 JOINT_NOISE = 0.05  # rad
 #: Start position of the base (m): over the platform, a few mm above standing height.
 SPAWN_POSITION = (0.0, 0.0, STANDING_HEIGHT + 0.01)
@@ -261,12 +266,14 @@ class LocomotionEnv(MetaEnv):
         vy_err = self._lin[1] - self._command[1]
         tracking = math.exp(-(vx_err * vx_err + vy_err * vy_err) / TRACKING_SIGMA)
         power = float(np.abs(self._tau * self._qd).sum())
-        fell = self._rot[2, 2] < math.cos(MAX_TILT) or bool(pybullet.getContactPoints(
-            bodyA=self.robot.body_id, bodyB=self.terrain.body_id, linkIndexA=-1,
-            physicsClientId=cid))
+        x, y, z = float(self._pos[0]), float(self._pos[1]), float(self._pos[2])
+        fell = (bool(self._rot[2, 2] < math.cos(MAX_TILT))
+                or z - self.terrain.lowest_height_near(x, y, GROUND_WINDOW) < MIN_BASE_HEIGHT
+                or bool(pybullet.getContactPoints(
+                    bodyA=self.robot.body_id, bodyB=self.terrain.body_id, linkIndexA=-1,
+                    physicsClientId=cid)))
         reward = tracking - ENERGY_WEIGHT * power - (FALL_PENALTY if fell else 0.0)
 
-        x, y = float(self._pos[0]), float(self._pos[1])
         progress = ((x - SPAWN_POSITION[0]) * self._heading_dir[0]
                     + (y - SPAWN_POSITION[1]) * self._heading_dir[1])
         limit = self.terrain.half_extent - 0.5

@@ -210,3 +210,13 @@ class Terrain:
         top = float(h[iy, ix]) * (1 - tx) + float(h[iy, ix + 1]) * tx
         bottom = float(h[iy + 1, ix]) * (1 - tx) + float(h[iy + 1, ix + 1]) * tx
         return top * (1 - ty) + bottom * ty
+
+    def lowest_height_near(self, x: float, y: float, radius: float) -> float:
+        """Lowest ground height (m) among the cells within ``radius`` (m, square window) of
+        world ``(x, y)``; the window is clamped to the map."""
+        half = (self.n - 1) / 2
+        lo_x = min(max(int(math.floor((x - radius) / self.cell + half)), 0), self.n - 1)
+        hi_x = min(max(int(math.ceil((x + radius) / self.cell + half)), 0), self.n - 1)
+        lo_y = min(max(int(math.floor((y - radius) / self.cell + half)), 0), self.n - 1)
+        hi_y = min(max(int(math.ceil((y + radius) / self.cell + half)), 0), self.n - 1)
+        return float(self.heights[lo_y:hi_y + 1, lo_x:hi_x + 1].min())

@@ -22,7 +22,7 @@ from sim_envs.locomotion import (
     LocomotionParams,
     heading_held_out,
 )
-from sim_envs.robots.a1 import TRUNK_MASS
+from sim_envs.robots.a1 import ACTION_SCALE, STANDING_POSE, TRUNK_MASS
 from sim_envs.terrain import (
     HEIGHT_LIMIT,
     PLATFORM_HALF_WIDTH,
@@ -120,6 +120,7 @@ def test_heightfield_is_replaced_in_place_and_matches_the_map(env):
         hit = c.rayTest([x, y, 5.0], [x, y, -5.0])[0]
         assert hit[0] == env.terrain.body_id
         assert hit[3][2] == pytest.approx(env.terrain.height_at(x, y), abs=0.02)
+        assert env.terrain.lowest_height_near(x, y, 0.2) <= env.terrain.height_at(x, y) + 1e-6
     assert env.terrain.height_at(2.51, 2.04) > 0.3 or env.terrain.height_at(2.51, 2.04) < -0.3
 
 
@@ -166,8 +167,17 @@ def test_falling_terminates_with_penalty(env):
         if terminated:
             break
     assert terminated and not truncated
-    assert info["fall"] and not info["success"]
+    assert info["fall"] is True and not info["success"]
     assert reward <= 1.0 - FALL_PENALTY
+
+    # Collapsed upright (legs folded, base 7 cm high, trunk off the ground): a fall too.
+    env.reset(seed=0)
+    folded = np.array([0.0, 1.2, -2.69] * 4)
+    env.robot.reset_pose((0.0, 0.0, 0.075), folded)
+    hold = np.clip((folded - STANDING_POSE) / ACTION_SCALE, -1, 1).astype(np.float32)
+    _, reward, terminated, _, info = env.step(hold)
+    assert terminated and info["fall"] is True
+    assert env.robot.base_state()[1][2, 2] > 0.99  # upright: the height rule caught it
 
     # Standing still on flat ground does not fall.
     env.reset(seed=0)
