@@ -467,14 +467,20 @@ def main() -> None:
 
     results: dict[str, dict[str, Any]] = {}
     switch_by_family: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
     for case in cases:
         print(f"measuring {case.name} ...", flush=True)
-        if case.family not in switch_by_family:
-            switch_by_family[case.family] = measure_task_switch(case.family, switches)
-        r = measure_throughput(case, steps, rounds)
-        r.update(switch_by_family[case.family])
-        if not args.no_processes:
-            r.update(measure_processes(case, duration, args.families))
+        try:
+            if case.family not in switch_by_family:
+                switch_by_family[case.family] = measure_task_switch(case.family, switches)
+            r = measure_throughput(case, steps, rounds)
+            r.update(switch_by_family[case.family])
+            if not args.no_processes:
+                r.update(measure_processes(case, duration, args.families))
+        except Exception as err:  # keep measuring the other families; report the failure
+            errors[case.name] = f"{type(err).__name__}: {err}"
+            print(f"FAILED {case.name}: {errors[case.name]}", flush=True)
+            continue
         results[case.name] = r
 
     pandagym = None
@@ -483,7 +489,7 @@ def main() -> None:
         if python is None:
             print("SKIPPED panda-gym comparison: no panda-gym venv", flush=True)
         else:
-            grasp = next((c for c in cases if c.family == "grasp"), None)
+            grasp = next((c for c in cases if c.family == "grasp" and c.name in results), None)
             if grasp is None:
                 print("panda-gym measured alone: the grasp family is missing", flush=True)
             pandagym = measure_pandagym(python, grasp, duration, args.families)
@@ -515,10 +521,12 @@ def main() -> None:
     print("all targets met" if not failed else f"targets missed: {failed}")
     if missing:
         print(f"families skipped (module missing): {missing}")
+    if errors:
+        print(f"cases that failed: {errors}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": info, "targets": TARGETS, "results": results, "checks": checks,
-              "pandagym": pandagym, "skipped_families": missing,
+              "pandagym": pandagym, "skipped_families": missing, "errors": errors,
               "method": __doc__}
     (args.out / "bench_envs.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, pandagym, args.out / "bench_envs.png")

@@ -12,8 +12,10 @@ import pytest
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
 from sim_envs.locomotion import (
+    CONTROL_DT,
     EPISODE_SECONDS,
     FALL_PENALTY,
+    PHYSICS_DT,
     SPAWN_POSITION,
     SUCCESS_FRACTION,
     TRACKING_SIGMA,
@@ -253,6 +255,12 @@ def test_trajectories_are_identical_across_terrain_switches():
 
 
 # ----------------------------------------------------------------------------- options
+def test_success_duration_matches_the_registered_time_limit():
+    spec = gym.spec("sim_envs/Locomotion-v0")
+    assert spec.max_episode_steps * CONTROL_DT == pytest.approx(EPISODE_SECONDS)
+    assert LocomotionEnv.substeps * PHYSICS_DT == pytest.approx(CONTROL_DT) == 0.02
+
+
 def test_observe_command_option_changes_the_observation():
     hidden = gym.make("sim_envs/Locomotion-v0")
     shown = gym.make("sim_envs/Locomotion-v0", observe_command=True)
