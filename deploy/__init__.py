@@ -1,1 +1,14 @@
-"""Torch-free on-device runtime: run and adapt an exported metarobot policy (numpy + onnxruntime)."""
+"""Torch-free on-device runtime: run and adapt an exported metarobot policy.
+
+numpy + onnxruntime only. See ``docs/deploy.md``::
+
+    from deploy import AdaptivePolicy
+    policy = AdaptivePolicy.load("bundle/", family="reach", seed=0)
+"""
+
+from deploy.bundle import Bundle, BundleError, load_bundle
+from deploy.controller import GymController, LoopReport, RobotController, run_control_loop
+from deploy.runtime import AdaptivePolicy, AdaptReport, SafetyConfig
+
+__all__ = ["AdaptReport", "AdaptivePolicy", "Bundle", "BundleError", "GymController",
+           "LoopReport", "RobotController", "SafetyConfig", "load_bundle", "run_control_loop"]

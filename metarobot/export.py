@@ -89,6 +89,12 @@ def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequ
     return program.model_proto
 
 
+def _free_size(model: GaussianMLPPolicy, layout: ParamLayout) -> int:
+    """An example size for the dynamic batch dim equal to no other dim of the model:
+    symbolic tracing gives equal sizes one symbol, which would tie B or N to them."""
+    return max(model.obs_dim, model.act_dim, layout.size, *model.hidden) + 1
+
+
 def export_policy_graph(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor, *,
                         opset: int = OPSET) -> onnx.ModelProto:
     """The policy graph: ``obs [B, O], params [P] -> action_mean [B, A], log_std [B, A]``.
@@ -100,7 +106,7 @@ def export_policy_graph(model: GaussianMLPPolicy, layout: ParamLayout, flat: Ten
         return policy_forward(model, layout.unflatten(params), obs)
 
     flat = flat.detach().to(torch.float32).contiguous()
-    example_obs = torch.zeros(2, model.obs_dim)
+    example_obs = torch.zeros(_free_size(model, layout), model.obs_dim)
     proto = _to_onnx(forward, (example_obs, flat), POLICY_INPUTS, POLICY_OUTPUTS,
                      [{0: torch.export.Dim("B")}, None], opset)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(flat.numpy(), name="params"))
@@ -120,7 +126,7 @@ def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: 
         return inner_steps_flat(model, layout, params, InnerBatch(obs, act, adv, old_logp, weight),
                                 lr, clip, steps)
 
-    n = 3  # any example size: N is exported as dynamic
+    n = _free_size(model, layout)
     opts = {"dtype": dtype}
     lr = torch.full((layout.size,), 0.1, **opts) if per_parameter_lr else torch.tensor(0.1, **opts)
     args = (torch.zeros(layout.size, **opts), torch.zeros(n, model.obs_dim, **opts),
@@ -154,9 +160,10 @@ def _check_inner_config(inner_config: Mapping[str, Any], params: Params,
             raise ValueError("a per-parameter (Meta-SGD) lr must have exactly the parameter "
                              f"names {list(params)}, got {list(lr)}")
         for name, rate in lr.items():
-            if tuple(torch.as_tensor(rate).shape) != tuple(params[name].shape):
-                raise ValueError(f"Meta-SGD lr {name!r} has shape {tuple(rate.shape)}, the "
-                                 f"parameter has {tuple(params[name].shape)}")
+            shape = tuple(torch.as_tensor(rate).shape)
+            if shape != tuple(params[name].shape):
+                raise ValueError(f"Meta-SGD lr {name!r} has shape {shape}, the parameter "
+                                 f"has {tuple(params[name].shape)}")
         lr_flat = layout.flatten({k: torch.as_tensor(v) for k, v in lr.items()}).detach()
         lr_flat = lr_flat.to(torch.float32).numpy()
         if not np.all(np.isfinite(lr_flat)):
@@ -174,13 +181,18 @@ def _check_inner_config(inner_config: Mapping[str, Any], params: Params,
     steps = config["steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"inner steps must be an int >= 1, got {steps!r}")
-    for key in ("gamma", "lam"):
-        config[key] = float(config[key])
-        if not 0.0 <= config[key] <= 1.0:
-            raise ValueError(f"inner {key} must be in [0, 1], got {config[key]}")
-    for key in ("loss", "baseline"):
-        if not isinstance(config[key], str) or not config[key]:
-            raise ValueError(f"inner {key} must be a non-empty string, got {config[key]!r}")
+    config["gamma"], config["lam"] = float(config["gamma"]), float(config["lam"])
+    if not (0.0 < config["gamma"] <= 1.0 and 0.0 <= config["lam"] <= 1.0):
+        raise ValueError(f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {config['gamma']}, "
+                         f"{config['lam']}")
+    if config["loss"] != "lvc":
+        # The adapt graph is inner_steps_flat, whose loss is LVC; a policy meta-trained with
+        # another inner loss would adapt differently on the device than in training.
+        raise ValueError(f"the device adapt graph implements the 'lvc' inner loss "
+                         f"(metarobot.inner); got loss {config['loss']!r}")
+    if not isinstance(config["baseline"], str) or not config["baseline"]:
+        raise ValueError(f"inner baseline must be a non-empty string, got "
+                         f"{config['baseline']!r}")
     config["normalize"] = bool(config.get("normalize", True))
     return config, lr_flat
 
@@ -239,10 +251,11 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         family: task family name (e.g. ``"reach"``); env_id: its gymnasium id.
         observation_space, action_space: flat ``Box`` spaces of the env (``[O]``, ``[A]``);
             the runtime clips actions to ``action_space``.
-        inner_config: ``loss`` (str), ``lr`` (float, or a dict of per-parameter tensors for
-            Meta-SGD), ``clip`` (float, ``inf`` = none), ``steps`` (int), ``gamma``,
-            ``lam`` (floats in [0, 1]), ``baseline`` (str), optional ``normalize`` (bool,
-            per-task advantage normalisation, default True).
+        inner_config: ``loss`` (``"lvc"``, the loss of the adapt graph), ``lr`` (float, or
+            a dict of per-parameter tensors for Meta-SGD), ``clip`` (float, ``inf`` =
+            none), ``steps`` (int), ``gamma``, ``lam`` (``0 < gamma <= 1``,
+            ``0 <= lam <= 1``), ``baseline`` (str), optional ``normalize`` (bool, per-task
+            advantage normalisation, default True).
         adapt_steps_options: unrolled step counts K to export; must include 1.
         opset: ONNX opset.
         overwrite: replace an existing non-empty ``out_dir``.
