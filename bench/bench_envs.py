@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -377,8 +378,8 @@ def machine_info() -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {"pybullet": pybullet.getAPIVersion(), "gymnasium": gym.__version__,
-                     "numpy": np.__version__},
+        "versions": {name: importlib.metadata.version(name)
+                     for name in ("pybullet", "gymnasium", "numpy")},
         "git_commit": commit,
     }
 
