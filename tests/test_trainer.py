@@ -1,0 +1,182 @@
+"""Trainer engineering: configs, checkpoints, resume, non-finite updates, signals, CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarobot import api, maml
+from metarobot.checkpoint import atomic_write_bytes, load_checkpoint
+from metarobot.cli import main as cli_main
+from metarobot.config import apply_overrides, config_from_dict, load_config
+from metarobot.trainer import MetaTrainer, TrainingDiverged
+
+TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",
+        "sampler.envs_per_worker=4", "iterations=2", "checkpoint_every=1", "device=cpu"]
+
+
+def tiny_config(*extra: str):
+    return api.resolve_config("reach-cpu", overrides=TINY + list(extra))
+
+
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
+                                  "locomotion", "locomotion-cpu"])
+def test_shipped_configs_load(name):
+    cfg = api.resolve_config(name)
+    assert cfg.family in ("reach", "grasp", "locomotion")
+    assert math.isinf(cfg.inner.clip)
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ValueError, match="inner.lrr"):
+        config_from_dict({"inner": {"lrr": 0.1}})
+    with pytest.raises(ValueError, match="meta_batch.tasks"):
+        config_from_dict({"meta_batch": {"tasks": "many"}})
+    with pytest.raises(ValueError, match="outer.clip"):
+        config_from_dict({"outer": {"clip": 2.0}})
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["inner.lr"])
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config(None, "reach", ["inner.lr=0.05", "policy.hidden=[32, 16]",
+                                      "inner.first_order=true"])
+    assert cfg.inner.lr == 0.05 and cfg.policy.hidden == [32, 16] and cfg.inner.first_order
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_write_bytes(path, lambda f: f.write(b"good"))
+
+    def crash(f):
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(path, crash)
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left
+
+
+def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(bad)
+    torch.save({"format_version": 999}, bad)
+    with pytest.raises(ValueError, match="not a metarobot checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = MetaTrainer(tiny_config(), tmp_path / "a", progress=False)
+    straight.train()
+    first = MetaTrainer(tiny_config("iterations=1"), tmp_path / "b", progress=False)
+    first.train()
+    resumed = MetaTrainer.resume(tmp_path / "b", progress=False, iterations=2)
+    assert resumed.iteration == 1
+    resumed.train()
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 2
+    for name, value in a["model"]["params"].items():
+        assert torch.equal(value, b["model"]["params"][name]), name
+    assert torch.equal(a["normalizer"]["mean"], b["normalizer"]["mean"])
+    # Logs, config and per-iteration episode records are in the run directory.
+    run = tmp_path / "a"
+    assert (run / "config.yaml").exists() and (run / "log.jsonl").exists()
+    assert sorted(p.name for p in (run / "episodes").iterdir()) == ["iter_00000.npz",
+                                                                    "iter_00001.npz"]
+    assert any((run / "tb").iterdir())
+
+
+def test_non_finite_updates_are_skipped_then_training_stops(tmp_path, monkeypatch):
+    trainer = MetaTrainer(tiny_config("iterations=5", "max_nonfinite_updates=2"),
+                          tmp_path, progress=False)
+    good = {k: v.detach().clone() for k, v in trainer.params.items()}
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = original(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    original = maml.outer_loss
+    monkeypatch.setattr(maml, "outer_loss", nan_loss)
+    with pytest.raises(TrainingDiverged, match="consecutive non-finite"):
+        trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    for name, value in state["model"]["params"].items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(value, good[name])  # no update was applied
+    events = (tmp_path / "log.jsonl").read_text()
+    assert "update skipped" in events
+
+
+# ----------------------------------------------------------------------------- processes
+def _train_process(run_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "metarobot.cli", "train", "--config", "reach-cpu",
+            "--run-dir", str(run_dir), "--no-progress"]
+    for item in TINY + ["iterations=50", *extra]:
+        args += ["--set", item]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_iteration(run_dir: Path, iteration: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.exists() and load_checkpoint(ckpt)["iteration"] >= iteration:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_sigterm_checkpoints_and_sigkill_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train_process(run_dir)
+    _wait_for_iteration(run_dir, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by signal" in out
+    stopped_at = load_checkpoint(run_dir / "checkpoint.pt")["iteration"]
+    assert 1 <= stopped_at < 50
+
+    # SIGKILL: no chance to clean up; the last checkpoint must still load and resume.
+    proc = subprocess.Popen([sys.executable, "-m", "metarobot.cli", "train", "--resume",
+                             str(run_dir), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for_iteration(run_dir, stopped_at + 1, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed_at = load_checkpoint(run_dir / "checkpoint.pt")["iteration"]
+    assert killed_at > stopped_at
+    assert cli_main(["train", "--resume", str(run_dir), "--iterations",
+                     str(killed_at + 1), "--no-progress"]) == 0
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == killed_at + 1
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_envs_lists_every_family(capsys):
+    assert cli_main(["envs"]) == 0
+    out = capsys.readouterr().out
+    for family in ("reach", "grasp", "locomotion"):
+        assert family in out
+    assert "hidden" in out
+
+
+def test_cli_rejects_a_bad_override_with_its_name(capsys, tmp_path):
+    assert cli_main(["train", "--set", "inner.nope=1", "--run-dir", str(tmp_path)]) == 2
+    assert "inner.nope" in capsys.readouterr().err
