@@ -1,0 +1,686 @@
+"""Parallel multi-task episode sampler: envs in worker processes, one batched policy call.
+
+:class:`MultiTaskSampler` collects ``E`` episodes for each of ``M`` tasks, every task with
+its own policy parameters (the stacked dict ``params`` has a leading task dim ``M``).
+
+How one :meth:`MultiTaskSampler.sample` call runs:
+
+* ``num_workers`` worker processes each hold ``envs_per_worker`` envs (``num_workers=0``:
+  one group of envs in this process, same code path). Every env is a *slot*.
+* The ``M * E`` (task, episode) jobs wait in a queue; a free slot takes the next one:
+  set the task on the env if it changed (``set_task`` rebuilds part of the scene, so it is
+  skipped when the slot already simulates that task) and reset it with a seed derived
+  from ``(seed, task index, episode index)``.
+* Every step, the policy runs once on ``device``, batched over all running slots: each
+  slot's parameters are gathered from the stacked dict by its task index and
+  :func:`~metarobot.policy.policy_forward` is ``vmap``-ed over slots. Then each worker
+  gets one message with its envs' actions and steps them all (one pipe round trip per
+  worker per step). A slot whose episode ends is reset for its next job within the same
+  message, so no step is spent idle between episodes.
+
+Determinism: the Gaussian action noise is drawn from ``generator`` once per call as a
+``[M, E, T, A]`` tensor, indexed by (task, episode, step), and reset seeds depend only on
+``(seed, task, episode)``. So a batch depends on ``seed``, the generator state and the
+parameters, not on timing, slot assignment or worker restarts: with the same
+configuration the same inputs give a bit-identical batch. Across different worker counts
+the episodes get the same seeds and noise too, and agree up to the float rounding of the
+batched policy evaluation (in practice identical on CPU, but not guaranteed).
+
+Failures: a worker that dies (segfault, SIGKILL: pipe EOF or process sentinel) or does not
+answer within ``step_timeout`` is killed, replaced by a fresh worker and its running
+episodes are re-run from reset with the same reset seeds and the same noise, so the batch
+equals the one an undisturbed run would give. Each death and restart is appended to
+:attr:`MultiTaskSampler.events` and reported through ``logger``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarobot.batch import EpisodeBatch
+from metarobot.policy import GaussianMLPPolicy, Params, gaussian_log_prob, policy_forward
+from sim_envs.tasks import Task
+
+_log = logging.getLogger(__name__)
+
+#: A job a slot starts: (task index, reset seed).
+_Start = tuple[int, int]
+
+
+# ============================================================== worker side (no torch)
+class _EnvGroup:
+    """The envs of one worker and the commands the sampler sends them."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int) -> None:
+        import gymnasium
+
+        import sim_envs  # noqa: F401  (registers the sim_envs ids in this process)
+
+        self.envs: list[Any] = []
+        for _ in range(num_envs):
+            self.envs.append(gymnasium.make(env_id, **env_kwargs))
+        first = self.envs[0].unwrapped
+        if not hasattr(first, "set_task") or not hasattr(first, "family"):
+            raise ValueError(f"{env_id!r} is not a sim_envs MetaEnv (no set_task/family)")
+        self.task_ids = [env.unwrapped.get_task().task_id for env in self.envs]
+        self.tasks: Sequence[Task] = ()
+
+    def describe(self) -> dict[str, Any]:
+        env = self.envs[0]
+        return {"family": env.unwrapped.family.name,
+                "obs_shape": tuple(env.observation_space.shape),
+                "act_shape": tuple(env.action_space.shape),
+                "max_episode_steps": env.spec.max_episode_steps if env.spec else None}
+
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        self.tasks = tasks
+
+    def step(self, actions: np.ndarray, stepping: np.ndarray, starts: list[_Start | None],
+             ) -> tuple[np.ndarray, ...]:
+        """Step the envs with ``stepping[i]``; start ``starts[i]`` on env i if it is idle or
+        its episode ended at this step. Returns ``(obs, rew, terminated, truncated, success,
+        started)``, each ``[num_envs, ...]``; ``obs`` is the reset observation where a job
+        started."""
+        n = len(self.envs)
+        obs = np.zeros((n, *self.envs[0].observation_space.shape), np.float32)
+        rew = np.zeros(n, np.float32)
+        terminated, truncated, success, started = (np.zeros(n, bool) for _ in range(4))
+        for i, env in enumerate(self.envs):
+            done = False
+            if stepping[i]:
+                obs[i], rew[i], terminated[i], truncated[i], info = env.step(actions[i])
+                success[i] = bool(info.get("success", False))
+                done = bool(terminated[i] or truncated[i])
+            if starts[i] is not None and (done or not stepping[i]):
+                obs[i] = self._start(i, *starts[i])
+                started[i] = True
+        return obs, rew, terminated, truncated, success, started
+
+    def _start(self, i: int, task_index: int, reset_seed: int) -> np.ndarray:
+        task = self.tasks[task_index]
+        if self.task_ids[i] != task.task_id:
+            self.envs[i].unwrapped.set_task(task)
+            self.task_ids[i] = task.task_id
+        return self.envs[i].reset(seed=reset_seed)[0]
+
+    def raw_steps(self, steps_per_env: int, seed: int) -> tuple[int, float]:
+        """Step every env ``steps_per_env`` times with uniform random actions, resetting
+        finished episodes, with no IPC in between. Returns ``(env steps, seconds)``."""
+        rng = np.random.default_rng(seed)
+        shape = self.envs[0].action_space.shape
+        actions = rng.uniform(-1.0, 1.0, (steps_per_env, len(self.envs), *shape))
+        actions = actions.astype(np.float32)
+        for i, env in enumerate(self.envs):
+            env.reset(seed=seed + i)
+        start = time.perf_counter()
+        for k in range(steps_per_env):
+            for i, env in enumerate(self.envs):
+                _, _, terminated, truncated, _ = env.step(actions[k, i])
+                if terminated or truncated:
+                    env.reset()
+        return steps_per_env * len(self.envs), time.perf_counter() - start
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, env_id: str,
+                 env_kwargs: dict[str, Any], num_envs: int) -> None:
+    """Worker process loop: build the envs, then answer ``(seq, command, args)`` messages
+    with ``(seq, "ok", result)`` or ``(seq, "error", traceback)``."""
+    # Ctrl-C goes to the whole process group; the sampler shuts workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        group = _EnvGroup(env_id, env_kwargs, num_envs)
+        conn.send((0, "ok", group.describe()))
+    except Exception:
+        conn.send((0, "error", traceback.format_exc()))
+        return
+    try:
+        while True:
+            try:
+                seq, command, args = conn.recv()
+            except (EOFError, OSError):
+                return  # the sampler is gone
+            try:
+                conn.send((seq, "ok", getattr(group, command)(*args)))
+            except Exception:
+                conn.send((seq, "error", traceback.format_exc()))
+            if command == "close":
+                return
+    finally:
+        group.close()
+
+
+# ============================================================== main-process handles
+class _WorkerDied(Exception):
+    """The worker process died or stopped answering."""
+
+
+class _WorkerFailed(RuntimeError):
+    """A command raised inside the worker (the worker itself is fine)."""
+
+
+class _LocalWorker:
+    """The envs in this process, behind the same send/recv interface as a worker."""
+
+    pid = None
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int) -> None:
+        self.group = _EnvGroup(env_id, env_kwargs, num_envs)
+        self._pending: tuple[str, tuple] | None = None
+
+    def describe(self, timeout: float) -> dict[str, Any]:
+        return self.group.describe()
+
+    def send(self, command: str, *args: Any) -> None:
+        self._pending = (command, args)
+
+    def recv(self, timeout: float | None) -> Any:
+        assert self._pending is not None
+        command, args = self._pending
+        self._pending = None
+        return getattr(self.group, command)(*args)
+
+    def close(self) -> None:
+        self.group.close()
+
+
+class _ProcessWorker:
+    """One worker process and its pipe; every failure to talk to it raises _WorkerDied."""
+
+    def __init__(self, ctx: multiprocessing.context.BaseContext, env_id: str,
+                 env_kwargs: dict[str, Any], num_envs: int, name: str) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, name=name, daemon=True,
+                                   args=(child, env_id, env_kwargs, num_envs))
+        self.process.start()
+        child.close()  # the worker holds the only other end, so its death gives us EOF
+        self.pid = self.process.pid
+        self._seq = 0
+
+    def describe(self, timeout: float) -> dict[str, Any]:
+        """The hello message the worker sends once its envs are built."""
+        return self._reply(0, timeout)
+
+    def send(self, command: str, *args: Any) -> None:
+        self._seq += 1
+        try:
+            self.conn.send((self._seq, command, args))
+        except (BrokenPipeError, EOFError, OSError) as error:
+            raise _WorkerDied(f"send failed ({error!r})") from error
+
+    def recv(self, timeout: float | None) -> Any:
+        return self._reply(self._seq, timeout)
+
+    def _reply(self, seq: int, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], left)
+            if not ready:
+                raise _WorkerDied(f"no reply within {timeout} s")
+            if self.conn not in ready:
+                raise _WorkerDied(f"process exited (exit code {self.process.exitcode})")
+            try:
+                reply_seq, status, value = self.conn.recv()
+            except (EOFError, OSError) as error:
+                self.process.join(1.0)
+                raise _WorkerDied(
+                    f"pipe closed (exit code {self.process.exitcode})") from error
+            if reply_seq != seq:
+                continue  # a stale reply of a call that was interrupted
+            if status == "error":
+                raise _WorkerFailed(f"worker {self.process.name} (pid {self.pid}): {value}")
+            return value
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            try:
+                self.send("close")
+            except _WorkerDied:
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout)
+        self.conn.close()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+
+class RawThroughput(NamedTuple):
+    """Env steps taken by all workers at once, and the wall time it took."""
+
+    env_steps: int
+    seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.env_steps / self.seconds
+
+
+def reset_seed(seed: int, task_index: int, episode: int) -> int:
+    """The env reset seed of episode ``episode`` of task ``task_index`` in a call with ``seed``."""
+    return int(np.random.SeedSequence([seed, task_index, episode]).generate_state(1)[0])
+
+
+# ============================================================== the sampler
+class MultiTaskSampler:
+    """Samples episodes of many tasks in parallel, each task with its own policy parameters.
+
+    Args:
+        env_id: gymnasium id of a sim_envs family (e.g. ``"sim_envs/Reach-v0"``); a
+            ``"module:Name-v0"`` id imports ``module`` in the workers first.
+        num_workers: worker processes; 0 runs the envs in this process.
+        envs_per_worker: envs (slots) per worker (with ``num_workers=0``: in this process).
+        device: where the policy runs.
+        env_kwargs: keyword arguments of ``gymnasium.make``.
+        start_method: multiprocessing start method; keep ``"spawn"`` when this process may
+            hold CUDA (forking it is unsafe).
+        logger: receives one line per worker death and restart (default: ``logging``).
+        step_timeout: seconds a worker may take for one message before it is treated as
+            hung, killed and replaced.
+        max_restarts: worker restarts allowed per :meth:`sample` call before it gives up
+            with ``RuntimeError`` (an env that crashes on every episode would loop forever).
+        policy_threads: torch intra-op threads during :meth:`sample` on CPU (restored after).
+            The per-step batches are tiny: more threads only add synchronisation and take
+            cores from the workers.
+
+    Attributes:
+        events: worker deaths and restarts, oldest first, as dicts with ``"event"``
+            (``"worker_died"`` or ``"worker_restarted"``), ``"worker"``, ``"pid"``, ``"time"``
+            and, for deaths, ``"reason"`` and the re-run ``"episodes"`` as (task, episode).
+        last_stats: figures of the last :meth:`sample` call: ``seconds``, ``env_steps``,
+            ``policy_seconds`` (per-step policy evaluations, summed), ``policy_calls``,
+            ``restarts``.
+        family, obs_dim, act_dim, max_episode_steps: of the env.
+    """
+
+    def __init__(self, env_id: str, num_workers: int, envs_per_worker: int, *,
+                 device: str | torch.device = "cpu", env_kwargs: dict | None = None,
+                 start_method: str = "spawn", logger: Callable[[str], None] | None = None,
+                 step_timeout: float = 60.0, max_restarts: int = 10,
+                 policy_threads: int | None = 1) -> None:
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if not isinstance(envs_per_worker, int) or envs_per_worker < 1:
+            raise ValueError(f"envs_per_worker must be an integer >= 1, got {envs_per_worker!r}")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method must be one of "
+                             f"{multiprocessing.get_all_start_methods()}, got {start_method!r}")
+        if not step_timeout > 0:
+            raise ValueError(f"step_timeout must be > 0, got {step_timeout!r}")
+        if policy_threads is not None and policy_threads < 1:
+            raise ValueError(f"policy_threads must be >= 1 or None, got {policy_threads!r}")
+        self.env_id = env_id
+        self.num_workers = num_workers
+        self.envs_per_worker = envs_per_worker
+        self.device = torch.device(device)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.step_timeout = float(step_timeout)
+        self.max_restarts = int(max_restarts)
+        self.policy_threads = policy_threads
+        self.events: list[dict[str, Any]] = []
+        self.last_stats: dict[str, float] = {}
+        self._logger = logger if logger is not None else _log.warning
+        self._ctx = multiprocessing.get_context(start_method)
+        self._workers: list[_LocalWorker | _ProcessWorker] = []
+        self._closed = False
+        try:
+            if num_workers == 0:
+                try:
+                    self._workers = [_LocalWorker(env_id, self.env_kwargs, envs_per_worker)]
+                except Exception as error:
+                    raise ValueError(f"cannot create {env_id!r}: {error!r}") from error
+                spec = self._workers[0].describe(self.step_timeout)
+            else:
+                # Start every process before waiting for any, so they build their envs at once.
+                self._workers = [self._new_process(w) for w in range(num_workers)]
+                specs = [self._hello(worker) for worker in self._workers]
+                spec = specs[0]
+        except BaseException:
+            self.close()
+            raise
+        if spec["max_episode_steps"] is None:
+            self.close()
+            raise ValueError(f"{env_id!r} has no max_episode_steps; the sampler pads to it")
+        if len(spec["obs_shape"]) != 1 or len(spec["act_shape"]) != 1:
+            self.close()
+            raise ValueError(f"{env_id!r} needs flat observations and actions, got "
+                             f"{spec['obs_shape']} and {spec['act_shape']}")
+        self.family: str = spec["family"]
+        self.obs_dim: int = spec["obs_shape"][0]
+        self.act_dim: int = spec["act_shape"][0]
+        self.max_episode_steps: int = int(spec["max_episode_steps"])
+
+    @property
+    def num_slots(self) -> int:
+        """Envs stepping in parallel: ``max(num_workers, 1) * envs_per_worker``."""
+        return len(self._workers) * self.envs_per_worker
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (empty with ``num_workers=0``)."""
+        return [w.pid for w in self._workers if isinstance(w, _ProcessWorker)]
+
+    # ---------------------------------------------------------------- sampling
+    def sample(self, model: GaussianMLPPolicy, params: Params, tasks: Sequence[Task],
+               episodes_per_task: int, *, seed: int, generator: torch.Generator,
+               deterministic: bool = False) -> EpisodeBatch:
+        """``episodes_per_task`` episodes of every task, task ``m`` run with ``params[·][m]``.
+
+        Args:
+            model: the policy architecture and observation normaliser (on ``device``).
+            params: stacked parameters, each ``[M, *shape]`` with ``M == len(tasks)``.
+            tasks: ``M`` tasks of this sampler's family.
+            episodes_per_task: ``E >= 1``.
+            seed: non-negative int; reset seeds derive from it (see :func:`reset_seed`).
+            generator: draws the action noise ``[M, E, T, A]`` (untouched if deterministic).
+            deterministic: act with the mean action.
+
+        Returns:
+            An :class:`EpisodeBatch` ``[M, E, T, ...]`` on ``device`` with ``T`` the env's
+            ``max_episode_steps``; ``act`` is the sampled action (the env clips it) and
+            ``logp`` its log-probability under the slot's parameters.
+        """
+        if self._closed:
+            raise ValueError("the sampler is closed")
+        self._check_inputs(model, params, tasks, episodes_per_task, seed, generator)
+        threads = torch.get_num_threads()
+        if self.policy_threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.policy_threads)
+        try:
+            with torch.no_grad():
+                return self._sample(model, params, list(tasks), episodes_per_task, seed,
+                                    generator, deterministic)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _check_inputs(self, model: GaussianMLPPolicy, params: Params, tasks: Sequence[Task],
+                      episodes_per_task: int, seed: int, generator: torch.Generator) -> None:
+        if len(tasks) == 0:
+            raise ValueError("tasks is empty")
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise ValueError(f"tasks must be sim_envs Tasks, got {type(task).__name__}")
+            if task.family != self.family:
+                raise ValueError(f"{self.env_id!r} simulates family {self.family!r}, "
+                                 f"got a task of family {task.family!r} ({task.task_id})")
+        expected = {name for name, _ in model.named_parameters()}
+        if set(params) != expected:
+            raise ValueError(f"params names {sorted(params)} do not match the model's "
+                             f"{sorted(expected)}")
+        for name, value in params.items():
+            if value.dim() == 0 or value.shape[0] != len(tasks):
+                raise ValueError(f"params[{name!r}] has shape {tuple(value.shape)}: its leading "
+                                 f"(task) dim must equal len(tasks) = {len(tasks)}")
+        if (model.obs_dim, model.act_dim) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"model is for obs/act dims {(model.obs_dim, model.act_dim)}, "
+                             f"the env has {(self.obs_dim, self.act_dim)}")
+        if isinstance(episodes_per_task, bool) or not isinstance(episodes_per_task, int) \
+                or episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be an integer >= 1, "
+                             f"got {episodes_per_task!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator)}")
+        if model.obs_mean.device.type != self.device.type:
+            raise ValueError(f"model is on {model.obs_mean.device}, the sampler's device is "
+                             f"{self.device}")
+
+    def _sample(self, model: GaussianMLPPolicy, params: Params, tasks: list[Task], num_eps: int,
+                seed: int, generator: torch.Generator, deterministic: bool) -> EpisodeBatch:
+        started_at = time.perf_counter()
+        num_tasks, T, A = len(tasks), self.max_episode_steps, self.act_dim
+        params = {k: v.detach().to(self.device) for k, v in params.items()}
+        noise = None if deterministic else torch.randn(
+            (num_tasks, num_eps, T, A), generator=generator, device=generator.device,
+        ).to(self.device)
+        seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)] for m in range(num_tasks)]
+        forward = torch.func.vmap(lambda p, o: policy_forward(model, p, o))
+
+        obs_buf = np.zeros((num_tasks, num_eps, T, self.obs_dim), np.float32)
+        act_buf = np.zeros((num_tasks, num_eps, T, A), np.float32)
+        logp_buf = np.zeros((num_tasks, num_eps, T), np.float32)
+        rew_buf = np.zeros((num_tasks, num_eps, T), np.float32)
+        length = np.zeros((num_tasks, num_eps), np.int64)
+        success = np.zeros((num_tasks, num_eps), np.float32)
+        jobs = collections.deque((m, e) for m in range(num_tasks) for e in range(num_eps))
+
+        # Slot state: the (task, episode) it runs (-1: idle), its step and current obs.
+        S, per = self.num_slots, self.envs_per_worker
+        slot_task = np.full(S, -1)
+        slot_episode = np.full(S, -1)
+        slot_t = np.zeros(S, np.int64)
+        slot_obs = np.zeros((S, self.obs_dim), np.float32)
+        policy_seconds, policy_calls, restarts = 0.0, 0, 0
+
+        def finish(m: int, e: int, steps: int, succeeded: bool) -> None:
+            length[m, e], success[m, e] = steps, float(succeeded)
+            # Clear what a run of this episode on a worker that died may have left.
+            obs_buf[m, e, steps:], act_buf[m, e, steps:] = 0.0, 0.0
+            logp_buf[m, e, steps:], rew_buf[m, e, steps:] = 0.0, 0.0
+
+        def requeue(pairs: list[tuple[int, int]]) -> None:
+            # Jobs leave the queue in (task, episode) order; returning them sorted to the
+            # front keeps it sorted.
+            jobs.extendleft(sorted(pairs, reverse=True))
+
+        self._broadcast_tasks(tasks)
+        while jobs or (slot_task >= 0).any():
+            running = np.flatnonzero(slot_task >= 0)
+            actions = np.zeros((S, A), np.float32)
+            if running.size:
+                policy_start = time.perf_counter()
+                m_idx, e_idx, t_idx = slot_task[running], slot_episode[running], slot_t[running]
+                m_dev = torch.as_tensor(m_idx, device=self.device)
+                obs = torch.as_tensor(slot_obs[running], device=self.device)
+                mean, log_std = forward({k: v[m_dev] for k, v in params.items()}, obs)
+                if noise is None:
+                    act = mean
+                else:
+                    steps = (m_dev, torch.as_tensor(e_idx, device=self.device),
+                             torch.as_tensor(t_idx, device=self.device))
+                    act = mean + torch.exp(log_std) * noise[steps]
+                logp = gaussian_log_prob(mean, log_std, act)
+                act_np = act.float().cpu().numpy()
+                logp_np = logp.float().cpu().numpy()
+                policy_seconds += time.perf_counter() - policy_start
+                policy_calls += 1
+                obs_buf[m_idx, e_idx, t_idx] = slot_obs[running]
+                act_buf[m_idx, e_idx, t_idx] = act_np
+                logp_buf[m_idx, e_idx, t_idx] = logp_np
+                actions[running] = act_np
+
+            # Idle slots start the next jobs now; running slots get one to start if their
+            # episode ends at this step (handed back below if it does not).
+            starts: list[tuple[int, int] | None] = [None] * S
+            idle = np.flatnonzero(slot_task < 0)
+            for s in [*idle, *running]:
+                if not jobs:
+                    break
+                starts[s] = jobs.popleft()
+
+            workers = range(len(self._workers))
+            died: dict[int, str] = {}
+            for w in workers:
+                block = slice(w * per, (w + 1) * per)
+                worker_starts = [None if job is None else (job[0], seeds[job[0]][job[1]])
+                                 for job in starts[block]]
+                try:
+                    self._workers[w].send("step", actions[block], slot_task[block] >= 0,
+                                          worker_starts)
+                except _WorkerDied as error:
+                    died[w] = str(error)
+            replies: dict[int, tuple[np.ndarray, ...]] = {}
+            failure: _WorkerFailed | None = None
+            for w in workers:
+                if w in died:
+                    continue
+                try:
+                    replies[w] = self._workers[w].recv(self.step_timeout)
+                except _WorkerDied as error:
+                    died[w] = str(error)
+                except _WorkerFailed as error:
+                    failure = failure or error  # keep draining the other workers' replies
+            if failure is not None:
+                raise failure
+
+            unused: list[tuple[int, int]] = []
+            for w, (obs, rew, terminated, truncated, succ, started) in replies.items():
+                for i in range(per):
+                    s = w * per + i
+                    if slot_task[s] >= 0:
+                        m, e, t = slot_task[s], slot_episode[s], slot_t[s]
+                        rew_buf[m, e, t] = rew[i]
+                        slot_t[s] = t + 1
+                        if terminated[i] or truncated[i]:
+                            finish(m, e, t + 1, bool(succ[i]))
+                            slot_task[s] = slot_episode[s] = -1
+                        elif t + 1 >= T:
+                            raise RuntimeError(f"episode ran past max_episode_steps={T} "
+                                               "without being truncated")
+                        else:
+                            slot_obs[s] = obs[i]
+                    if started[i]:
+                        slot_task[s], slot_episode[s] = starts[s]
+                        slot_t[s], slot_obs[s] = 0, obs[i]
+                    elif starts[s] is not None:
+                        unused.append(starts[s])
+            for w, reason in died.items():
+                block = range(w * per, (w + 1) * per)
+                lost = [(int(slot_task[s]), int(slot_episode[s])) for s in block
+                        if slot_task[s] >= 0]
+                unused += [starts[s] for s in block if starts[s] is not None] + lost
+                slot_task[w * per:(w + 1) * per] = -1
+                slot_episode[w * per:(w + 1) * per] = -1
+                restarts += 1
+                if restarts > self.max_restarts:
+                    raise RuntimeError(f"{restarts} worker restarts in one sample call "
+                                       f"(max_restarts={self.max_restarts}); last: {reason}")
+                self._replace_worker(w, reason, lost, tasks)
+            requeue(unused)
+
+        mask = (np.arange(T) < length[..., None]).astype(np.float32)
+        self.last_stats = {"seconds": time.perf_counter() - started_at,
+                           "env_steps": float(length.sum()), "policy_seconds": policy_seconds,
+                           "policy_calls": float(policy_calls), "restarts": float(restarts)}
+
+        def out(array: np.ndarray) -> Tensor:
+            return torch.from_numpy(array).to(self.device)
+
+        return EpisodeBatch(out(obs_buf), out(act_buf), out(rew_buf), out(mask), out(logp_buf),
+                            out(success))
+
+    def _broadcast_tasks(self, tasks: list[Task]) -> None:
+        for w in range(len(self._workers)):
+            for attempt in range(2):
+                try:
+                    self._workers[w].send("set_tasks", tasks)
+                    self._workers[w].recv(self.step_timeout)
+                    break
+                except _WorkerDied as error:
+                    if attempt == 1:
+                        raise RuntimeError(f"worker {w} died twice while receiving the tasks"
+                                           ) from error
+                    self._replace_worker(w, str(error), [], None)
+
+    # ---------------------------------------------------------------- workers
+    def _new_process(self, index: int) -> _ProcessWorker:
+        return _ProcessWorker(self._ctx, self.env_id, self.env_kwargs, self.envs_per_worker,
+                              name=f"metarobot-sampler-{index}")
+
+    def _hello(self, worker: _ProcessWorker) -> dict[str, Any]:
+        try:
+            return worker.describe(max(self.step_timeout, 120.0))
+        except _WorkerDied as error:
+            raise RuntimeError(f"sampler worker {worker.process.name} failed to start: "
+                               f"{error}") from error
+        except _WorkerFailed as error:
+            raise ValueError(f"cannot create {self.env_id!r} in a worker: {error}") from error
+
+    def _replace_worker(self, index: int, reason: str, lost: list[tuple[int, int]],
+                        tasks: list[Task] | None) -> None:
+        old = self._workers[index]
+        assert isinstance(old, _ProcessWorker)
+        old.kill()
+        self._record({"event": "worker_died", "worker": index, "pid": old.pid,
+                      "exitcode": old.process.exitcode, "reason": reason,
+                      "episodes": lost, "time": time.time()},
+                     f"sampler worker {index} (pid {old.pid}) died: {reason}; "
+                     f"re-running {len(lost)} episode(s)")
+        new = self._new_process(index)
+        self._workers[index] = new
+        self._hello(new)
+        if tasks is not None:
+            new.send("set_tasks", tasks)
+            new.recv(self.step_timeout)
+        self._record({"event": "worker_restarted", "worker": index, "pid": new.pid,
+                      "time": time.time()},
+                     f"sampler worker {index} restarted (pid {new.pid})")
+
+    def _record(self, event: dict[str, Any], message: str) -> None:
+        self.events.append(event)
+        self._logger(message)
+
+    def measure_raw_throughput(self, steps_per_env: int = 200, seed: int = 0) -> RawThroughput:
+        """Every worker steps all its envs ``steps_per_env`` times with random actions, all
+        workers at once, no policy and no IPC per step: the ceiling :meth:`sample` is
+        measured against. Envs keep the last tasks they simulated."""
+        if steps_per_env < 1:
+            raise ValueError(f"steps_per_env must be >= 1, got {steps_per_env}")
+        start = time.perf_counter()
+        for w, worker in enumerate(self._workers):
+            worker.send("raw_steps", steps_per_env, seed + 1000 * w)
+        total = 0
+        try:
+            for worker in self._workers:
+                total += worker.recv(None)[0]
+        except _WorkerDied as error:
+            raise RuntimeError(f"a worker died during the throughput run: {error}") from error
+        return RawThroughput(total, time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- shutdown
+    def close(self) -> None:
+        """Stop the workers and close the envs (idempotent)."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        for worker in self._workers:
+            try:
+                worker.close()
+            except Exception as error:  # closing must not stop the other workers' shutdown
+                _log.warning("closing sampler worker failed: %r", error)
+        self._workers = []
+
+    def __enter__(self) -> MultiTaskSampler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

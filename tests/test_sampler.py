@@ -1,0 +1,336 @@
+"""Tests of metarobot.sampler on a tiny point-mass MetaEnv (defined and registered here so
+spawned workers can import it) and one smoke run on Reach."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
+from metarobot.sampler import MultiTaskSampler, reset_seed
+from sim_envs.base_env import MetaEnv
+from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
+
+# ---------------------------------------------------------------- the point-mass family
+MAX_STEPS = 12
+STEP_SIZE = 0.1
+
+
+@dataclass(frozen=True)
+class PointParams(TaskParams):
+    goal: float = param(ParamSpec(unit="m", low=-2.0, high=2.0, doc="goal x"))
+    end_step: int = param(ParamSpec(low=0, high=1000, doc="terminate (success) at this "
+                                                          "step; 0: never"))
+
+
+class PointFamily(TaskFamily):
+    name = "point"
+    params_type = PointParams
+
+    def _sample_params(self, rng: np.random.Generator, split: Split) -> TaskParams:
+        return PointParams(goal=float(rng.uniform(-1, 1)), end_step=0)
+
+    def split_of(self, params: TaskParams) -> Split:
+        return "train"
+
+
+class PointEnv(MetaEnv):
+    """x, y position moved by ``STEP_SIZE * action``; reward ``-|pos - (goal, 0)|``.
+
+    ``crash_file`` / ``hang_file``: the first env (across processes) to reach step
+    ``crash_step`` / ``hang_step`` while the file does not exist creates it and SIGKILLs
+    its own process / sleeps for a minute: exactly one worker death each.
+    """
+
+    family_type = PointFamily
+
+    def __init__(self, task: Task | None = None, render_mode: str | None = None,
+                 crash_file: str | None = None, crash_step: int = 3,
+                 hang_file: str | None = None, hang_step: int = 6) -> None:
+        self.crash_file, self.crash_step = crash_file, crash_step
+        self.hang_file, self.hang_step = hang_file, hang_step
+        self.apply_count = 0
+        super().__init__(task, render_mode)
+
+    def _build_scene(self) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.pos = np.zeros(2)
+        self.t = 0
+
+    def _apply_task(self, task: Task) -> None:
+        self.goal, self.end_step = task.params.goal, task.params.end_step
+        self.apply_count += 1
+
+    def _reset_episode(self) -> None:
+        self.pos = self.np_random.uniform(-1.0, 1.0, 2)
+        self.t = 0
+
+    def _observe(self) -> np.ndarray:
+        return self.pos.astype(np.float32)
+
+    def _step(self, action: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        if self.t == self.crash_step and _claim(self.crash_file):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.t == self.hang_step and _claim(self.hang_file):
+            time.sleep(60.0)
+        self.pos = self.pos + STEP_SIZE * action
+        reward = -float(np.linalg.norm(self.pos - np.array([self.goal, 0.0])))
+        terminated = self.end_step > 0 and self.t >= self.end_step
+        return reward, terminated, terminated, {}
+
+
+def _claim(path: str | None) -> bool:
+    """True for exactly one caller per path (atomic create)."""
+    if path is None:
+        return False
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+if "PointGoal-v0" not in gymnasium.registry:
+    gymnasium.register(id="PointGoal-v0", entry_point=f"{__name__}:PointEnv",
+                       max_episode_steps=MAX_STEPS)
+# The module prefix makes spawned workers import this file (and so register the id).
+POINT_ID = f"{__name__}:PointGoal-v0"
+
+
+def point_task(goal: float, end_step: int = 0) -> Task:
+    return PointFamily().make_task({"goal": goal, "end_step": end_step})
+
+
+def stacked(model: GaussianMLPPolicy, num_tasks: int, seed: int = 0,
+            scale: float = 0.0) -> dict[str, torch.Tensor]:
+    """Model params broadcast to ``num_tasks``, each task perturbed by its own noise."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v.detach().expand(num_tasks, *v.shape)
+            + scale * torch.randn(num_tasks, *v.shape, generator=g)
+            for k, v in model.named_parameters()}
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_batches_equal(a, b) -> None:
+    for name, x, y in zip(a._fields, a, b):
+        assert torch.equal(x, y), f"{name} differs"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    yield
+    # A test that fails midway must not leave workers behind for the others.
+    leftover = multiprocessing.active_children()
+    for child in leftover:
+        child.kill()
+        child.join()
+    assert not leftover, f"worker processes left running: {leftover}"
+
+
+# ---------------------------------------------------------------- tests
+def test_shapes_masks_padding_and_success():
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    tasks = [point_task(0.5, end_step=5), point_task(-0.5)]  # terminates at 5 / truncated
+    with MultiTaskSampler(POINT_ID, 0, 4) as sampler:
+        batch = sampler.sample(model, stacked(model, 2), tasks, 3, seed=1, generator=gen())
+    M, E, T = 2, 3, MAX_STEPS
+    assert batch.obs.shape == (M, E, T, 2) and batch.act.shape == (M, E, T, 2)
+    for name in ("rew", "mask", "logp"):
+        assert getattr(batch, name).shape == (M, E, T)
+    assert batch.success.shape == (M, E)
+    lengths = batch.mask.sum(-1)
+    assert torch.equal(lengths, torch.tensor([[5.0] * E, [float(T)] * E]))
+    # mask is 1 up to the episode end, then 0, and padded steps hold zeros.
+    assert torch.equal(batch.mask, (torch.arange(T) < lengths[..., None]).float())
+    pad = batch.mask == 0
+    for x in (batch.obs.abs().sum(-1), batch.act.abs().sum(-1), batch.rew, batch.logp):
+        assert torch.all(x[pad] == 0)
+        assert torch.all(torch.isfinite(x))
+    assert torch.equal(batch.success, torch.tensor([[1.0] * E, [0.0] * E]))
+    # obs[t] is the observation the action act[t] was taken in, rew[t] its reward.
+    real = batch.mask[..., 1:] == 1
+    moved = batch.obs[..., :-1, :] + STEP_SIZE * batch.act[..., :-1, :].clamp(-1, 1)
+    assert torch.allclose(batch.obs[..., 1:, :][real], moved[real], atol=1e-5)
+    goals = torch.tensor([0.5, -0.5])[:, None, None]
+    dist = torch.stack([batch.obs[..., 1:, 0] - goals, batch.obs[..., 1:, 1]], -1).norm(dim=-1)
+    assert torch.allclose(batch.rew[..., :-1][real], -dist[real], atol=1e-5)
+    # Episodes of one task start from different reset seeds.
+    assert not torch.equal(batch.obs[0, 0, 0], batch.obs[0, 1, 0])
+
+
+def test_reset_obs_follows_the_derived_seed():
+    task = point_task(0.3)
+    model = GaussianMLPPolicy(2, 2, hidden=(8,))
+    with MultiTaskSampler(POINT_ID, 0, 2) as sampler:
+        batch = sampler.sample(model, stacked(model, 1), [task], 2, seed=7, generator=gen())
+    env = gymnasium.make(POINT_ID)
+    env.unwrapped.set_task(task)
+    obs, _ = env.reset(seed=reset_seed(7, 0, 1))
+    env.close()
+    assert torch.equal(batch.obs[0, 1, 0], torch.from_numpy(obs))
+
+
+def test_logp_is_log_prob_of_act_under_each_tasks_params():
+    torch.manual_seed(0)
+    model = GaussianMLPPolicy(2, 2, hidden=(16, 16), init_log_std=-0.5)
+    params = stacked(model, 3, scale=0.5)
+    tasks = [point_task(g) for g in (-1.0, 0.0, 1.0)]
+    with MultiTaskSampler(POINT_ID, 0, 5) as sampler:
+        batch = sampler.sample(model, params, tasks, 2, seed=0, generator=gen(3))
+    real = batch.mask == 1
+    for m in range(3):
+        mean, log_std = policy_forward(model, {k: v[m] for k, v in params.items()}, batch.obs[m])
+        expected = gaussian_log_prob(mean, log_std, batch.act[m])
+        assert torch.allclose(batch.logp[m][real[m]], expected[real[m]], atol=1e-5)
+        # Actions are sampled, not the mean.
+        assert (batch.act[m] - mean)[real[m]].abs().max() > 0.05
+
+
+def test_per_task_params_drive_the_actions():
+    model = GaussianMLPPolicy(2, 2, hidden=(8,))
+    params = stacked(model, 2)
+    params["mean_net.2.weight"] = torch.zeros_like(params["mean_net.2.weight"])
+    params["mean_net.2.bias"] = torch.tensor([[0.7, 0.0], [-0.7, 0.0]])
+    tasks = [point_task(0.0), point_task(0.0)]
+    with MultiTaskSampler(POINT_ID, 0, 3) as sampler:
+        batch = sampler.sample(model, params, tasks, 2, seed=0, generator=gen(),
+                               deterministic=True)
+    real = batch.mask == 1
+    assert torch.all(batch.act[0, ..., 0][real[0]] == 0.7)
+    assert torch.all(batch.act[1, ..., 0][real[1]] == -0.7)
+    drift = batch.obs[:, :, -1, 0] - batch.obs[:, :, 0, 0]
+    assert torch.all(drift[0] > 0.5) and torch.all(drift[1] < -0.5)
+
+
+def test_set_task_only_when_the_task_changes():
+    model = GaussianMLPPolicy(2, 2, hidden=(8,))
+    tasks = [point_task(0.1), point_task(0.2)]
+    with MultiTaskSampler(POINT_ID, 0, 1) as sampler:
+        env = sampler._workers[0].group.envs[0].unwrapped
+        before = env.apply_count
+        sampler.sample(model, stacked(model, 2), tasks, 3, seed=0, generator=gen())
+        # One slot runs (0,0) (0,1) (0,2) (1,0) (1,1) (1,2): two task switches.
+        assert env.apply_count - before == 2
+
+
+def test_same_seed_and_generator_give_the_same_batch_in_process():
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = stacked(model, 2, scale=0.3)
+    tasks = [point_task(0.5, end_step=7), point_task(-0.5)]
+    with MultiTaskSampler(POINT_ID, 0, 3) as sampler:
+        first = sampler.sample(model, params, tasks, 4, seed=5, generator=gen(1))
+        again = sampler.sample(model, params, tasks, 4, seed=5, generator=gen(1))
+        other_seed = sampler.sample(model, params, tasks, 4, seed=6, generator=gen(1))
+        other_noise = sampler.sample(model, params, tasks, 4, seed=5, generator=gen(2))
+    assert_batches_equal(first, again)
+    assert not torch.equal(first.obs[:, :, 0], other_seed.obs[:, :, 0])
+    assert torch.equal(first.obs[:, :, 0], other_noise.obs[:, :, 0])  # same resets
+    assert not torch.equal(first.act, other_noise.act)
+
+
+def test_workers_are_deterministic_match_in_process_and_clean_up():
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = stacked(model, 3, scale=0.3)
+    tasks = [point_task(0.5, end_step=7), point_task(-0.5), point_task(1.0, end_step=3)]
+    with MultiTaskSampler(POINT_ID, 0, 4) as local:
+        reference = local.sample(model, params, tasks, 5, seed=11, generator=gen(4))
+    with MultiTaskSampler(POINT_ID, 2, 3) as sampler:
+        pids = sampler.worker_pids
+        assert len(pids) == 2 and len(multiprocessing.active_children()) == 2
+        first = sampler.sample(model, params, tasks, 5, seed=11, generator=gen(4))
+        again = sampler.sample(model, params, tasks, 5, seed=11, generator=gen(4))
+    assert_batches_equal(first, again)
+    # Same reset seeds and noise per (task, episode, step) whatever the slot layout.
+    for name, x, y in zip(first._fields, first, reference):
+        assert torch.allclose(x, y, atol=1e-5), name
+    assert multiprocessing.active_children() == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(ValueError, match="closed"):
+        sampler.sample(model, params, tasks, 1, seed=0, generator=gen())
+    sampler.close()  # idempotent
+
+
+def test_dead_and_hung_workers_are_replaced_and_the_batch_is_complete(tmp_path):
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = stacked(model, 2, scale=0.3)
+    tasks = [point_task(0.5, end_step=9), point_task(-0.5)]
+    messages: list[str] = []
+    kwargs = {"crash_file": str(tmp_path / "crash"), "hang_file": str(tmp_path / "hang")}
+    with MultiTaskSampler(POINT_ID, 2, 2, env_kwargs=kwargs, logger=messages.append,
+                          step_timeout=3.0) as sampler:
+        old_pids = set(sampler.worker_pids)
+        batch = sampler.sample(model, params, tasks, 3, seed=2, generator=gen(5))
+        kinds = [event["event"] for event in sampler.events]
+        assert kinds == ["worker_died", "worker_restarted"] * 2
+        died = [event for event in sampler.events if event["event"] == "worker_died"]
+        assert died[0]["exitcode"] == -signal.SIGKILL
+        assert "no reply within" in died[1]["reason"]
+        assert all(event["episodes"] for event in died)
+        assert len(messages) == 4 and "died" in messages[0]
+        assert {event["pid"] for event in died} <= old_pids
+        assert len(set(sampler.worker_pids) - old_pids) >= 1
+        # Both files exist now, so this call runs undisturbed.
+        undisturbed = sampler.sample(model, params, tasks, 3, seed=2, generator=gen(5))
+        assert len(sampler.events) == 4
+    assert torch.equal(batch.mask.sum(-1), torch.tensor([[9.0] * 3, [float(MAX_STEPS)] * 3]))
+    assert all(torch.all(torch.isfinite(x)) for x in batch)
+    # The re-run episodes reproduce exactly what an undisturbed run samples.
+    assert_batches_equal(batch, undisturbed)
+
+
+def test_bad_input_raises_value_error():
+    model = GaussianMLPPolicy(2, 2, hidden=(8,))
+    tasks = [point_task(0.1), point_task(0.2)]
+    with pytest.raises(ValueError, match="num_workers"):
+        MultiTaskSampler(POINT_ID, -1, 2)
+    with pytest.raises(ValueError, match="envs_per_worker"):
+        MultiTaskSampler(POINT_ID, 0, 0)
+    with pytest.raises(ValueError, match="cannot create"):
+        MultiTaskSampler("sim_envs/NoSuchEnv-v0", 0, 1)
+    with MultiTaskSampler(POINT_ID, 0, 2) as sampler:
+        params = stacked(model, 2)
+        with pytest.raises(ValueError, match="leading"):
+            sampler.sample(model, stacked(model, 3), tasks, 1, seed=0, generator=gen())
+        with pytest.raises(ValueError, match="episodes_per_task"):
+            sampler.sample(model, params, tasks, 0, seed=0, generator=gen())
+        alien = Task(family="reach", split="train", params=PointParams(goal=0.0, end_step=0))
+        with pytest.raises(ValueError, match="family"):
+            sampler.sample(model, params, [tasks[0], alien], 1, seed=0, generator=gen())
+        with pytest.raises(ValueError, match="seed"):
+            sampler.sample(model, params, tasks, 1, seed=-1, generator=gen())
+        with pytest.raises(ValueError, match="obs/act"):
+            wide = GaussianMLPPolicy(3, 2, hidden=(8,))
+            sampler.sample(wide, stacked(wide, 2), tasks, 1, seed=0, generator=gen())
+
+
+def test_reach_smoke():
+    env = gymnasium.make("sim_envs/Reach-v0")
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    tasks = env.unwrapped.sample_tasks(2, "train", seed=0)
+    env.close()
+    model = GaussianMLPPolicy(obs_dim, act_dim, hidden=(16,))
+    with MultiTaskSampler("sim_envs/Reach-v0", 0, 2) as sampler:
+        batch = sampler.sample(model, stacked(model, 2), tasks, 1, seed=0, generator=gen())
+    assert batch.obs.shape == (2, 1, sampler.max_episode_steps, obs_dim)
+    assert sampler.max_episode_steps == 50
+    assert all(torch.all(torch.isfinite(x)) for x in batch)
+    assert torch.all(batch.mask[..., 0] == 1)
+    assert math.isclose(sampler.last_stats["env_steps"], float(batch.mask.sum()))
