@@ -25,6 +25,7 @@ A family implements five small hooks: :meth:`_build_scene`, :meth:`_apply_task`,
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from typing import Any, ClassVar
 
@@ -34,6 +35,19 @@ import pybullet
 from pybullet_utils import bullet_client
 
 from sim_envs.tasks import Split, Task, TaskFamily
+
+
+class DirectClient(bullet_client.BulletClient):
+    """A :class:`BulletClient` on its own new ``DIRECT`` physics server.
+
+    BulletClient's constructor passes ``options=""`` to ``connect``, which makes pybullet
+    print ``argv[0]=`` for every env created; connecting without options is silent.
+    """
+
+    def __init__(self) -> None:  # noqa: D107 - attributes as BulletClient sets them
+        self._shapes: dict = {}
+        self._pid = os.getpid()
+        self._client = pybullet.connect(pybullet.DIRECT)
 
 
 class MetaEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -60,7 +74,7 @@ class MetaEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.family = self.family_type()
-        self.client = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        self.client = DirectClient()
         self._task: Task | None = None
         self._saved_state: int | None = None
         self._episode_success = False
