@@ -7,13 +7,15 @@ How one :meth:`MultiTaskSampler.sample` call runs:
 
 * ``num_workers`` worker processes each hold ``envs_per_worker`` envs (``num_workers=0``:
   one group of envs in this process, same code path). Every env is a *slot*.
-* The ``M * E`` (task, episode) jobs wait in a queue; a free slot takes the next one:
-  set the task on the env if it changed (``set_task`` rebuilds part of the scene, so it is
-  skipped when the slot already simulates that task) and reset it with a seed derived
-  from ``(seed, task index, episode index)``.
+* The ``M * E`` (task, episode) jobs wait in a queue; a free slot takes the next episode
+  of the task its env already simulates, else one of the task with the most episodes left
+  (``set_task`` rebuilds part of the scene and costs milliseconds, so it is called only
+  when the slot's task changes; slots also keep their task across calls). The env is
+  reset with a seed derived from ``(seed, task index, episode index)``.
 * Every step, the policy runs once on ``device``, batched over all running slots: each
   slot's parameters are gathered from the stacked dict by its task index and
-  :func:`~metarobot.policy.policy_forward` is ``vmap``-ed over slots. Then each worker
+  :func:`~metarobot.policy.policy_forward` is ``vmap``-ed over slots (when every task has
+  the same parameters, as for pre-update sampling, one plain call does). Then each worker
   gets one message with its envs' actions and steps them all (one pipe round trip per
   worker per step). A slot whose episode ends is reset for its next job within the same
   message, so no step is spent idle between episodes.
@@ -57,6 +59,36 @@ _log = logging.getLogger(__name__)
 
 #: A job a slot starts: (task index, reset seed).
 _Start = tuple[int, int]
+
+
+class _JobQueue:
+    """The pending (task, episode) jobs of one sample call.
+
+    :meth:`take` prefers the given task (the one the slot's env simulates: no
+    ``set_task``), else the task with the most pending episodes, which spreads the first
+    wave of slots evenly over the tasks so each slot then stays on its task.
+    """
+
+    def __init__(self, num_tasks: int, episodes_per_task: int) -> None:
+        self.pending = [collections.deque(range(episodes_per_task)) for _ in range(num_tasks)]
+        self.count = num_tasks * episodes_per_task
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, preferred_task: int) -> tuple[int, int] | None:
+        if self.count == 0:
+            return None
+        m = preferred_task
+        if m < 0 or not self.pending[m]:
+            m = max(range(len(self.pending)), key=lambda k: len(self.pending[k]))
+        self.count -= 1
+        return m, self.pending[m].popleft()
+
+    def put_back(self, jobs: list[tuple[int, int]]) -> None:
+        for m, e in sorted(jobs, reverse=True):  # keeps each task's episodes in order
+            self.pending[m].appendleft(e)
+            self.count += 1
 
 
 # ============================================================== worker side (no torch)
@@ -310,8 +342,9 @@ class MultiTaskSampler:
             (``"worker_died"`` or ``"worker_restarted"``), ``"worker"``, ``"pid"``, ``"time"``
             and, for deaths, ``"reason"`` and the re-run ``"episodes"`` as (task, episode).
         last_stats: figures of the last :meth:`sample` call: ``seconds``, ``env_steps``,
-            ``policy_seconds`` (per-step policy evaluations, summed), ``policy_calls``,
-            ``restarts``.
+            ``policy_seconds`` (per-step policy evaluations, summed), ``worker_seconds``
+            (sending the step messages until the last reply, summed: the envs' time plus
+            IPC), ``policy_calls``, ``restarts``.
         family, obs_dim, act_dim, max_episode_steps: of the env.
     """
 
@@ -344,6 +377,8 @@ class MultiTaskSampler:
         self._logger = logger if logger is not None else _log.warning
         self._ctx = multiprocessing.get_context(start_method)
         self._workers: list[_LocalWorker | _ProcessWorker] = []
+        #: task_id each slot's env simulates (None: unknown), kept across calls.
+        self._slot_task_ids: list[str | None] = []
         self._closed = False
         try:
             if num_workers == 0:
@@ -371,6 +406,7 @@ class MultiTaskSampler:
         self.obs_dim: int = spec["obs_shape"][0]
         self.act_dim: int = spec["act_shape"][0]
         self.max_episode_steps: int = int(spec["max_episode_steps"])
+        self._slot_task_ids = [None] * self.num_slots
 
     @property
     def num_slots(self) -> int:
@@ -457,7 +493,7 @@ class MultiTaskSampler:
             (num_tasks, num_eps, T, A), generator=generator, device=generator.device,
         ).to(self.device)
         seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)] for m in range(num_tasks)]
-        forward = torch.func.vmap(lambda p, o: policy_forward(model, p, o))
+        evaluate = self._batched_policy(model, params)
 
         obs_buf = np.zeros((num_tasks, num_eps, T, self.obs_dim), np.float32)
         act_buf = np.zeros((num_tasks, num_eps, T, A), np.float32)
@@ -465,26 +501,24 @@ class MultiTaskSampler:
         rew_buf = np.zeros((num_tasks, num_eps, T), np.float32)
         length = np.zeros((num_tasks, num_eps), np.int64)
         success = np.zeros((num_tasks, num_eps), np.float32)
-        jobs = collections.deque((m, e) for m in range(num_tasks) for e in range(num_eps))
+        jobs = _JobQueue(num_tasks, num_eps)
 
-        # Slot state: the (task, episode) it runs (-1: idle), its step and current obs.
+        # Slot state: the (task, episode) it runs (-1: idle), its step and current obs, and
+        # the task its env simulates (-1: none of these tasks).
         S, per = self.num_slots, self.envs_per_worker
+        index_of = {task.task_id: m for m, task in reversed(list(enumerate(tasks)))}
+        slot_env_task = [index_of.get(task_id, -1) for task_id in self._slot_task_ids]
         slot_task = np.full(S, -1)
         slot_episode = np.full(S, -1)
         slot_t = np.zeros(S, np.int64)
         slot_obs = np.zeros((S, self.obs_dim), np.float32)
-        policy_seconds, policy_calls, restarts = 0.0, 0, 0
+        policy_seconds, wait_seconds, policy_calls, restarts = 0.0, 0.0, 0, 0
 
         def finish(m: int, e: int, steps: int, succeeded: bool) -> None:
             length[m, e], success[m, e] = steps, float(succeeded)
             # Clear what a run of this episode on a worker that died may have left.
             obs_buf[m, e, steps:], act_buf[m, e, steps:] = 0.0, 0.0
             logp_buf[m, e, steps:], rew_buf[m, e, steps:] = 0.0, 0.0
-
-        def requeue(pairs: list[tuple[int, int]]) -> None:
-            # Jobs leave the queue in (task, episode) order; returning them sorted to the
-            # front keeps it sorted.
-            jobs.extendleft(sorted(pairs, reverse=True))
 
         self._broadcast_tasks(tasks)
         while jobs or (slot_task >= 0).any():
@@ -495,7 +529,7 @@ class MultiTaskSampler:
                 m_idx, e_idx, t_idx = slot_task[running], slot_episode[running], slot_t[running]
                 m_dev = torch.as_tensor(m_idx, device=self.device)
                 obs = torch.as_tensor(slot_obs[running], device=self.device)
-                mean, log_std = forward({k: v[m_dev] for k, v in params.items()}, obs)
+                mean, log_std = evaluate(m_dev, obs)
                 if noise is None:
                     act = mean
                 else:
@@ -519,9 +553,10 @@ class MultiTaskSampler:
             for s in [*idle, *running]:
                 if not jobs:
                     break
-                starts[s] = jobs.popleft()
+                starts[s] = jobs.take(slot_env_task[s])
 
             workers = range(len(self._workers))
+            wait_start = time.perf_counter()
             died: dict[int, str] = {}
             for w in workers:
                 block = slice(w * per, (w + 1) * per)
@@ -545,6 +580,7 @@ class MultiTaskSampler:
                     failure = failure or error  # keep draining the other workers' replies
             if failure is not None:
                 raise failure
+            wait_seconds += time.perf_counter() - wait_start
 
             unused: list[tuple[int, int]] = []
             for w, (obs, rew, terminated, truncated, succ, started) in replies.items():
@@ -565,6 +601,8 @@ class MultiTaskSampler:
                     if started[i]:
                         slot_task[s], slot_episode[s] = starts[s]
                         slot_t[s], slot_obs[s] = 0, obs[i]
+                        slot_env_task[s] = slot_task[s]
+                        self._slot_task_ids[s] = tasks[slot_task[s]].task_id
                     elif starts[s] is not None:
                         unused.append(starts[s])
             for w, reason in died.items():
@@ -574,23 +612,38 @@ class MultiTaskSampler:
                 unused += [starts[s] for s in block if starts[s] is not None] + lost
                 slot_task[w * per:(w + 1) * per] = -1
                 slot_episode[w * per:(w + 1) * per] = -1
+                for s in block:  # the new worker's envs start on their default task
+                    slot_env_task[s] = -1
                 restarts += 1
                 if restarts > self.max_restarts:
                     raise RuntimeError(f"{restarts} worker restarts in one sample call "
                                        f"(max_restarts={self.max_restarts}); last: {reason}")
                 self._replace_worker(w, reason, lost, tasks)
-            requeue(unused)
+            jobs.put_back(unused)
 
         mask = (np.arange(T) < length[..., None]).astype(np.float32)
         self.last_stats = {"seconds": time.perf_counter() - started_at,
                            "env_steps": float(length.sum()), "policy_seconds": policy_seconds,
-                           "policy_calls": float(policy_calls), "restarts": float(restarts)}
+                           "worker_seconds": wait_seconds, "policy_calls": float(policy_calls),
+                           "restarts": float(restarts)}
 
         def out(array: np.ndarray) -> Tensor:
             return torch.from_numpy(array).to(self.device)
 
         return EpisodeBatch(out(obs_buf), out(act_buf), out(rew_buf), out(mask), out(logp_buf),
                             out(success))
+
+    def _batched_policy(self, model: GaussianMLPPolicy, params: Params,
+                        ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """``(task index [N], obs [N, O]) -> (mean, log_std)`` each ``[N, A]``, slot i
+        evaluated with the parameters of task ``index[i]``."""
+        if all(bool((v == v[:1]).all()) for v in params.values()):
+            # Every task has the same parameters (pre-update sampling): no gather, no vmap.
+            shared = {k: v[0] for k, v in params.items()}
+            return lambda task_index, obs: policy_forward(model, shared, obs)
+        per_slot = torch.func.vmap(lambda p, o: policy_forward(model, p, o))
+        return lambda task_index, obs: per_slot(
+            {k: v[task_index] for k, v in params.items()}, obs)
 
     def _broadcast_tasks(self, tasks: list[Task]) -> None:
         for w in range(len(self._workers)):
@@ -629,6 +682,8 @@ class MultiTaskSampler:
                       "episodes": lost, "time": time.time()},
                      f"sampler worker {index} (pid {old.pid}) died: {reason}; "
                      f"re-running {len(lost)} episode(s)")
+        per = self.envs_per_worker
+        self._slot_task_ids[index * per:(index + 1) * per] = [None] * per
         new = self._new_process(index)
         self._workers[index] = new
         self._hello(new)

@@ -200,6 +200,12 @@ def test_logp_is_log_prob_of_act_under_each_tasks_params():
         assert torch.allclose(batch.logp[m][real[m]], expected[real[m]], atol=1e-5)
         # Actions are sampled, not the mean.
         assert (batch.act[m] - mean)[real[m]].abs().max() > 0.05
+    # Shared (pre-update) parameters take the single-call path: same check.
+    with MultiTaskSampler(POINT_ID, 0, 5) as sampler:
+        batch = sampler.sample(model, stacked(model, 3), tasks, 2, seed=0, generator=gen(3))
+    mean, log_std = model(batch.obs)
+    assert torch.allclose(batch.logp, gaussian_log_prob(mean, log_std, batch.act) * batch.mask,
+                          atol=1e-5)
 
 
 def test_per_task_params_drive_the_actions():
@@ -221,12 +227,22 @@ def test_per_task_params_drive_the_actions():
 def test_set_task_only_when_the_task_changes():
     model = GaussianMLPPolicy(2, 2, hidden=(8,))
     tasks = [point_task(0.1), point_task(0.2)]
-    with MultiTaskSampler(POINT_ID, 0, 1) as sampler:
-        env = sampler._workers[0].group.envs[0].unwrapped
-        before = env.apply_count
-        sampler.sample(model, stacked(model, 2), tasks, 3, seed=0, generator=gen())
-        # One slot runs (0,0) (0,1) (0,2) (1,0) (1,1) (1,2): two task switches.
-        assert env.apply_count - before == 2
+    with MultiTaskSampler(POINT_ID, 0, 2) as sampler:
+        envs = [env.unwrapped for env in sampler._workers[0].group.envs]
+
+        def switches_during(call_tasks: list[Task]) -> int:
+            before = sum(env.apply_count for env in envs)
+            batch = sampler.sample(model, stacked(model, 2), call_tasks, 3, seed=0,
+                                   generator=gen())
+            assert torch.all(batch.mask.sum(-1) == MAX_STEPS)  # every episode ran
+            return sum(env.apply_count for env in envs) - before
+
+        # Each slot takes one task and keeps it: one switch per slot, then none across
+        # calls on the same tasks, whatever their order.
+        assert switches_during(tasks) == 2
+        assert switches_during(tasks) == 0
+        assert switches_during(tasks[::-1]) == 0
+        assert switches_during([point_task(0.3), tasks[0]]) == 1
 
 
 def test_same_seed_and_generator_give_the_same_batch_in_process():
