@@ -267,10 +267,14 @@ class LocomotionEnv(MetaEnv):
         tracking = math.exp(-(vx_err * vx_err + vy_err * vy_err) / TRACKING_SIGMA)
         power = float(np.abs(self._tau * self._qd).sum())
         x, y, z = float(self._pos[0]), float(self._pos[1]), float(self._pos[2])
+        terrain = self.terrain
         fell = (bool(self._rot[2, 2] < math.cos(MAX_TILT))
-                or z - self.terrain.lowest_height_near(x, y, GROUND_WINDOW) < MIN_BASE_HEIGHT
+                # Only look up the nearby ground when the map's highest point is not
+                # already far enough below the base.
+                or (z - terrain.max_height < MIN_BASE_HEIGHT
+                    and z - terrain.lowest_height_near(x, y, GROUND_WINDOW) < MIN_BASE_HEIGHT)
                 or bool(pybullet.getContactPoints(
-                    bodyA=self.robot.body_id, bodyB=self.terrain.body_id, linkIndexA=-1,
+                    bodyA=self.robot.body_id, bodyB=terrain.body_id, linkIndexA=-1,
                     physicsClientId=cid)))
         reward = tracking - ENERGY_WEIGHT * power - (FALL_PENALTY if fell else 0.0)
 

@@ -146,6 +146,10 @@ def _bilinear_upsample(coarse: np.ndarray, step: float, n: int) -> np.ndarray:
     return rows[:, i0] * (1 - frac)[None, :] + rows[:, i0 + 1] * frac[None, :]
 
 
+def _max_without_pinned_corner(heights: np.ndarray) -> float:
+    return float(max(heights[:-1].max(), heights[-1, :-1].max()))
+
+
 class Terrain:
     """One heightfield body in a PyBullet client, reshaped in place.
 
@@ -161,6 +165,8 @@ class Terrain:
         self.cell = cell
         self._scale = [cell, cell, 1.0]
         self.heights = terrain_heights("flat", 0.0, 0, n, cell)
+        #: Highest ground (m) of the map, the pinned corner left out.
+        self.max_height = _max_without_pinned_corner(self.heights)
         self.shape_id = client.createCollisionShape(
             pybullet.GEOM_HEIGHTFIELD, meshScale=self._scale,
             heightfieldData=self.heights.ravel().tolist(),
@@ -193,6 +199,7 @@ class Terrain:
         if shape != self.shape_id:
             raise RuntimeError(f"PyBullet returned shape {shape}, not the replaced {self.shape_id}")
         self.heights = heights
+        self.max_height = _max_without_pinned_corner(heights)
 
     def set_friction(self, friction: float) -> None:
         """Lateral friction coefficient of the ground (Bullet multiplies it with the

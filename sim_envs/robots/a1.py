@@ -8,7 +8,7 @@ Joint order (12 actuated joints): ``FR, FL, RR, RL`` legs, each ``hip`` (abducti
 ``upper`` (thigh) and ``lower`` (calf) joint.
 
 Actuation: PyBullet position motors, one per joint, tracking
-``target = STANDING_POSE + ACTION_SCALE * action`` (rad, clipped to the URDF joint limits)
+``target = STANDING_POSE + ACTION_SCALE * action`` (rad, within the URDF joint limits)
 with the motor's maximum torque ``motor_strength * URDF effort limit`` (20 N·m hip,
 55 N·m thigh and calf, so 16-24 and 44-66 N·m over the strength range 0.8-1.2).
 """
@@ -79,6 +79,9 @@ class A1:
         self.foot_ids: list[int] = [toes[f"{leg}_toe"] for leg in _LEGS]
         self.joint_lower = np.array([by_name[n][8] for n in names])
         self.joint_upper = np.array([by_name[n][9] for n in names])
+        if np.any(STANDING_POSE - ACTION_SCALE < self.joint_lower) or np.any(
+                STANDING_POSE + ACTION_SCALE > self.joint_upper):
+            raise ValueError("STANDING_POSE ± ACTION_SCALE exceeds the URDF joint limits")
         #: URDF torque limits (N·m) of the 12 joints.
         self.effort_limits = np.array([by_name[n][10] for n in names])
         self._max_forces = self.effort_limits.tolist()
@@ -122,8 +125,12 @@ class A1:
                                    [[0.0]] * NUM_JOINTS)
 
     def action_to_targets(self, action: np.ndarray) -> np.ndarray:
-        """Joint position targets (rad, ``(12,)``) of an action in ``[-1, 1]^12``."""
-        return np.clip(STANDING_POSE + ACTION_SCALE * action, self.joint_lower, self.joint_upper)
+        """Joint position targets (rad, ``(12,)``) of an action in ``[-1, 1]^12``.
+
+        No clipping needed: the constructor checked that every such target lies within
+        the URDF joint limits.
+        """
+        return STANDING_POSE + ACTION_SCALE * action
 
     def command_positions(self, targets: np.ndarray) -> None:
         """Send joint position targets (rad, shape ``(12,)``) to the 12 position motors."""
