@@ -433,7 +433,8 @@ def plot(results: dict[str, dict[str, Any]], pandagym: dict[str, Any] | None,
     if pandagym and "grasp_over_pandagym" in pandagym:
         title += f"\nGrasp / panda-gym PickAndPlace: {pandagym['grasp_over_pandagym']:.2f}x"
     ax2.set_title(title, fontsize=10)
-    ax2.legend(fontsize=8)
+    if bars:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
