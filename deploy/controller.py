@@ -7,7 +7,6 @@ simulator standing in for the robot). numpy only: no torch, no gymnasium import.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,7 +107,6 @@ class LoopReport:
 def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_hz: float,
                      steps: int, *, deterministic: bool = False,
                      on_episode_end: Callable[[int, float], None] | None = None,
-                     gil_switch_interval: float | None = 1e-4,
                      clock: Callable[[], float] = time.perf_counter,
                      sleep: Callable[[float], None] = time.sleep) -> LoopReport:
     """Run ``steps`` control steps at ``rate_hz`` and report missed deadlines.
@@ -120,12 +118,6 @@ def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_h
     absolute schedule ``start + k / rate_hz``; after a miss the schedule restarts from
     now, so one overrun counts once.
 
-    While the loop runs, Python's GIL switch interval is set to ``gil_switch_interval``
-    seconds (restored after; ``None`` leaves it). The default 5 ms lets an adaptation
-    thread running Python code keep the GIL for up to 5 ms each time the control thread
-    wants it back (after a sleep, after each onnxruntime call), enough to miss a 10 ms
-    deadline; 0.1 ms bounds that wait.
-
     Raises:
         ValueError: non-positive ``rate_hz`` or negative ``steps``; and whatever the
             policy raises for a bad observation (a sensor fault stops the loop).
@@ -134,21 +126,6 @@ def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_h
         raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if gil_switch_interval is not None and not gil_switch_interval > 0:
-        raise ValueError(f"gil_switch_interval must be > 0 or None, got {gil_switch_interval}")
-    previous_interval = sys.getswitchinterval()
-    if gil_switch_interval is not None:
-        sys.setswitchinterval(gil_switch_interval)
-    try:
-        return _loop(controller, policy, rate_hz, steps, deterministic, on_episode_end, clock,
-                     sleep)
-    finally:
-        sys.setswitchinterval(previous_interval)
-
-
-def _loop(controller: RobotController, policy: AdaptivePolicy, rate_hz: float, steps: int,
-          deterministic: bool, on_episode_end: Callable[[int, float], None] | None,
-          clock: Callable[[], float], sleep: Callable[[float], None]) -> LoopReport:
     period = 1.0 / rate_hz
     work = np.zeros(steps)
     returns: list[float] = []
