@@ -10,8 +10,8 @@ How one :meth:`MultiTaskSampler.sample` call runs:
 * The ``M * E`` (task, episode) jobs wait in a queue; a free slot takes the next episode
   of the task its env already simulates, else one of the task with the most episodes left
   (``set_task`` rebuilds part of the scene and costs milliseconds, so it is called only
-  when the slot's task changes; slots also keep their task across calls). The env is
-  reset with a seed derived from ``(seed, task index, episode index)``.
+  when the env's task changes). The env is reset with a seed derived from
+  ``(seed, task index, episode index)``.
 * Every step, the policy runs once on ``device``, batched over all running slots: each
   slot's parameters are gathered from the stacked dict by its task index and
   :func:`~metarobot.policy.policy_forward` is ``vmap``-ed over slots (when every task has
@@ -23,10 +23,17 @@ How one :meth:`MultiTaskSampler.sample` call runs:
 Determinism: the Gaussian action noise is drawn from ``generator`` once per call as a
 ``[M, E, T, A]`` tensor, indexed by (task, episode, step), and reset seeds depend only on
 ``(seed, task, episode)``. So a batch depends on ``seed``, the generator state and the
-parameters, not on timing, slot assignment or worker restarts: with the same
-configuration the same inputs give a bit-identical batch. Across different worker counts
-the episodes get the same seeds and noise too, and agree up to the float rounding of the
-batched policy evaluation (in practice identical on CPU, but not guaranteed).
+parameters, not on timing: the lockstep schedule and the slot assignment are a function
+of the inputs and the configuration alone, and the same inputs give a bit-identical
+batch (also from a fresh sampler, e.g. after resuming training). Across different worker
+counts, or after a worker restart re-ran episodes on other slots, the episodes get the
+same seeds and noise, and agree up to the float rounding of the policy evaluated in
+different batch layouts: bit-identical on CPU with per-task parameters (a batched
+matmul per slot); with shared parameters the plain matmul's rounding can depend on the
+number of rows (differences of about 1e-7 seen).
+
+Workers are started with ``spawn`` by default, so a script that creates a sampler with
+workers needs the usual ``if __name__ == "__main__":`` guard.
 
 Failures: a worker that dies (segfault, SIGKILL: pipe EOF or process sentinel) or does not
 answer within ``step_timeout`` is killed, replaced by a fresh worker and its running
@@ -377,8 +384,6 @@ class MultiTaskSampler:
         self._logger = logger if logger is not None else _log.warning
         self._ctx = multiprocessing.get_context(start_method)
         self._workers: list[_LocalWorker | _ProcessWorker] = []
-        #: task_id each slot's env simulates (None: unknown), kept across calls.
-        self._slot_task_ids: list[str | None] = []
         self._closed = False
         try:
             if num_workers == 0:
@@ -406,7 +411,6 @@ class MultiTaskSampler:
         self.obs_dim: int = spec["obs_shape"][0]
         self.act_dim: int = spec["act_shape"][0]
         self.max_episode_steps: int = int(spec["max_episode_steps"])
-        self._slot_task_ids = [None] * self.num_slots
 
     @property
     def num_slots(self) -> int:
@@ -469,6 +473,8 @@ class MultiTaskSampler:
             if value.dim() == 0 or value.shape[0] != len(tasks):
                 raise ValueError(f"params[{name!r}] has shape {tuple(value.shape)}: its leading "
                                  f"(task) dim must equal len(tasks) = {len(tasks)}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"params[{name!r}] contains NaN or inf")
         if (model.obs_dim, model.act_dim) != (self.obs_dim, self.act_dim):
             raise ValueError(f"model is for obs/act dims {(model.obs_dim, model.act_dim)}, "
                              f"the env has {(self.obs_dim, self.act_dim)}")
@@ -504,10 +510,10 @@ class MultiTaskSampler:
         jobs = _JobQueue(num_tasks, num_eps)
 
         # Slot state: the (task, episode) it runs (-1: idle), its step and current obs, and
-        # the task its env simulates (-1: none of these tasks).
+        # the task it last started in this call. (Not the task its env kept from an earlier
+        # call: the assignment must not depend on history for the batch to be reproducible.)
         S, per = self.num_slots, self.envs_per_worker
-        index_of = {task.task_id: m for m, task in reversed(list(enumerate(tasks)))}
-        slot_env_task = [index_of.get(task_id, -1) for task_id in self._slot_task_ids]
+        slot_env_task = [-1] * S
         slot_task = np.full(S, -1)
         slot_episode = np.full(S, -1)
         slot_t = np.zeros(S, np.int64)
@@ -527,18 +533,17 @@ class MultiTaskSampler:
             if running.size:
                 policy_start = time.perf_counter()
                 m_idx, e_idx, t_idx = slot_task[running], slot_episode[running], slot_t[running]
-                m_dev = torch.as_tensor(m_idx, device=self.device)
+                # One host-to-device copy for the indices, one back for actions and logp.
+                index = torch.as_tensor(np.stack([m_idx, e_idx, t_idx]), device=self.device)
                 obs = torch.as_tensor(slot_obs[running], device=self.device)
-                mean, log_std = evaluate(m_dev, obs)
+                mean, log_std = evaluate(index[0], obs)
                 if noise is None:
                     act = mean
                 else:
-                    steps = (m_dev, torch.as_tensor(e_idx, device=self.device),
-                             torch.as_tensor(t_idx, device=self.device))
-                    act = mean + torch.exp(log_std) * noise[steps]
+                    act = mean + torch.exp(log_std) * noise[index[0], index[1], index[2]]
                 logp = gaussian_log_prob(mean, log_std, act)
-                act_np = act.float().cpu().numpy()
-                logp_np = logp.float().cpu().numpy()
+                both = torch.cat([act, logp[:, None]], 1).float().cpu().numpy()
+                act_np, logp_np = both[:, :A], both[:, A]
                 policy_seconds += time.perf_counter() - policy_start
                 policy_calls += 1
                 obs_buf[m_idx, e_idx, t_idx] = slot_obs[running]
@@ -602,7 +607,6 @@ class MultiTaskSampler:
                         slot_task[s], slot_episode[s] = starts[s]
                         slot_t[s], slot_obs[s] = 0, obs[i]
                         slot_env_task[s] = slot_task[s]
-                        self._slot_task_ids[s] = tasks[slot_task[s]].task_id
                     elif starts[s] is not None:
                         unused.append(starts[s])
             for w, reason in died.items():
@@ -612,8 +616,6 @@ class MultiTaskSampler:
                 unused += [starts[s] for s in block if starts[s] is not None] + lost
                 slot_task[w * per:(w + 1) * per] = -1
                 slot_episode[w * per:(w + 1) * per] = -1
-                for s in block:  # the new worker's envs start on their default task
-                    slot_env_task[s] = -1
                 restarts += 1
                 if restarts > self.max_restarts:
                     raise RuntimeError(f"{restarts} worker restarts in one sample call "
@@ -682,8 +684,6 @@ class MultiTaskSampler:
                       "episodes": lost, "time": time.time()},
                      f"sampler worker {index} (pid {old.pid}) died: {reason}; "
                      f"re-running {len(lost)} episode(s)")
-        per = self.envs_per_worker
-        self._slot_task_ids[index * per:(index + 1) * per] = [None] * per
         new = self._new_process(index)
         self._workers[index] = new
         self._hello(new)
