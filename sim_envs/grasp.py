@@ -6,7 +6,7 @@ Each task is one object on the table (z = 0) in front of the robot:
 parameter     unit    range                hidden   meaning
 ============  ======  ===================  =======  ===================================
 ``shape``     -       catalogue names      yes      primitive or pybullet_data mesh
-``size``      m       [0.02, 0.08]         yes      largest side of its bounding box
+``size``      m       [0.02, 0.08]         yes      largest side of its bounding box (1 mm)
 ``mass``      kg      [0.05, 1.0]          yes      object mass
 ``friction``  -       [0.3, 1.5]           yes      lateral friction coefficient
 ``x``         m       [0.40, 0.60]         no       initial position (observed)
@@ -15,12 +15,12 @@ parameter     unit    range                hidden   meaning
 ============  ======  ===================  =======  ===================================
 
 The objects (``sim_envs/objects.py``) are a box, a cylinder and a sphere built from
-PyBullet primitives and 26 meshes from pybullet_data's ``random_urdfs``.
+PyBullet primitives and 30 meshes from pybullet_data's ``random_urdfs``.
 
 Split (disjoint by construction): a task is a **test** task iff its object is one of the
 held-out objects (the sphere and 6 meshes, :data:`sim_envs.objects.TEST_OBJECTS`) **or**
 its mass lies in the held-out band [0.45, 0.60] kg. Train tasks use the box, the
-cylinder and 20 meshes with a mass outside the band. Test sampling draws a held-out object
+cylinder and 24 meshes with a mass outside the band. Test sampling draws a held-out object
 (any mass) with probability 3/4, else a training object with a mass in the band.
 
 Reward per step (dense, shaped; metres):
@@ -47,7 +47,7 @@ import pybullet_data
 from gymnasium import spaces
 
 from sim_envs.base_env import MetaEnv
-from sim_envs.objects import CATALOGUE, TEST_OBJECTS, TRAIN_OBJECTS, create_object
+from sim_envs.objects import CATALOGUE, TEST_OBJECTS, TRAIN_OBJECTS, ShapeCache, create_object
 from sim_envs.robots.panda import FINGER_JOINTS, PROPRIO_DIM, Panda
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 
@@ -72,10 +72,6 @@ WORKSPACE_LOW = (0.20, -0.40, 0.005)
 WORKSPACE_HIGH = (0.80, 0.40, 0.50)
 #: Physics steps run after placing a new object so its contacts settle before saveState.
 SETTLE_STEPS = 12
-#: Objects created between two full scene rebuilds. PyBullet frees collision shapes only
-#: in resetSimulation (15-25 KB each), so this bounds the memory to ~25 MB per env; one
-#: switch in REBUILD_EVERY takes ~45 ms instead of ~2 ms.
-REBUILD_EVERY = 1000
 #: Maximum squeeze force of each finger (N): the real Panda hand grips with up to 70 N.
 FINGER_FORCE = 35.0
 OBS_DIM = PROPRIO_DIM + 6
@@ -172,21 +168,22 @@ class GraspEnv(MetaEnv):
     Reward and success: see the module docstring. ``info`` has ``distance`` (EE to object,
     m), ``lift`` (m), ``grip`` (both fingers touching), ``task_id``, ``success``.
 
-    Physics: 240 Hz, 10 substeps per env step (24 Hz control). A task switch removes the
-    previous object and creates the new one (1-4 ms); the settled scene is saved and
-    every reset restores it, then jitters the arm's home posture by up to +-0.02 rad per
-    joint (``np_random``) with the gripper open.
+    Physics: 240 Hz, 10 substeps per env step (24 Hz control). A task switch (2-4 ms)
+    removes the previous object, creates the new one from cached shapes (objects are
+    built to the nearest millimetre of ``size``, see ``sim_envs.objects.ShapeCache``) and
+    lets it settle for 12 physics steps; that scene is saved and every reset restores it,
+    then jitters the arm's home posture by up to +-0.02 rad per joint (``np_random``) with
+    the gripper open.
     """
 
     family_type = GraspFamily
-    camera = ((0.45, 0.0, 0.12), 1.0, 50.0, -30.0)
+    camera = ((0.45, 0.0, 0.3), 0.9, 135.0, -35.0)
     substeps = 10
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None) -> None:
         self.observation_space = spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._object: int | None = None
-        self._objects_created = 0
         self._rest_z = 0.0
         self._lifted_steps = 0
         self._obs = np.zeros(OBS_DIM, np.float32)
@@ -204,50 +201,23 @@ class GraspEnv(MetaEnv):
         pybullet.loadURDF(pybullet_data.getDataPath() + "/plane.urdf", physicsClientId=cid)
         self.robot = Panda(cid, max_ee_step=MAX_EE_STEP, workspace_low=WORKSPACE_LOW,
                            workspace_high=WORKSPACE_HIGH, finger_force=FINGER_FORCE)
+        self._shapes = ShapeCache(cid, visual=self.render_mode is not None)
 
     def _apply_task(self, task: Task) -> None:
         params = task.params
         assert isinstance(params, GraspParams)
         cid = self._cid
-        if self._objects_created >= REBUILD_EVERY:
-            self._rebuild()
-            cid = self._cid
-        elif self._object is not None:
+        if self._object is not None:
             pybullet.removeBody(self._object, physicsClientId=cid)
-        self._object = create_object(cid, params.shape, params.size, params.mass,
-                                     params.friction, (params.x, params.y), params.yaw,
-                                     visual=self.render_mode is not None)
-        self._objects_created += 1
+        self._object = create_object(self._shapes, params.shape, params.size, params.mass,
+                                     params.friction, (params.x, params.y), params.yaw)
         self.robot.reset()
         for _ in range(SETTLE_STEPS):
             pybullet.stepSimulation(physicsClientId=cid)
         self._rest_z = pybullet.getBasePositionAndOrientation(
             self._object, physicsClientId=cid)[0][2]
-        self._forget_contacts()
-
-    def _rebuild(self) -> None:
-        """Rebuild the scene from scratch: the only way to free PyBullet's collision shapes."""
-        # resetSimulation drops every saved state; tell the base class its state is gone.
-        if self._saved_state is not None:
-            self.client.removeState(self._saved_state)
-            self._saved_state = None
-        pybullet.resetSimulation(physicsClientId=self._cid)
-        self._object = None
-        self._objects_created = 0
-        self._build_scene()
-
-    def _forget_contacts(self) -> None:
-        """Drop the object's cached contact manifolds (PyBullet's warm-start data).
-
-        ``restoreState`` restores poses and velocities but not the contact caches, so
-        without this an episode would start from the contacts the previous one ended
-        with. Re-setting the collision filter re-inserts the object in the broadphase,
-        which deletes its manifolds; called before ``saveState`` and after every restore.
-        """
-        pybullet.setCollisionFilterGroupMask(self._object, -1, 1, -1, physicsClientId=self._cid)
 
     def _reset_episode(self) -> None:
-        self._forget_contacts()
         self.robot.reset(arm_offset=self.np_random.uniform(-0.02, 0.02, 7))
         self._lifted_steps = 0
         self._obs, _ = self._observe_object()

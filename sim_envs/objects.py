@@ -13,18 +13,23 @@ requested size. Their collision shape is the convex hull of the mesh, as when th
 loaded, but built from the mesh's *support points* (the extreme vertex in each of 256
 directions plus the six axis directions: 25-70 points, within 1.4 % of the size of the
 full hull) with ``createCollisionShape(vertices=...)``. Why not ``loadURDF`` with
-``globalScaling``: PyBullet never frees a collision shape (``removeBody`` keeps it, only
-``resetSimulation`` frees it), and a URDF mesh costs about 200 KB per load, a support-point
-hull 15-25 KB. Mass and lateral friction come from the task (the URDFs all declare 0.1 kg
-and friction 1.0); the inertia is computed by PyBullet from the collision shape. Visual
-shapes (the full mesh) are only created when the env renders.
+``globalScaling``: PyBullet never frees a collision shape, and a URDF mesh costs about
+200 KB per load, a support-point hull 10-25 KB; shapes are cached per object and size (to
+1 mm, :class:`ShapeCache`), which bounds the memory. Mass and lateral friction come from
+the task (the URDFs all declare 0.1 kg and friction 1.0); the inertia is computed by
+PyBullet from the collision shape. Visual shapes (the full mesh) are only created when
+the env renders.
 
 All 1000 meshes were screened with the shapes built here: ``random_urdfs/168`` has only
-NaN vertices (it falls through the floor); the 26 kept are the ones that rest still on
-their bottom face (< 0.2 mm drift and < 0.5 deg tilt over 2 s, at 2, 5 and 8 cm, 0.05 to
-1 kg, random yaw; ``tests/test_grasp.py`` checks it again), have a horizontal side of at
-most 0.8 of their size (more of them fit the 8 cm gripper), are at least 0.2 of their size
-tall and have their origin near their centre (within 0.15 of their size).
+NaN vertices (it falls through the floor). Kept were meshes whose centre of mass lies
+over their flat base at least 10 % of their size inside its edge
+(:func:`base_stability_margin`; smaller margins balance on a ridge and topple after a few
+seconds), with a horizontal side of at most 0.8 of their size (more of them fit the 8 cm
+gripper), at least 0.2 of their size tall, with their origin near their centre, and that
+then rested still in the env (< 0.3 mm drift, < 0.5 deg tilt over 2 s at 2 and 8 cm,
+0.05 and 1 kg, two yaws; ``tests/test_grasp.py`` checks all of them again). 30 of the 81
+that passed were picked for variety: flat and long plates, bars, upright plates and
+chunky shapes.
 
 Train and test objects are disjoint: :data:`TEST_OBJECTS` are held out of training.
 """
@@ -58,6 +63,8 @@ BOTTOM_SLAB = 0.01
 BOTTOM_DIRECTIONS = 32
 #: Collision margin PyBullet puts around convex hull shapes (m): they rest this high.
 HULL_MARGIN = 0.001
+#: Objects are built at sizes rounded to this (m); see :class:`ShapeCache`.
+SIZE_RESOLUTION = 0.001
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,12 @@ def _meshes(numbers: str, offset: int) -> tuple[ObjectSpec, ...]:
 _PRIMITIVES_TRAIN = (ObjectSpec("box", "box", _PALETTE[0]),
                      ObjectSpec("cylinder", "cylinder", _PALETTE[1]))
 _PRIMITIVES_TEST = (ObjectSpec("sphere", "sphere", _PALETTE[2]),)
+# Train: 10 flat plates, 2 long plates, 3 bars, 5 upright plates, 4 chunky shapes;
+# test: one or two of each kind.
 _MESHES_TRAIN = _meshes(
-    "075 091 143 165 194 248 419 476 554 574 609 667 668 687 689 695 715 726 730 830",
-    offset=3)
-_MESHES_TEST = _meshes("146 236 511 570 625 986", offset=4)
+    "075 143 187 537 574 687 643 974 070 866 618 730 133 184 460 072 830 668 623 695 "
+    "454 905 004 703", offset=3)
+_MESHES_TEST = _meshes("555 899 778 037 236 856", offset=4)
 
 #: Objects used by training tasks.
 TRAIN_OBJECTS: tuple[str, ...] = tuple(o.name for o in _PRIMITIVES_TRAIN + _MESHES_TRAIN)
@@ -152,74 +161,142 @@ def _mesh_geometry(name: str) -> tuple[np.ndarray, float]:
     if vertices.size == 0 or not np.all(np.isfinite(vertices)):
         raise ValueError(f"mesh {spec.obj_path} has no finite vertices")
     extent = float(np.max(vertices.max(axis=0) - vertices.min(axis=0)))
-    extreme = np.argmax(vertices @ _directions(HULL_DIRECTIONS).T, axis=0)
-    # The face the object stands on must keep its outline, or the object may tip over:
-    # add the horizontal extreme points of the vertices near the bottom.
-    bottom = np.flatnonzero(vertices[:, 2] <= vertices[:, 2].min() + BOTTOM_SLAB * extent)
-    angles = np.linspace(0.0, 2.0 * math.pi, BOTTOM_DIRECTIONS, endpoint=False)
-    planar = np.stack((np.cos(angles), np.sin(angles), np.zeros_like(angles)), axis=1)
-    bottom_extreme = bottom[np.argmax(vertices[bottom] @ planar.T, axis=0)]
-    hull = vertices[np.unique(np.concatenate((extreme, bottom_extreme)))] / extent
+    extreme = vertices[np.unique(np.argmax(vertices @ _directions(HULL_DIRECTIONS).T, axis=0))]
+    # The object stands on a flat base: the outline of the vertices within BOTTOM_SLAB of
+    # the lowest one, flattened onto it (a change of at most 1 % of the size). Without it
+    # the object would balance on a ridge or a corner and topple after a while.
+    bottom = base_outline(vertices, BOTTOM_SLAB * extent)
+    hull = np.concatenate((extreme, bottom)) / extent
     hull.flags.writeable = False
     return hull, extent
 
 
+def base_outline(vertices: np.ndarray, slab: float) -> np.ndarray:
+    """(K, 3) horizontal extreme points of the vertices within ``slab`` (m) of the lowest
+    one, in BOTTOM_DIRECTIONS directions, all moved down to the lowest height."""
+    z_min = vertices[:, 2].min()
+    near = vertices[vertices[:, 2] <= z_min + slab]
+    angles = np.linspace(0.0, 2.0 * math.pi, BOTTOM_DIRECTIONS, endpoint=False)
+    planar = np.stack((np.cos(angles), np.sin(angles)), axis=1)
+    outline = near[np.unique(np.argmax(near[:, :2] @ planar.T, axis=0))].copy()
+    outline[:, 2] = z_min
+    return outline
+
+
+def base_stability_margin(name: str) -> float:
+    """Distance (in units of the size) from the centre of mass's vertical line to the edge
+    of the base outline of mesh ``name``; negative if it falls outside (it would tip)."""
+    outline = base_outline(mesh_hull(name), BOTTOM_SLAB)[:, :2]
+    centre = outline.mean(axis=0)
+    order = np.argsort(np.arctan2(*(outline - centre).T[::-1]))
+    polygon = outline[order]  # the outline points are convex: sorting by angle orders them
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    lengths = np.linalg.norm(edges, axis=1)
+    if len(polygon) < 3 or np.any(lengths == 0.0):
+        return -1.0
+    # Signed distance of the origin (the centre of mass) to each edge, positive inside.
+    cross = edges[:, 0] * (0.0 - polygon[:, 1]) - edges[:, 1] * (0.0 - polygon[:, 0])
+    return float(np.min(cross / lengths))
+
+
+def quantize_size(size: float) -> float:
+    """The physical size (m) built for a requested ``size``: the nearest multiple of
+    :data:`SIZE_RESOLUTION` (shapes are cached per size, see :class:`ShapeCache`)."""
+    return round(float(size) / SIZE_RESOLUTION) * SIZE_RESOLUTION
+
+
+class ShapeCache:
+    """The collision (and visual) shapes of one PyBullet client, by object and size.
+
+    PyBullet never frees a collision shape (``removeBody`` keeps it and ``resetSimulation``
+    does not return its memory either): creating one per task switch would grow the process
+    by 2-20 KB per switch forever. Shapes are therefore cached per (object, size quantized
+    to :data:`SIZE_RESOLUTION`), which bounds the memory to about 30 MB per client for
+    the whole catalogue and all sizes, and makes switching back to a task cheaper.
+
+    Args:
+        client_id: PyBullet client id.
+        visual: also create visual shapes (needed for rendering only).
+    """
+
+    def __init__(self, client_id: int, visual: bool) -> None:
+        self.client_id = client_id
+        self.visual = visual
+        self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def get(self, name: str, size: float) -> tuple[int, int]:
+        """(collision shape id, visual shape id or -1) of object ``name`` at ``size`` (m)."""
+        if name not in CATALOGUE:
+            raise ValueError(f"unknown object {name!r}; known: {sorted(CATALOGUE)}")
+        key = (name, round(float(size) / SIZE_RESOLUTION))
+        if key not in self._shapes:
+            self._shapes[key] = self._create(CATALOGUE[name], key[1] * SIZE_RESOLUTION)
+        return self._shapes[key]
+
+    def _create(self, spec: ObjectSpec, size: float) -> tuple[int, int]:
+        cid, half, visual = self.client_id, 0.5 * size, -1
+        if spec.kind == "mesh":
+            shape = pybullet.createCollisionShape(
+                pybullet.GEOM_MESH, vertices=(mesh_hull(spec.name) * size).tolist(),
+                physicsClientId=cid)
+            if self.visual:
+                scale = URDF_MESH_SCALE * size / _mesh_geometry(spec.name)[1]
+                visual = pybullet.createVisualShape(
+                    pybullet.GEOM_MESH, fileName=spec.obj_path, meshScale=(scale,) * 3,
+                    rgbaColor=spec.color, physicsClientId=cid)
+        elif spec.kind == "box":
+            shape = pybullet.createCollisionShape(
+                pybullet.GEOM_BOX, halfExtents=(half,) * 3, physicsClientId=cid)
+            if self.visual:
+                visual = pybullet.createVisualShape(
+                    pybullet.GEOM_BOX, halfExtents=(half,) * 3, rgbaColor=spec.color,
+                    physicsClientId=cid)
+        elif spec.kind == "cylinder":
+            radius = CYLINDER_ASPECT * half
+            shape = pybullet.createCollisionShape(
+                pybullet.GEOM_CYLINDER, radius=radius, height=size, physicsClientId=cid)
+            if self.visual:
+                visual = pybullet.createVisualShape(
+                    pybullet.GEOM_CYLINDER, radius=radius, length=size, rgbaColor=spec.color,
+                    physicsClientId=cid)
+        else:
+            shape = pybullet.createCollisionShape(
+                pybullet.GEOM_SPHERE, radius=half, physicsClientId=cid)
+            if self.visual:
+                visual = pybullet.createVisualShape(
+                    pybullet.GEOM_SPHERE, radius=half, rgbaColor=spec.color,
+                    physicsClientId=cid)
+        return shape, visual
+
+
 def create_object(
-    client_id: int, name: str, size: float, mass: float, friction: float,
-    position: tuple[float, float], yaw: float, visual: bool = True,
+    shapes: ShapeCache, name: str, size: float, mass: float, friction: float,
+    position: tuple[float, float], yaw: float,
 ) -> int:
     """Create object ``name`` resting upright on the table (z = 0) at ``position``, ``yaw``.
 
     Args:
-        client_id: PyBullet client id.
+        shapes: the client's shape cache (the body is created in its client).
         name: a key of :data:`CATALOGUE`.
-        size: largest bounding-box side (m).
+        size: largest bounding-box side (m), built to :data:`SIZE_RESOLUTION`.
         mass: kg. friction: lateral friction coefficient.
         position: (x, y) of the body origin (m). yaw: rotation about z (rad).
-        visual: also create a visual shape (needed for rendering only).
 
     Returns:
-        The body id. Sleeping is disabled so that restored states replay identically.
+        The body id. Remove it with ``pybullet.removeBody`` (its shapes stay cached).
+        Sleeping is disabled: a restored state then never depends on whether the body had
+        fallen asleep in an earlier episode (a precaution; it costs nothing measurable).
     """
-    if name not in CATALOGUE:
-        raise ValueError(f"unknown object {name!r}; known: {sorted(CATALOGUE)}")
-    spec = CATALOGUE[name]
-    xyz = (float(position[0]), float(position[1]), spec.rest_height(size))
+    shape, visual = shapes.get(name, size)
+    cid = shapes.client_id
+    xyz = (float(position[0]), float(position[1]),
+           CATALOGUE[name].rest_height(quantize_size(size)))
     orientation = (0.0, 0.0, math.sin(0.5 * yaw), math.cos(0.5 * yaw))
-    half = 0.5 * size
-    cid = client_id
-    visual_shape = -1
-    if spec.kind == "mesh":
-        shape = pybullet.createCollisionShape(
-            pybullet.GEOM_MESH, vertices=(mesh_hull(name) * size).tolist(), physicsClientId=cid)
-        if visual:
-            scale = URDF_MESH_SCALE * size / _mesh_geometry(name)[1]
-            visual_shape = pybullet.createVisualShape(
-                pybullet.GEOM_MESH, fileName=spec.obj_path, meshScale=(scale, scale, scale),
-                rgbaColor=spec.color, physicsClientId=cid)
-    elif spec.kind == "box":
-        shape = pybullet.createCollisionShape(
-            pybullet.GEOM_BOX, halfExtents=(half, half, half), physicsClientId=cid)
-        if visual:
-            visual_shape = pybullet.createVisualShape(
-                pybullet.GEOM_BOX, halfExtents=(half, half, half), rgbaColor=spec.color,
-                physicsClientId=cid)
-    elif spec.kind == "cylinder":
-        radius = CYLINDER_ASPECT * half
-        shape = pybullet.createCollisionShape(
-            pybullet.GEOM_CYLINDER, radius=radius, height=size, physicsClientId=cid)
-        if visual:
-            visual_shape = pybullet.createVisualShape(
-                pybullet.GEOM_CYLINDER, radius=radius, length=size, rgbaColor=spec.color,
-                physicsClientId=cid)
-    else:
-        shape = pybullet.createCollisionShape(
-            pybullet.GEOM_SPHERE, radius=half, physicsClientId=cid)
-        if visual:
-            visual_shape = pybullet.createVisualShape(
-                pybullet.GEOM_SPHERE, radius=half, rgbaColor=spec.color, physicsClientId=cid)
     body = pybullet.createMultiBody(
-        baseMass=mass, baseCollisionShapeIndex=shape, baseVisualShapeIndex=visual_shape,
+        baseMass=mass, baseCollisionShapeIndex=shape, baseVisualShapeIndex=visual,
         basePosition=xyz, baseOrientation=orientation, physicsClientId=cid)
     pybullet.changeDynamics(
         body, -1, lateralFriction=friction, rollingFriction=ROLLING_FRICTION,

@@ -141,7 +141,7 @@ class ReachEnv(MetaEnv):
     """
 
     family_type = ReachFamily
-    camera = ((0.35, 0.0, 0.25), 1.35, 50.0, -28.0)
+    camera = ((0.35, 0.0, 0.4), 1.2, 135.0, -30.0)
     substeps = 10
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None) -> None:

@@ -101,7 +101,7 @@ class Panda:
         self.body = pybullet.loadURDF(
             pybullet_data.getDataPath() + "/franka_panda/panda.urdf", useFixedBase=True,
             flags=pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES, physicsClientId=client_id)
-        # A sleeping body would wake up differently after restoreState: never sleep.
+        # Never sleep: a restored state must not depend on an earlier episode (precaution).
         pybullet.changeDynamics(self.body, -1,
                                 activationState=pybullet.ACTIVATION_STATE_DISABLE_SLEEPING,
                                 physicsClientId=client_id)
