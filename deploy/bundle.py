@@ -308,8 +308,8 @@ def load_bundle(path: str | Path, *, family: str | None = None,
 
     for name, entry in files.items():
         file = root / name
-        if Path(name).name != name:
-            raise BundleError(f"{manifest_path}: file name {name!r} is not a plain name")
+        if Path(name).name != name or not isinstance(entry, dict):
+            raise BundleError(f"{manifest_path}: bad file entry {name!r}: {entry!r}")
         if not file.is_file():
             raise BundleError(f"bundle file {file} listed in the manifest is missing")
         if file.stat().st_size != entry.get("size"):

@@ -90,6 +90,8 @@ class LoopReport:
         missed_deadlines: steps whose work (read, act, apply, observe, and the episode
             restart when one ended) finished after the step's deadline.
         step_time_p50, step_time_p99, step_time_max: work time per step.
+        start_lateness_max: latest start of a step after its scheduled time (the sleep
+            overslept: OS scheduling); a miss with short work time comes from this.
         episode_returns: undiscounted return of every episode that ended.
         wall_time: total loop time.
     """
@@ -100,6 +102,7 @@ class LoopReport:
     step_time_p50: float
     step_time_p99: float
     step_time_max: float
+    start_lateness_max: float
     episode_returns: tuple[float, ...]
     wall_time: float
 
@@ -131,6 +134,7 @@ def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_h
     returns: list[float] = []
     episode_return = 0.0
     missed = 0
+    late = 0.0
     controller.start_episode()
     start = anchor = clock()
     k = 0
@@ -151,6 +155,7 @@ def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_h
             controller.start_episode()
         done = clock()
         work[i] = done - began
+        late = max(late, began - (anchor + k * period))
         k += 1
         deadline = anchor + k * period
         if done > deadline:
@@ -160,5 +165,5 @@ def run_control_loop(controller: RobotController, policy: AdaptivePolicy, rate_h
             sleep(deadline - done)
     p50, p99, worst = (np.percentile(work, [50, 99]).tolist() + [float(work.max())]
                        if steps else [0.0, 0.0, 0.0])
-    return LoopReport(steps, float(rate_hz), missed, p50, p99, worst, tuple(returns),
+    return LoopReport(steps, float(rate_hz), missed, p50, p99, worst, late, tuple(returns),
                       clock() - start)

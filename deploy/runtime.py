@@ -300,12 +300,16 @@ class AdaptivePolicy:
             self._episode_open = True
         self._obs_buf[0] = obs
         mean, log_std = self._policy.run(None, {"obs": self._obs_buf, "params": params})
-        if not (np.isfinite(mean).all() and np.isfinite(log_std).all()):
+        # Roll back at most twice: to the previous parameters, then to the meta-learned.
+        for _ in range(2):
+            if np.isfinite(mean).all() and np.isfinite(log_std).all():
+                break
             params = self._roll_back("the policy produced a non-finite action")
             mean, log_std = self._policy.run(None, {"obs": self._obs_buf, "params": params})
-            if not np.isfinite(mean).all():
+        else:
+            if not (np.isfinite(mean).all() and np.isfinite(log_std).all()):
                 raise FloatingPointError("the policy produces non-finite actions even with "
-                                         "the last good parameters")
+                                         "the meta-learned parameters")
         mean, log_std = mean[0], log_std[0]
         if deterministic:
             raw = mean

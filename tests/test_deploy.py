@@ -291,11 +291,23 @@ def test_non_finite_action_rolls_back(bundle, tmp_path):
             "base_params_sha256": policy.bundle.metadata["params"]["sha256"],
             "sha256": hashlib.sha256(huge.astype("<f4").tobytes()).hexdigest()}
     np.savez(tmp_path / "huge.npz", params=huge, meta=np.asarray(json.dumps(meta)))
+    drive(policy, 2)
+    assert policy.adapt().accepted
+    adapted = policy.params
+    obs = np.ones(policy.obs_dim, np.float32)
     policy.load_params(tmp_path / "huge.npz")
     with pytest.warns(RuntimeWarning, match="rolled back"):
-        action = policy.act(np.ones(policy.obs_dim, np.float32))
+        action = policy.act(obs)
+    # Back to the previous (adapted) parameters.
     assert np.isfinite(action).all() and policy.rollbacks == 1
-    assert np.array_equal(policy.params, policy.bundle.params)
+    assert np.array_equal(policy.params, adapted)
+    policy.end_episode()
+    policy.load_params(tmp_path / "huge.npz")
+    policy.load_params(tmp_path / "huge.npz")  # the previous parameters are bad too
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        action = policy.act(obs)
+    assert np.isfinite(action).all() and policy.rollbacks == 3
+    assert np.array_equal(policy.params, policy.bundle.params)  # the meta-learned ones
 
 
 def test_async_adaptation_swaps_at_the_episode_boundary(bundle):
@@ -472,6 +484,7 @@ def test_control_loop_counts_missed_deadlines(bundle):
                               on_episode_end=lambda i, ret: ended.append((i, ret)))
     assert report.missed_deadlines == 1
     assert report.step_time_max == pytest.approx(0.015)
+    assert report.start_lateness_max == pytest.approx(0.0)  # the fake sleep is exact
     assert report.episode_returns == (4.0, 4.0) and ended == [(0, 4.0), (1, 4.0)]
     # 3 steps on schedule, the overrun restarts the schedule, then 6 more full periods.
     assert report.wall_time == pytest.approx(0.03 + 0.015 + 0.06)
