@@ -71,7 +71,7 @@ MAX_EE_STEP = 0.05
 WORKSPACE_LOW = (0.20, -0.40, 0.005)
 WORKSPACE_HIGH = (0.80, 0.40, 0.50)
 #: Physics steps run after placing a new object so its contacts settle before saveState.
-SETTLE_STEPS = 12
+SETTLE_STEPS = 4
 #: Maximum squeeze force of each finger (N): the real Panda hand grips with up to 70 N.
 FINGER_FORCE = 35.0
 OBS_DIM = PROPRIO_DIM + 6
@@ -171,13 +171,13 @@ class GraspEnv(MetaEnv):
     Physics: 240 Hz, 10 substeps per env step (24 Hz control). A task switch (2-4 ms)
     removes the previous object, creates the new one from cached shapes (objects are
     built to the nearest millimetre of ``size``, see ``sim_envs.objects.ShapeCache``) and
-    lets it settle for 12 physics steps; that scene is saved and every reset restores it,
+    lets it settle for 4 physics steps; that scene is saved and every reset restores it,
     then jitters the arm's home posture by up to +-0.02 rad per joint (``np_random``) with
     the gripper open.
     """
 
     family_type = GraspFamily
-    camera = ((0.45, 0.0, 0.3), 0.9, 135.0, -35.0)
+    camera = ((0.45, 0.0, 0.2), 0.85, 140.0, -40.0)
     substeps = 10
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None) -> None:
