@@ -10,8 +10,8 @@ Control is Cartesian: an action ``delta`` in ``[-1, 1]^3`` moves the EE target b
 box. The joint targets come from one damped-least-squares step of differential inverse
 kinematics (position and orientation, with a null-space pull towards the home posture),
 and the joints track them with PyBullet's position motors during the next physics
-substeps. One IK step is ~4x cheaper than ``calculateInverseKinematics`` and exact for
-the small per-step displacements used here.
+substeps. One IK step (~15 µs) is ~3x cheaper than ``calculateInverseKinematics`` with
+its default 20 iterations, and accurate for the small per-step displacements used here.
 
 The gripper command ``g`` in ``[-1, 1]`` sets the finger opening absolutely:
 ``-1`` closed, ``+1`` fully open (8 cm); the finger motors squeeze with at most
@@ -203,7 +203,3 @@ class Panda:
         """(21,) float32: arm q (7, rad), arm dq (7, rad/s), EE position (3, m),
         EE velocity (3, m/s), finger opening (1, m)."""
         return self.state.astype(np.float32)
-
-    def finger_links(self) -> tuple[int, int]:
-        """Link indices of the two fingers (for contact queries)."""
-        return FINGER_JOINTS[0], FINGER_JOINTS[1]
