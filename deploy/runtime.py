@@ -21,8 +21,9 @@ clears the recorded episodes, since they were collected by the previous paramete
 
 Threading: ``act``/``observe``/``end_episode`` belong to one control thread; adaptation
 runs in one worker thread (``adapt_async``), concurrently with acting (onnxruntime
-releases the GIL while it computes). The worker runs at the lowest CPU priority (nice
-19 on Linux), so it cannot delay the control thread on a shared core. Set
+releases the GIL while it computes). The worker keeps the normal CPU priority on
+purpose: a lowered one lets any third busy process starve it while it holds the GIL,
+and the control thread then waits for the GIL (measured: 250 ms stalls). Set
 ``OPENBLAS_NUM_THREADS=1`` in the control process: the advantage fit's small solves gain
 nothing from BLAS threads, and spinning BLAS threads steal the control thread's core.
 """
@@ -59,9 +60,6 @@ from deploy.bundle import (
     session_metadata,
 )
 
-#: Niceness of the adaptation worker thread (Linux; best effort): when it shares a core
-#: with the control thread, the scheduler runs the control thread first.
-ADAPT_THREAD_NICE = 19
 PARAMS_FORMAT = "metarobot.params"
 PARAMS_FORMAT_VERSION = 1
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -139,15 +137,6 @@ def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) ->
     mean, log_std = mean.astype(np.float64), log_std.astype(np.float64)
     z = (act.astype(np.float64) - mean) * np.exp(-log_std)
     return (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
-
-
-def _lower_thread_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux sets niceness per thread)."""
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ADAPT_THREAD_NICE)
-        except OSError:
-            pass  # not permitted here: adaptation still works, at normal priority
 
 
 class AdaptivePolicy:
@@ -404,8 +393,7 @@ class AdaptivePolicy:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="metarobot-adapt",
-                                                initializer=_lower_thread_priority)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="metarobot-adapt")
         return self._executor.submit(self._adapt_job, steps)
 
     def _reject(self, reason: str, steps: int, start: float, **values: Any) -> AdaptReport:

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import gymnasium
@@ -524,9 +523,6 @@ def test_control_loop_keeps_running_while_adapting(bundle):
     assert 0 <= report.missed_deadlines <= 60  # counted; zero is the benchmark's claim
     reports = [f.result(timeout=60) for f in futures]
     assert sum(r.accepted for r in reports) >= 3
-    worker = next(t for t in threading.enumerate() if t.name.startswith("metarobot-adapt"))
-    if sys.platform.startswith("linux"):  # the worker yields the CPU to the control thread
-        assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == 19
     assert not np.array_equal(policy.params, policy.bundle.params)
     policy.close()
 
