@@ -43,6 +43,8 @@ class TrainedPolicy:
     meta_sgd_lr: Params | None
     config: TrainConfig
     iteration: int
+    #: Largest adaptation KL of each of the last training iterations (nats).
+    recent_adaptation_kl: list[float] = field(default_factory=list)
 
 
 def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
@@ -60,7 +62,8 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
         raise ValueError(f"checkpoint parameters do not fit the configured policy {expected}")
     lr = state["algo_state"].get("meta_sgd_lr")
     lr = None if lr is None else {k: v.to(device) for k, v in lr.items()}
-    return TrainedPolicy(model, params, lr, config, int(state["iteration"]))
+    return TrainedPolicy(model, params, lr, config, int(state["iteration"]),
+                         list(state["algo_state"]["recent_adaptation_kl"]))
 
 
 @dataclass

@@ -17,6 +17,7 @@ row stops training with :class:`TrainingDiverged`, leaving the last good checkpo
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ import torch
 from metarobot import maml
 from metarobot.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from metarobot.config import TrainConfig, config_from_dict, save_config
+from metarobot.inner import inner_loss
 from metarobot.normalizer import RunningMeanStd
 from metarobot.policy import GaussianMLPPolicy, Params
 from metarobot.rollouts import adapt_params, collect_adaptation_rollouts
@@ -107,6 +109,7 @@ class MetaTrainer:
         self.iteration = 0
         self.env_steps = 0
         self.nonfinite_in_a_row = 0
+        self.recent_adaptation_kl: list[float] = []
         self._sampler: Any = None
         self._stop_requested = False
         self._logger: RunLogger | None = None
@@ -130,6 +133,7 @@ class MetaTrainer:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                     "numpy": np.random.get_state()},
             "algo_state": {"eta": self.eta, "env_steps": self.env_steps,
+                           "recent_adaptation_kl": list(self.recent_adaptation_kl),
                            "meta_sgd_lr": None if self.meta_sgd_lr is None else
                            {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()}},
         }
@@ -166,6 +170,7 @@ class MetaTrainer:
         np.random.set_state(state["rng"]["numpy"])
         self.eta = float(state["algo_state"]["eta"])
         self.env_steps = int(state["algo_state"]["env_steps"])
+        self.recent_adaptation_kl = list(state["algo_state"]["recent_adaptation_kl"])
         self.iteration = int(state["iteration"])
 
     @classmethod
@@ -204,6 +209,7 @@ class MetaTrainer:
             keep_graph=cfg.outer.algo == "ppo")
         pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
+        adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
 
         # 3. Outer update.
@@ -241,12 +247,27 @@ class MetaTrainer:
         self.env_steps += int(sum(b.mask.sum().item() for b in rollouts.batches))
         self.iteration += 1
         scalars = self._iteration_scalars(rollouts, stats)
+        scalars["inner/adaptation_kl_mean"] = adaptation_kl.mean().item()
+        scalars["inner/adaptation_kl_max"] = adaptation_kl.max().item()
         scalars.update({"time/sampling": t_sampled - t_start, "time/inner_step": t_inner,
                         "time/outer_step": t_done - t_sampled - t_inner,
                         "time/iteration": t_done - t_start, "outer/eta": self.eta,
                         "env_steps": float(self.env_steps)})
         self._save_episodes(it, tasks, rollouts.batches)
         return scalars
+
+    def _adaptation_kl(self, rollouts: Any) -> torch.Tensor:
+        """Approximate KL(pre-update || adapted) per task on the first pre-update batch:
+        the quantity the device runtime checks before accepting an adaptation. The
+        largest values seen recently go into the checkpoint so the export can set the
+        runtime's bound from what training produced."""
+        pre_inner = maml.batch_to_inner(rollouts.batches[0], rollouts.advs[0])
+        adapted = {k: v.detach() for k, v in rollouts.adapted.items()}
+        with torch.no_grad():
+            _, kl = torch.func.vmap(
+                lambda p, b: inner_loss(self.model, p, b, math.inf))(adapted, pre_inner)
+        self.recent_adaptation_kl = (self.recent_adaptation_kl + [kl.max().item()])[-20:]
+        return kl
 
     def _apply_update(self, loss: torch.Tensor) -> bool:
         """Backward and Adam step; skip (and count) if loss or gradients are non-finite."""
