@@ -147,6 +147,30 @@ def test_friction_payload_and_motor_strength_are_applied(env):
     assert np.allclose(env.robot.max_forces, 1.2 * env.robot.effort_limits)
 
 
+def _settle(env, steps):
+    for _ in range(steps):
+        env.step(np.zeros(12, dtype=np.float32))
+
+
+def test_friction_and_payload_change_the_motion(env):
+    slides = {}
+    for friction in (0.3, 1.25):  # pushed sideways: slides further on slippery ground
+        env.set_task(make_task(env.family, friction=friction))
+        env.reset(seed=0)
+        env.client.resetBaseVelocity(env.robot.body_id, [0.0, 1.5, 0.0], [0.0, 0.0, 0.0])
+        _settle(env, 15)
+        slides[friction] = env.robot.base_state()[0][1]
+    assert slides[0.3] > slides[1.25] + 0.02
+
+    torques = {}
+    for payload in (0.0, 3.0):  # standing still: the legs carry the extra weight
+        env.set_task(make_task(env.family, payload=payload))
+        env.reset(seed=0)
+        _settle(env, 25)
+        torques[payload] = np.abs(env.robot.joint_states()[2]).sum()
+    assert torques[3.0] > 1.1 * torques[0.0]
+
+
 # ----------------------------------------------------------------------------- dynamics
 def test_reset_observation_layout(env):
     env.set_task(make_task(env.family))
