@@ -25,7 +25,7 @@ zero missed deadlines at 100 Hz.
 
 Usage::
 
-    python bench/bench_deploy.py            # about a minute
+    python bench/bench_deploy.py            # about two minutes
     python bench/bench_deploy.py --quick    # fewer repetitions, shorter loops
 
 Writes ``bench/results/deploy/bench_deploy.json`` and ``bench_deploy.png``.
