@@ -48,6 +48,7 @@ from deploy.bundle import (
     POLICY_OUTPUTS,
     adapt_file_name,
     dumps_metadata,
+    open_session,
     params_sha256,
     write_manifest,
 )
@@ -225,9 +226,7 @@ def _finish(proto: onnx.ModelProto, metadata_json: str, doc: str) -> onnx.ModelP
 
 def _verify(path: Path, feeds: dict[str, np.ndarray], expected: Sequence[Tensor]) -> None:
     """Run the written model with onnxruntime and compare it with torch."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path)
     for name, got, want in zip([o.name for o in session.get_outputs()],
                                session.run(None, feeds), expected):
         err = float(np.max(np.abs(got - want.detach().numpy()), initial=0.0))
@@ -290,7 +289,6 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         raise ValueError("the meta-learned parameters contain NaN or inf")
     inner, lr_flat = _check_inner_config(inner_config, params, layout)
 
-    model = model.eval()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
