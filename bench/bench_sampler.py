@@ -1,7 +1,7 @@
 """Sampler benchmark: MultiTaskSampler throughput against the raw throughput of its workers.
 
-One sampler (``--workers`` processes x ``--envs-per-worker`` envs) is measured in one run,
-alternating in ``--rounds`` rounds between:
+For each ``--envs-per-worker`` value (the first is the headline configuration), one sampler
+of ``--workers`` processes is measured, alternating in ``--rounds`` rounds between:
 
 * **sampler**: one full ``sample`` call of ``--tasks`` tasks x ``--episodes`` episodes with
   a 64x64 Gaussian MLP policy (per-task parameters, the trainer's case), env steps / wall
@@ -19,10 +19,13 @@ policy (one batched ``vmap`` call over all running slots), the workers (envs + I
 rest of the main process; and the policy time per step when all tasks share parameters
 (pre-update sampling: one plain call).
 
+More envs per worker make each lockstep step longer, so the per-step costs of the main
+process (policy, messages, waking the workers) weigh less; the sweep shows by how much.
+
 Usage::
 
-    python bench/bench_sampler.py             # Reach, 10 tasks x 10 episodes, 2 workers
-    python bench/bench_sampler.py --quick
+    python bench/bench_sampler.py     # Reach, 10 tasks x 10 episodes, 2 workers x 10/25/50 envs
+    python bench/bench_sampler.py --quick   # 2 rounds, 10 envs per worker only
 
 Writes ``bench/results/sampler/bench_sampler.json`` and ``bench_sampler.png``.
 """
@@ -87,22 +90,21 @@ def family_of(env_id: str) -> str:
     raise ValueError(f"{env_id!r} is not a sim_envs family id; known: {list(ENV_IDS.values())}")
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
+    """Rounds of raw, sample, sample, raw on one sampler; medians over rounds."""
     family = make_family(family_of(args.env))
     tasks = family.sample_tasks(args.tasks, "train", seed=0)
     rounds: list[dict[str, float]] = []
-    with MultiTaskSampler(args.env, args.workers, args.envs_per_worker,
+    with MultiTaskSampler(args.env, args.workers, envs_per_worker,
                           device=args.device) as sampler:
         model = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim).to(args.device)
-        params = {k: v.detach().expand(args.tasks, *v.shape).clone()
+        # Adapted parameters differ per task: the vmap path.
+        params = {k: v.detach() + 0.01 * torch.randn(args.tasks, *v.shape, device=args.device)
                   for k, v in model.named_parameters()}
         generator = torch.Generator(device=args.device).manual_seed(0)
         env_steps_per_call = args.tasks * args.episodes * sampler.max_episode_steps
         raw_steps_per_env = max(1, env_steps_per_call // sampler.num_slots)
 
-        # Warm-up: first set_task on every env, first vmap trace, page-in.
-        sampler.sample(model, params, tasks, args.episodes, seed=0, generator=generator)
-        sampler.measure_raw_throughput(min(raw_steps_per_env, 50), seed=0)
         def sample(call_params: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
             start = time.perf_counter()
             batch = sampler.sample(model, call_params, tasks, args.episodes, seed=seed,
@@ -111,8 +113,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             stats["env_steps"] = float(batch.mask.sum())
             return stats
 
+        # Warm-up: first set_task on every env, first vmap trace, page-in.
+        sample(params, 0)
+        sampler.measure_raw_throughput(min(raw_steps_per_env, 50), seed=0)
         for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds} ...", flush=True)
+            print(f"{envs_per_worker} envs per worker: round {r + 1}/{args.rounds} ...",
+                  flush=True)
             raw = [sampler.measure_raw_throughput(raw_steps_per_env, seed=r)]
             calls = [sample(params, 2 * r + 1), sample(params, 2 * r + 2)]
             raw.append(sampler.measure_raw_throughput(raw_steps_per_env, seed=r))
@@ -144,50 +150,56 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     summary["shared_params_policy_ms_per_step"] = shared_policy_ms
     ratios = [r["sampler_over_raw"] for r in rounds]
-    return {"num_slots": num_slots, "raw_steps_per_env": raw_steps_per_env,
-            "rounds": rounds, "median": summary,
+    return {"envs_per_worker": envs_per_worker, "num_slots": num_slots,
+            "raw_steps_per_env": raw_steps_per_env, "rounds": rounds, "median": summary,
             "sampler_over_raw_min_max": [min(ratios), max(ratios)]}
 
 
-def plot(result: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds, median = result["rounds"], result["median"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    x = range(len(rounds))
-    ax.bar([i - 0.2 for i in x], [r["raw_steps_per_s"] for r in rounds], 0.4,
-           label="raw: workers step random actions, no policy, no IPC", color="tab:gray")
-    ax.bar([i + 0.2 for i in x], [r["sampler_steps_per_s"] for r in rounds], 0.4,
-           label="sampler: full sample() call", color="tab:blue")
-    for i, r in enumerate(rounds):
-        ax.text(i + 0.2, r["sampler_steps_per_s"], f"{r['sampler_over_raw']:.2f}",
-                ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(list(x), [f"round {i + 1}" for i in x])
-    ax.set_ylabel("env steps / s (all workers)")
-    ax.set_title(f"{args.env}, {args.tasks} tasks x {args.episodes} episodes, "
-                 f"{args.workers} workers x {args.envs_per_worker} envs\n"
-                 f"sampler / raw = {median['sampler_over_raw']:.2f} (median; target >= "
-                 f"{TARGET_SAMPLER_OVER_RAW})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    labels = [f"{r['envs_per_worker']} envs/worker\n({r['num_slots']} slots)" for r in results]
+    x = list(range(len(results)))
+    medians = [r["median"] for r in results]
+    ax.bar([i - 0.2 for i in x], [m["raw_steps_per_s"] for m in medians], 0.4,
+           color="tab:gray", label="raw: workers step random actions, no policy, no IPC")
+    ax.bar([i + 0.2 for i in x], [m["sampler_steps_per_s"] for m in medians], 0.4,
+           color="tab:blue", label="sampler: full sample() call")
+    for i, r in enumerate(results):
+        low, high = r["sampler_over_raw_min_max"]
+        ax.text(i + 0.2, r["median"]["sampler_steps_per_s"],
+                f"{r['median']['sampler_over_raw']:.2f}\n[{low:.2f}, {high:.2f}]",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("env steps / s, all workers (median over rounds)")
+    ax.set_title(f"{args.env}, {args.tasks} tasks x {args.episodes} episodes, {args.workers} "
+                 f"workers\nlabels: sampler / raw, median [min, max] of {args.rounds} rounds "
+                 f"(target >= {TARGET_SAMPLER_OVER_RAW})", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    ax.margins(y=0.35)
 
-    parts = [("workers: envs + IPC", median["workers_ms_per_step"], "tab:blue"),
-             ("policy, per-task params (vmap)", median["policy_ms_per_step"], "tab:orange"),
-             ("rest of the main process", median["main_other_ms_per_step"], "tab:gray")]
-    left = 0.0
-    for label, ms, color in parts:
-        ax2.barh(["per-task\nparams"], [ms], left=[left], color=color,
-                 label=f"{label}: {ms:.2f} ms")
-        left += ms
-    ax2.barh(["policy,\nshared params"], [median["shared_params_policy_ms_per_step"]],
-             color="tab:green",
-             label=f"policy, shared params: {median['shared_params_policy_ms_per_step']:.2f} ms")
-    ax2.set_xlabel("ms per step of a sample call (median over rounds)")
-    ax2.set_title(f"{1e3 * median['sample_call_s']:.0f} ms per call, "
-                  f"{median['policy_calls_per_call']:.0f} steps", fontsize=10)
-    ax2.legend(fontsize=8, loc="upper right")
+    parts = [("workers: envs + IPC", "workers_ms_per_step", "tab:blue"),
+             ("policy, per-task params (vmap)", "policy_ms_per_step", "tab:orange"),
+             ("rest of the main process", "main_other_ms_per_step", "tab:gray")]
+    bottoms = [0.0] * len(results)
+    for label, key, color in parts:
+        values = [m[key] for m in medians]
+        ax2.bar([i - 0.2 for i in x], values, 0.4, bottom=bottoms, color=color, label=label)
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    ax2.bar([i + 0.2 for i in x], [m["shared_params_policy_ms_per_step"] for m in medians], 0.4,
+            color="tab:green", label="policy, shared params (plain call)")
+    for i, m in enumerate(medians):
+        ax2.text(i - 0.2, bottoms[i], f"policy {m['policy_ms_per_step']:.2f} ms\n"
+                 f"{1e3 * m['sample_call_s']:.0f} ms/call", ha="center", va="bottom", fontsize=7)
+    ax2.set_xticks(x, labels, fontsize=8)
+    ax2.set_ylabel("ms per lockstep step (median)")
+    ax2.set_title("where a step's time goes", fontsize=9)
+    ax2.legend(fontsize=7, loc="upper left")
+    ax2.margins(y=0.45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -199,48 +211,53 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--envs-per-worker", type=int, default=10)
+    parser.add_argument("--envs-per-worker", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument("--quick", action="store_true", help="2 rounds, first config only")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args()
     if args.quick:
-        args.rounds = 2
-    if args.rounds < 1 or args.workers < 1:
-        raise ValueError("--rounds and --workers must be >= 1 (the raw run needs workers)")
+        args.rounds, args.envs_per_worker = 2, args.envs_per_worker[:1]
+    if args.rounds < 1 or args.workers < 1 or min(args.envs_per_worker) < 1:
+        raise ValueError("--rounds, --workers and --envs-per-worker must be >= 1")
 
     info = machine_info()
     info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()
-    result = measure(args)
+    results = [measure(args, n) for n in args.envs_per_worker]
     info["load_average_after"] = os.getloadavg()
 
-    median = result["median"]
-    print(f"\n{args.env}: {args.tasks} tasks x {args.episodes} episodes, {args.workers} workers "
-          f"x {args.envs_per_worker} envs ({result['num_slots']} slots)")
-    print(f"{'round':>5s} {'raw/s':>8s} {'sampler/s':>10s} {'ratio':>6s} {'call s':>7s} "
-          f"{'ms/step: workers':>17s} {'policy':>7s} {'other':>6s}")
-    for i, r in enumerate(result["rounds"]):
-        print(f"{i + 1:5d} {r['raw_steps_per_s']:8.0f} {r['sampler_steps_per_s']:10.0f} "
-              f"{r['sampler_over_raw']:6.3f} {r['sample_call_s']:7.3f} "
-              f"{r['workers_ms_per_step']:17.3f} {r['policy_ms_per_step']:7.3f} "
-              f"{r['main_other_ms_per_step']:6.3f}")
-    ok = median["sampler_over_raw"] >= TARGET_SAMPLER_OVER_RAW
-    low, high = result["sampler_over_raw_min_max"]
-    print(f"median sampler/raw = {median['sampler_over_raw']:.3f} (rounds {low:.3f}..{high:.3f}; "
-          f"target >= {TARGET_SAMPLER_OVER_RAW}: {'PASS' if ok else 'FAIL'}); "
-          f"{median['sample_call_s']:.3f} s per call; policy {median['policy_ms_per_step']:.3f} "
-          f"ms per step ({100 * median['policy_share_of_call']:.1f}% of the call), "
-          f"{median['shared_params_policy_ms_per_step']:.3f} ms with shared params")
+    print(f"\n{args.env}: {args.tasks} tasks x {args.episodes} episodes, {args.workers} workers")
+    print(f"{'envs/w':>6s} {'round':>5s} {'raw/s':>8s} {'sampler/s':>10s} {'ratio':>6s} "
+          f"{'call s':>7s} {'ms/step: workers':>17s} {'policy':>7s} {'other':>6s}")
+    for result in results:
+        for i, r in enumerate(result["rounds"]):
+            print(f"{result['envs_per_worker']:6d} {i + 1:5d} {r['raw_steps_per_s']:8.0f} "
+                  f"{r['sampler_steps_per_s']:10.0f} {r['sampler_over_raw']:6.3f} "
+                  f"{r['sample_call_s']:7.3f} {r['workers_ms_per_step']:17.3f} "
+                  f"{r['policy_ms_per_step']:7.3f} {r['main_other_ms_per_step']:6.3f}")
+    for result in results:
+        m = result["median"]
+        low, high = result["sampler_over_raw_min_max"]
+        print(f"{result['envs_per_worker']} envs/worker: median sampler/raw = "
+              f"{m['sampler_over_raw']:.3f} (rounds {low:.3f}..{high:.3f}); "
+              f"{m['sample_call_s']:.3f} s per call; policy {m['policy_ms_per_step']:.3f} ms "
+              f"per step ({100 * m['policy_share_of_call']:.1f}% of the call), "
+              f"{m['shared_params_policy_ms_per_step']:.3f} ms with shared params")
+    headline = results[0]["median"]["sampler_over_raw"]
+    ok = headline >= TARGET_SAMPLER_OVER_RAW
+    print(f"headline ({args.envs_per_worker[0]} envs/worker): sampler/raw = {headline:.3f}, "
+          f"target >= {TARGET_SAMPLER_OVER_RAW}: {'PASS' if ok else 'FAIL'}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": info, "config": {k: (str(v) if isinstance(v, Path) else v)
                                            for k, v in vars(args).items()},
-               "target_sampler_over_raw": TARGET_SAMPLER_OVER_RAW, "pass": ok, **result}
+               "target_sampler_over_raw": TARGET_SAMPLER_OVER_RAW,
+               "headline_sampler_over_raw": headline, "pass": ok, "results": results}
     (args.out / "bench_sampler.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(result, args, args.out / "bench_sampler.png")
+    plot(results, args, args.out / "bench_sampler.png")
     print(f"wrote {args.out / 'bench_sampler.json'} and bench_sampler.png")
 
 
