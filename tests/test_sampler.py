@@ -3,6 +3,7 @@ spawned workers can import it) and one smoke run on Reach."""
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -289,6 +290,15 @@ def test_workers_are_deterministic_match_in_process_and_clean_up():
     with pytest.raises(ValueError, match="closed"):
         sampler.sample(model, params, tasks, 1, seed=0, generator=gen())
     sampler.close()  # idempotent
+
+
+def test_unclosed_sampler_stops_its_workers_when_collected():
+    sampler = MultiTaskSampler(POINT_ID, 1, 1)
+    (pid,) = sampler.worker_pids
+    assert [child.pid for child in multiprocessing.active_children()] == [pid]
+    del sampler
+    gc.collect()
+    assert multiprocessing.active_children() == []
 
 
 def test_dead_and_hung_workers_are_replaced_and_the_batch_is_complete(tmp_path):
