@@ -192,6 +192,11 @@ class Bundle:
         return dict(self.metadata["inner"])
 
     @property
+    def safety_defaults(self) -> dict[str, float]:
+        """Default safety rules recorded at export (e.g. ``max_kl`` from training)."""
+        return {k: float(v) for k, v in self.metadata.get("safety", {}).items()}
+
+    @property
     def policy_file(self) -> Path:
         return self.path / self.metadata["models"]["policy"]
 
@@ -336,6 +341,12 @@ def load_bundle(path: str | Path, *, family: str | None = None,
         raise BundleError(f"{manifest_path}: files {unlisted} are not in the manifest")
     if 1 not in adapt_files:
         raise BundleError(f"{manifest_path}: the bundle has no one-step adapt graph")
+    safety = metadata.get("safety", {})
+    if not isinstance(safety, dict) or any(
+            k not in ("max_kl", "max_update_norm") or not isinstance(v, (int, float))
+            or not (math.isfinite(v) and v > 0) for k, v in safety.items()):
+        raise BundleError(f"{manifest_path}: metadata 'safety' must map max_kl/"
+                          f"max_update_norm to finite positive numbers, got {safety!r}")
 
     params = _load_npy(root / metadata["params"]["file"], layout.size, "meta-learned params")
     if params_sha256(params) != metadata["params"]["sha256"]:

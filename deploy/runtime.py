@@ -148,7 +148,7 @@ class AdaptivePolicy:
     def __init__(self, bundle: Bundle, *, safety: SafetyConfig | None = None,
                  seed: int | None = None, threads: int = 1, max_episodes: int = 1000) -> None:
         self.bundle = bundle
-        self.safety = safety if safety is not None else SafetyConfig()
+        self.safety = safety if safety is not None else SafetyConfig(**bundle.safety_defaults)
         self._rng = np.random.default_rng(seed)
         self._policy = open_session(bundle.policy_file, threads)
         self._adapt = {k: open_session(path, threads) for k, path in bundle.adapt_files.items()}
@@ -178,7 +178,9 @@ class AdaptivePolicy:
         Args:
             bundle_dir: the bundle directory.
             family: expected task family; a bundle of another family raises BundleError.
-            safety: adaptation safety rules (defaults of :class:`SafetyConfig`).
+            safety: adaptation safety rules (default: the bundle's recorded rules, e.g. a
+                ``max_kl`` set from the adaptation KL seen in training, over the
+                defaults of :class:`SafetyConfig`).
             seed: seed of the action-noise RNG (None: from the OS).
             threads: onnxruntime intra-op threads per session.
             max_episodes: most completed episodes kept for adaptation (oldest dropped).

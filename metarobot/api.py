@@ -90,10 +90,15 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
                     {k: v.detach() for k, v in policy.meta_sgd_lr.items()}),
              "clip": cfg.inner.clip, "gamma": cfg.advantages.gamma, "lam": cfg.advantages.lam,
              "normalize": cfg.advantages.normalize, "baseline": "linear_feature"}
+    # The runtime rejects adaptations whose KL exceeds max_kl: set it from what training
+    # produced (a meta-learned policy is meant to move far in one step), with headroom.
+    safety = ({"max_kl": 3.0 * max(policy.recent_adaptation_kl)}
+              if policy.recent_adaptation_kl else None)
     return export_bundle(policy.model, policy.params, out_dir, family=cfg.family,
                          env_id=env_id(cfg.family), observation_space=obs_space,
                          action_space=act_space, inner_config=inner,
-                         adapt_steps_options=unrolled_steps, overwrite=overwrite)
+                         adapt_steps_options=unrolled_steps, overwrite=overwrite,
+                         safety=safety)
 
 
 def list_envs() -> list[dict[str, Any]]:

@@ -239,7 +239,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
                   family: str, env_id: str, observation_space: gymnasium.spaces.Box,
                   action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any],
                   adapt_steps_options: Sequence[int] = (1, 2, 3), opset: int = OPSET,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, safety: Mapping[str, float] | None = None) -> Path:
     """Write a deployable bundle (see :mod:`deploy.bundle` for the files and metadata).
 
     Args:
@@ -258,6 +258,9 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         adapt_steps_options: unrolled step counts K to export; must include 1.
         opset: ONNX opset.
         overwrite: replace an existing non-empty ``out_dir``.
+        safety: default safety rules for the runtime (``max_kl``, ``max_update_norm``,
+            positive floats), e.g. set from the adaptation KL measured in training; the
+            runtime uses them unless its caller passes its own :class:`deploy.SafetyConfig`.
 
     Returns:
         The bundle directory. It is written to a temporary sibling and renamed at the end,
@@ -288,6 +291,11 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
     if not torch.all(torch.isfinite(flat)):
         raise ValueError("the meta-learned parameters contain NaN or inf")
     inner, lr_flat = _check_inner_config(inner_config, params, layout)
+    safety = dict(safety or {})
+    for key, value in safety.items():
+        if key not in ("max_kl", "max_update_norm") or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"safety must map max_kl/max_update_norm to finite positive "
+                             f"floats, got {key}={value!r}")
 
     metadata = {
         "format": FORMAT,
@@ -309,6 +317,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         "params": {"layout": layout.to_dict(), "sha256": params_sha256(flat.numpy()),
                    "dtype": "float32", "file": PARAMS_NAME},
         "inner": inner,
+        "safety": {k: float(v) for k, v in safety.items()},
         "models": {"policy": POLICY_NAME,
                    "adapt": {str(k): adapt_file_name(k) for k in options}},
     }

@@ -61,7 +61,7 @@ def bundle(tmp_path_factory, reach_env):
                         action_space=reach_env.action_space,
                         inner_config={"loss": "lvc", "lr": LR, "clip": CLIP, "steps": 1,
                                       "gamma": GAMMA, "lam": LAM, "baseline": "linear_feature"},
-                        adapt_steps_options=(1, 2))
+                        adapt_steps_options=(1, 2), safety={"max_kl": 2.5})
     return model, params, out
 
 
@@ -280,6 +280,21 @@ def test_kl_above_max_is_rejected(bundle):
     report = policy.adapt()
     assert not report.accepted and "KL" in report.reason and report.kl > 1e-9
     assert np.array_equal(policy.params, before)
+
+
+def test_bundle_safety_defaults_are_used_unless_overridden(bundle, tmp_path):
+    assert AdaptivePolicy.load(bundle[2]).safety.max_kl == 2.5
+    assert AdaptivePolicy.load(bundle[2], safety=SafetyConfig(max_kl=0.5)).safety.max_kl == 0.5
+    model, params, _ = bundle
+    with pytest.raises(ValueError, match="safety"):
+        export_bundle(model, params, tmp_path / "bad", family="reach",
+                      env_id="sim_envs/Reach-v0",
+                      observation_space=gymnasium.spaces.Box(-1, 1, (model.obs_dim,)),
+                      action_space=gymnasium.spaces.Box(-1, 1, (model.act_dim,)),
+                      inner_config={"loss": "lvc", "lr": LR, "clip": CLIP, "steps": 1,
+                                    "gamma": GAMMA, "lam": LAM, "baseline": "linear_feature"},
+                      safety={"max_kl": float("nan")})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_non_finite_action_rolls_back(bundle, tmp_path):
