@@ -43,12 +43,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pybullet
-import pybullet_data
 from gymnasium import spaces
 
 from sim_envs.base_env import MetaEnv
 from sim_envs.objects import CATALOGUE, TEST_OBJECTS, TRAIN_OBJECTS, ShapeCache, create_object
-from sim_envs.robots.panda import FINGER_JOINTS, PROPRIO_DIM, Panda
+from sim_envs.robots.panda import FINGER_JOINTS, PROPRIO_DIM, panda_scene
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 
 #: Masses (kg) held out for testing, inclusive.
@@ -194,12 +193,7 @@ class GraspEnv(MetaEnv):
     def _build_scene(self) -> None:
         cid = self.client._client
         self._cid = cid
-        pybullet.setGravity(0.0, 0.0, -9.81, physicsClientId=cid)
-        pybullet.setTimeStep(1.0 / 240.0, physicsClientId=cid)
-        # Sort overlapping pairs so restoring a saved state replays bit-identically.
-        pybullet.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=cid)
-        pybullet.loadURDF(pybullet_data.getDataPath() + "/plane.urdf", physicsClientId=cid)
-        self.robot = Panda(cid, max_ee_step=MAX_EE_STEP, workspace_low=WORKSPACE_LOW,
+        self.robot = panda_scene(cid, max_ee_step=MAX_EE_STEP, workspace_low=WORKSPACE_LOW,
                            workspace_high=WORKSPACE_HIGH, finger_force=FINGER_FORCE)
         self._shapes = ShapeCache(cid, visual=self.render_mode is not None)
 

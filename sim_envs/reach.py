@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import pybullet
-import pybullet_data
 from gymnasium import spaces
 
 from sim_envs.base_env import MetaEnv
-from sim_envs.robots.panda import PROPRIO_DIM, Panda
+from sim_envs.robots.panda import PROPRIO_DIM, panda_scene
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 
 AZIMUTH_MAX = math.pi / 3
@@ -154,12 +153,7 @@ class ReachEnv(MetaEnv):
     def _build_scene(self) -> None:
         cid = self.client._client
         self._cid = cid
-        pybullet.setGravity(0.0, 0.0, -9.81, physicsClientId=cid)
-        pybullet.setTimeStep(1.0 / 240.0, physicsClientId=cid)
-        # Sort overlapping pairs so restoring a saved state replays bit-identically.
-        pybullet.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=cid)
-        pybullet.loadURDF(pybullet_data.getDataPath() + "/plane.urdf", physicsClientId=cid)
-        self.robot = Panda(cid, max_ee_step=MAX_EE_STEP, finger_width=FINGER_WIDTH,
+        self.robot = panda_scene(cid, max_ee_step=MAX_EE_STEP, finger_width=FINGER_WIDTH,
                            workspace_low=WORKSPACE_LOW, workspace_high=WORKSPACE_HIGH)
         # Target marker for rendering only: no collision shape, no mass, never observed.
         marker = pybullet.createVisualShape(pybullet.GEOM_SPHERE, radius=0.025,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pybullet
@@ -203,3 +204,18 @@ class Panda:
         """(21,) float32: arm q (7, rad), arm dq (7, rad/s), EE position (3, m),
         EE velocity (3, m/s), finger opening (1, m)."""
         return self.state.astype(np.float32)
+
+
+def panda_scene(client_id: int, **panda_kwargs: Any) -> Panda:
+    """Set up the Panda scene every Panda family shares and return the robot.
+
+    Gravity, a 240 Hz time step, deterministic contact-pair ordering (so restoring a saved
+    state replays bit-identically) and the ground plane, then the :class:`Panda` built
+    with ``panda_kwargs``.
+    """
+    pybullet.setGravity(0.0, 0.0, -9.81, physicsClientId=client_id)
+    pybullet.setTimeStep(1.0 / 240.0, physicsClientId=client_id)
+    pybullet.setPhysicsEngineParameter(deterministicOverlappingPairs=1,
+                                       physicsClientId=client_id)
+    pybullet.loadURDF(pybullet_data.getDataPath() + "/plane.urdf", physicsClientId=client_id)
+    return Panda(client_id, **panda_kwargs)
