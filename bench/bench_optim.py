@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine_info  # noqa: E402
 from metarobot import maml  # noqa: E402
 from metarobot.batch import EpisodeBatch  # noqa: E402
 from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward  # noqa: E402
@@ -129,7 +129,6 @@ def main() -> None:
                                      args.inner_steps, args.epochs, args.repeats)))
         return
 
-    torch.set_num_threads(torch.get_num_threads())
     reference = run_child(args.device, args.tasks, args.episodes, args.horizon,
                           args.inner_steps, args.epochs, args.repeats)
     print(f"{args.device}: one meta-update ({args.tasks} tasks x {args.episodes} episodes x "
@@ -155,21 +154,14 @@ def main() -> None:
         "command": "python bench/bench_optim.py " + " ".join(sys.argv[1:]),
         "device": args.device,
         "cuda_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(), "cores": _cores(),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "reference_update": reference,
+        "machine": machine_info(), "torch_threads": torch.get_num_threads(),
+        "reference_update": reference,
         "memory": memory, "growth": growth,
     }
     json_path = args.out / f"optim_{args.device}.json"
     json_path.write_text(json.dumps(result, indent=2))
     _plot(memory, args.out / f"optim_{args.device}.png", args.device)
     print(f"wrote {json_path}")
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _plot(memory: list[dict], path: Path, device: str) -> None:

@@ -34,13 +34,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,35 +46,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.common import machine_info  # noqa: E402
 from metarobot.policy import GaussianMLPPolicy  # noqa: E402
 from metarobot.sampler import MultiTaskSampler  # noqa: E402
 from sim_envs.registry import make_family  # noqa: E402
 
 OUT_DIR = REPO / "bench" / "results" / "sampler"
 TARGET_SAMPLER_OVER_RAW = 0.8
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {name: importlib.metadata.version(name)
-                     for name in ("torch", "pybullet", "gymnasium", "numpy")},
-        "git_commit": commit,
-    }
 
 
 def family_of(env_id: str) -> str:

@@ -1,0 +1,97 @@
+"""Time per phase of a meta-iteration, and sampler throughput against raw env throughput.
+
+Runs a few meta-iterations of the trainer at a given config (default: Reach at the
+default meta-batch, 40 tasks x 20 episodes, on this machine's cores) and reports, from the
+trainer's own per-iteration timings, the seconds spent sampling, in the inner step and in
+the outer step; then, in the same run and on the same worker processes, the sampler's
+env steps per second during training against the raw env throughput of those workers
+(random actions, no policy, no per-step messages).
+
+Run::
+
+    python bench/bench_trainer.py                          # reach, 40 x 20, 2 workers
+    python bench/bench_trainer.py --set meta_batch.tasks=10 --iterations 3
+
+Writes ``bench/results/trainer/bench_trainer.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine_info  # noqa: E402
+from metarobot.api import resolve_config  # noqa: E402
+from metarobot.trainer import MetaTrainer  # noqa: E402
+
+PHASES = ("time/sampling", "time/inner_step", "time/outer_step")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="reach")
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trainer")
+    args = parser.parse_args()
+    overrides = ["device=cpu", "sampler.num_workers=2", "sampler.envs_per_worker=20",
+                 f"iterations={args.iterations}", *args.overrides]
+    config = resolve_config(args.config, overrides=overrides)
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = MetaTrainer(config, run_dir, progress=False)
+        rows = []
+        for _ in range(args.iterations):
+            scalars = trainer.run_iteration()
+            stats = trainer._sampler_instance().last_stats
+            rows.append({**{k: scalars[k] for k in PHASES + ("time/iteration",)},
+                         "sampler_steps_per_s": stats["env_steps"] / stats["seconds"]})
+            print(f"iteration {trainer.iteration}: " + ", ".join(
+                f"{k.split('/')[1]} {scalars[k]:.2f} s" for k in PHASES + ("time/iteration",)))
+        raw = trainer._sampler_instance().measure_raw_throughput(steps_per_env=100)
+        trainer.close()
+
+    last = rows[-1]  # the first iteration includes starting the worker processes
+    ratio = last["sampler_steps_per_s"] / raw.steps_per_second
+    print(f"sampler {last['sampler_steps_per_s']:.0f} env steps/s during training, raw "
+          f"{raw.steps_per_second:.0f} env steps/s on the same workers: ratio {ratio:.2f} "
+          "(target >= 0.8)")
+    result = {"command": "python bench/bench_trainer.py " + " ".join(sys.argv[1:]),
+              "config": config.to_dict(), "machine": machine_info(), "iterations": rows,
+              "raw_steps_per_s": raw.steps_per_second, "sampler_over_raw": ratio}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_trainer.json").write_text(json.dumps(result, indent=2))
+    _plot(last, args.out / "bench_trainer.png", config)
+    print(f"wrote {args.out / 'bench_trainer.json'}")
+
+
+def _plot(row: dict, path: Path, config: object) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    left = 0.0
+    for key, color in zip(PHASES, ("tab:blue", "tab:orange", "tab:green")):
+        ax.barh([0], [row[key]], left=left, color=color, label=key.split("/")[1])
+        left += row[key]
+    ax.set_yticks([])
+    ax.set_xlabel("seconds per meta-iteration")
+    ax.set_title(f"{config.family}: {config.meta_batch.tasks} tasks x "
+                 f"{config.meta_batch.episodes} episodes, 2 CPU cores")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
