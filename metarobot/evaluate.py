@@ -63,7 +63,7 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     lr = state["algo_state"].get("meta_sgd_lr")
     lr = None if lr is None else {k: v.to(device) for k, v in lr.items()}
     return TrainedPolicy(model, params, lr, config, int(state["iteration"]),
-                         list(state["algo_state"]["recent_adaptation_kl"]))
+                         list(state["algo_state"].get("recent_adaptation_kl", [])))
 
 
 @dataclass

@@ -170,7 +170,7 @@ class MetaTrainer:
         np.random.set_state(state["rng"]["numpy"])
         self.eta = float(state["algo_state"]["eta"])
         self.env_steps = int(state["algo_state"]["env_steps"])
-        self.recent_adaptation_kl = list(state["algo_state"]["recent_adaptation_kl"])
+        self.recent_adaptation_kl = list(state["algo_state"].get("recent_adaptation_kl", []))
         self.iteration = int(state["iteration"])
 
     @classmethod

@@ -1,0 +1,101 @@
+"""Record a policy before and after adaptation on one held-out task, as GIFs.
+
+Loads a run's last checkpoint, samples one test task, records an episode of the
+meta-learned policy (action mean), adapts with the trainer's inner step on
+``--episodes`` sampled episodes of that task, and records an episode of the adapted
+policy. Same task, same reset seed.
+
+Run::
+
+    python bench/videos.py runs/grasp --out docs/media --name grasp
+    python bench/videos.py runs/locomotion --out docs/media --name locomotion --task-seed 3
+
+Writes ``<name>_before.gif``, ``<name>_after.gif`` and ``<name>_videos.json`` (task,
+returns, command, commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine_info  # noqa: E402
+from metarobot.evaluate import load_trained_policy  # noqa: E402
+from metarobot.policy import policy_forward  # noqa: E402
+from metarobot.rollouts import collect_adaptation_rollouts  # noqa: E402
+from metarobot.sampler import MultiTaskSampler  # noqa: E402
+from sim_envs.registry import env_id, make_family  # noqa: E402
+
+
+def record_episode(env: object, model: object, params: dict, seed: int,
+                   every: int) -> tuple[list[np.ndarray], float, bool]:
+    """Frames (every ``every``-th step), return and success of one deterministic episode."""
+    obs, _ = env.reset(seed=seed)
+    frames, total, done, info = [env.render()], 0.0, False, {}
+    step = 0
+    while not done:
+        with torch.no_grad():
+            mean, _ = policy_forward(model, params, torch.as_tensor(obs).float()[None])
+        obs, reward, terminated, truncated, info = env.step(mean[0].numpy())
+        total += float(reward)
+        done = terminated or truncated
+        step += 1
+        if step % every == 0 or done:
+            frames.append(env.render())
+    return frames, total, bool(info.get("success", False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "media")
+    parser.add_argument("--name", help="file name prefix (default: the family)")
+    parser.add_argument("--task-seed", type=int, default=0)
+    parser.add_argument("--episodes", type=int, help="adaptation episodes (default: config's)")
+    parser.add_argument("--every", type=int, default=2, help="keep every n-th frame")
+    args = parser.parse_args()
+
+    import gymnasium
+    import imageio.v2 as imageio
+
+    policy = load_trained_policy(args.run)
+    cfg = policy.config
+    task = make_family(cfg.family).sample_tasks(1, "test", seed=args.task_seed)[0]
+    episodes = args.episodes or cfg.meta_batch.episodes
+    with MultiTaskSampler(env_id(cfg.family), 0, min(episodes, 10),
+                          env_kwargs=cfg.env_kwargs) as sampler:
+        rollouts = collect_adaptation_rollouts(
+            sampler, policy.model, policy.params, [task], episodes, 1, cfg.inner,
+            cfg.advantages, policy.meta_sgd_lr, seed=args.task_seed,
+            generator=torch.Generator().manual_seed(args.task_seed))
+    adapted = {k: v[0] for k, v in rollouts.adapted.items()}
+
+    env = gymnasium.make(env_id(cfg.family), render_mode="rgb_array", **cfg.env_kwargs)
+    env.unwrapped.set_task(task)
+    name = args.name or cfg.family
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {"command": "python bench/videos.py " + " ".join(sys.argv[1:]),
+               "run": str(args.run), "iteration": policy.iteration, "task": task.to_dict(),
+               "adaptation_episodes": episodes, "machine": machine_info()}
+    fps = env.metadata.get("render_fps", 25) / args.every
+    for label, params in (("before", policy.params), ("after", adapted)):
+        frames, ret, success = record_episode(env, policy.model, params, args.task_seed,
+                                              args.every)
+        imageio.mimsave(args.out / f"{name}_{label}.gif", frames, duration=1000 / fps, loop=0)
+        summary[label] = {"return": ret, "success": success}
+        print(f"{label} adaptation: return {ret:.2f}, success {success}")
+    env.close()
+    (args.out / f"{name}_videos.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
