@@ -45,7 +45,7 @@ class InnerConfig:
 class OuterConfig:
     algo: str = "ppo"  #: "ppo" (PPO-MAML / ProMP) or "reptile"
     lr: float = 1e-3
-    epochs: int = 5  #: Adam steps per meta-batch (no resampling in between)
+    epochs: int = 5  #: Adam steps per meta-batch (no resampling); Reptile: inner PPO steps
     clip: float = 0.3
     kl_target: float = 0.01
     eta: float = 1.0  #: initial KL-penalty coefficient

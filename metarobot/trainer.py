@@ -232,11 +232,15 @@ class MetaTrainer:
                     break
             if cfg.outer.adaptive_eta:
                 self.eta = maml.update_eta(self.eta, stats["kl_penalty"], cfg.outer.kl_target)
-        else:  # Reptile: move theta toward the tasks' parameters after K inner steps.
+        else:  # Reptile: theta moves toward each task's parameters after k inner PPO steps
+            # (``outer.epochs`` clipped steps on the task's pre-update data, first order).
             t0 = time.perf_counter()
+            lr = self.meta_sgd_lr if self.meta_sgd_lr is not None else cfg.inner.lr
             with torch.no_grad():
-                adapted = rollouts.adapted
-                new = maml.reptile_update(self.params, adapted, cfg.outer.reptile_lr)
+                task_params, _, _ = maml.adapt(self.model, self.params, pre[:1], pre_advs[:1],
+                                               lr, cfg.outer.epochs, "lvc", first_order=True,
+                                               clip=cfg.outer.clip)
+                new = maml.reptile_update(self.params, task_params, cfg.outer.reptile_lr)
                 for k, v in self.params.items():
                     v.copy_(new[k])
             t_inner += time.perf_counter() - t0

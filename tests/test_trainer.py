@@ -123,6 +123,22 @@ def test_non_finite_updates_are_skipped_then_training_stops(tmp_path, monkeypatc
     assert "update skipped" in events
 
 
+@pytest.mark.parametrize("options", [["outer.algo=reptile"], ["inner.meta_sgd=true"],
+                                     ["inner.first_order=true", "inner.steps=2"],
+                                     ["inner.loss=dice"]])
+def test_algorithm_options_train_and_move_parameters(tmp_path, options):
+    trainer = MetaTrainer(tiny_config("iterations=1", *options), tmp_path, progress=False)
+    before = {k: v.detach().clone() for k, v in trainer.params.items()}
+    lr_before = ({k: v.detach().clone() for k, v in trainer.meta_sgd_lr.items()}
+                 if trainer.meta_sgd_lr is not None else None)
+    scalars = trainer.run_iteration()
+    trainer.close()
+    assert all(math.isfinite(v) for v in scalars.values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.params.items())
+    if lr_before is not None:  # Meta-SGD learns its inner learning rates
+        assert any(not torch.equal(lr_before[k], v) for k, v in trainer.meta_sgd_lr.items())
+
+
 # ----------------------------------------------------------------------------- processes
 def _train_process(run_dir: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "metarobot.cli", "train", "--config", "reach-cpu",
