@@ -7,8 +7,8 @@ panda-gym's dependency pins may clash with ours, so it lives in its own venv::
 
 Protocol (same as ``bench_envs.py --worker``): build the env, print ``ready``, wait for
 one line on stdin, step with uniform random actions for ``--duration`` seconds (resetting
-at episode ends) and print one JSON line with the steps, seconds and control period.
-With ``--no-wait`` it starts at once.
+at episode ends) and print one JSON line with the steps, wall and CPU seconds and the
+control period. With ``--no-wait`` it starts at once.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
         print("ready", flush=True)
         sys.stdin.readline()
     steps = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     deadline = start + args.duration
     while True:
@@ -58,6 +59,7 @@ def main() -> None:
         if now >= deadline:
             break
     print(json.dumps({"env": args.env, "steps": steps, "seconds": now - start,
+                      "cpu_seconds": time.process_time() - cpu_start,
                       "control_dt": sim.timestep * sim.n_substeps,
                       "substeps": sim.n_substeps, "physics_dt": sim.timestep}), flush=True)
     env.close()
