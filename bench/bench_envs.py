@@ -453,8 +453,8 @@ def plot(results: dict[str, dict[str, Any]], pandagym: dict[str, Any] | None,
                 label="2 processes" if i == 0 else None)
         ax2.text(i + 0.2, r["two_processes_steps_per_s"], f"{r['two_over_one']:.2f}x",
                  ha="center", va="bottom", fontsize=9)
-    ax2.set_xticks(range(len(bars)), [n for n, _ in bars], fontsize=7)
-    title = f"processes (target >= {TARGETS['two_procs']}x)"
+    ax2.set_xticks(range(len(bars)), [n.replace("-", "\n") for n, _ in bars], fontsize=8)
+    title = f"processes (target >= {TARGETS['two_procs']}x; CPU shares: JSON)"
     if pandagym and "grasp_over_pandagym" in pandagym:
         title += f"\nGrasp / panda-gym PickAndPlace: {pandagym['grasp_over_pandagym']:.2f}x"
     ax2.set_title(title, fontsize=10)
