@@ -19,6 +19,7 @@ operators only:
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -78,6 +79,8 @@ def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequ
     """Trace ``fn`` to aten ops with ``make_fx`` (this unrolls ``torch.func.grad``), then
     export the traced graph with the dynamo exporter."""
     graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args).eval()
+    # The exporter logs a warning per torchvision op it cannot register: noise here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         # The exporter warns about axis renaming and deprecated pytree internals: noise.
         warnings.simplefilter("ignore", UserWarning)

@@ -21,7 +21,7 @@ from metarobot.evaluate import EvaluationResult, mean_ci95
 from metarobot.trainer import CHECKPOINT_NAME, MetaTrainer
 
 #: Held-out tasks and adaptation settings of the quickstart's evaluation.
-EVAL_TASKS, EVAL_STEPS, DEVICE_TASKS, DEVICE_EPISODES = 20, 2, 10, 10
+EVAL_TASKS, EVAL_STEPS, DEVICE_TASKS, DEVICE_EPISODES = 20, 2, 20, 10
 
 
 @dataclass
