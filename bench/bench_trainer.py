@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trainer")
     args = parser.parse_args()
-    overrides = ["device=cpu", "sampler.num_workers=2", "sampler.envs_per_worker=20",
+    overrides = ["device=cpu", "sampler.num_workers=2", "sampler.envs_per_worker=50",
                  f"iterations={args.iterations}", *args.overrides]
     config = resolve_config(args.config, overrides=overrides)
 
