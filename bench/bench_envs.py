@@ -44,8 +44,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +58,7 @@ import pybullet
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import sim_envs  # noqa: E402
+from bench.common import machine_info  # noqa: E402
 
 OUT_DIR = REPO / "bench" / "results" / "envs"
 TARGETS = {"env_over_raw": 0.85, "reset_ms": 1.0, "task_switch_ms": 15.0, "two_procs": 1.7}
@@ -383,29 +382,6 @@ def measure_pandagym(python: Path, grasp: Case | None, duration: float,
 
 
 # ----------------------------------------------------------------------------- report
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {name: importlib.metadata.version(name)
-                     for name in ("pybullet", "gymnasium", "numpy")},
-        "git_commit": commit,
-    }
-
-
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     header = (f"{'case':18s} {'env/s':>8s} {'raw/s':>8s} {'env/raw':>8s} {'loop/s':>8s} "
               f"{'reset ms':>9s} {'p95':>6s} {'switch ms':>9s} {'p95':>6s} {'2p/1p':>6s} "
@@ -485,7 +461,7 @@ def main() -> None:
         return
 
     steps, rounds, duration, switches = (600, 2, 2.0, 20) if args.quick else (2500, 3, 5.0, 50)
-    info = machine_info()
+    info = machine_info(("pybullet", "gymnasium", "numpy"))
     info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()

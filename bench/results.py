@@ -40,14 +40,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -60,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import baselines  # noqa: E402
+
+from bench.common import machine_info  # noqa: E402
 
 from metarobot.api import resolve_config  # noqa: E402
 from metarobot.config import TrainConfig, config_from_dict  # noqa: E402
@@ -112,28 +111,16 @@ def git_commit() -> str:
     return out + ("+dirty" if dirty else "")
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {n: importlib.metadata.version(n)
-                         for n in ("torch", "pybullet", "gymnasium", "stable_baselines3",
-                                   "numpy")}}
-
-
 def command_line() -> str:
     return "python bench/results.py " + shlex.join(sys.argv[1:])
 
 
+MACHINE_PACKAGES = ("torch", "pybullet", "gymnasium", "stable_baselines3", "numpy")
+
+
 def provenance() -> dict[str, Any]:
-    return {"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
+    return {"command": command_line(), "git_commit": git_commit(),
+            "machine": machine_info(MACHINE_PACKAGES),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
