@@ -59,7 +59,6 @@ sys.path.insert(0, str(REPO / "bench"))
 import baselines  # noqa: E402
 
 from bench.common import machine_info  # noqa: E402
-
 from metarobot.api import resolve_config  # noqa: E402
 from metarobot.config import TrainConfig, config_from_dict  # noqa: E402
 from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95  # noqa: E402
