@@ -118,8 +118,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             for env in envs:
                 print(f"{env['family']}  ({env['id']})\n  split: {env['split']}")
                 for name, spec in env["params"].items():
-                    rng = (spec["choices"] if spec["choices"] is not None
-                           else f"[{spec['low']:g}, {spec['high']:g}]")
+                    choices = spec["choices"]
+                    if choices is None:
+                        rng = f"[{spec['low']:g}, {spec['high']:g}]"
+                    elif len(choices) > 6:  # e.g. grasp's object catalogue
+                        rng = f"{len(choices)} choices ({', '.join(choices[:3])}, ...)"
+                    else:
+                        rng = ", ".join(map(str, choices))
                     print(f"  {name:<16} {spec['unit']:<5} {rng!s:<28} "
                           f"{'hidden' if spec['hidden'] else 'observed'}  {spec['doc']}")
     elif args.command == "demo":
