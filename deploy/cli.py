@@ -15,6 +15,7 @@ torch; this command also imports gymnasium and ``sim_envs`` for the simulator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from deploy.bundle import BundleError
 from deploy.controller import GymController
-from deploy.runtime import AdaptivePolicy, SafetyConfig
+from deploy.runtime import AdaptivePolicy
 
 
 def _positive_int(text: str) -> int:
@@ -62,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inner gradient steps K")
     adapt.add_argument("--seed", type=int, default=0,
                        help="seed of task sampling, env resets and action noise")
-    adapt.add_argument("--max-kl", type=_positive_float, default=SafetyConfig.max_kl,
-                       help="reject an adaptation above this KL (nats)")
-    adapt.add_argument("--max-update-norm", type=_positive_float,
-                       default=SafetyConfig.max_update_norm,
-                       help="scale down updates with a larger L2 norm")
+    adapt.add_argument("--max-kl", type=_positive_float, default=None,
+                       help="reject an adaptation above this KL (nats; default: the bundle's "
+                            "rule, set at export from the KL seen in training)")
+    adapt.add_argument("--max-update-norm", type=_positive_float, default=None,
+                       help="scale down updates with a larger L2 norm (default: the bundle's "
+                            "rule, else 10)")
     return parser
 
 
@@ -97,9 +99,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     import sim_envs  # noqa: F401  (registers the sim_envs/* ids)
 
-    safety = SafetyConfig(max_update_norm=args.max_update_norm, max_kl=args.max_kl)
+    given = {"max_kl": args.max_kl, "max_update_norm": args.max_update_norm}
     try:
-        policy = AdaptivePolicy.load(args.bundle, safety=safety, seed=args.seed)
+        policy = AdaptivePolicy.load(args.bundle, seed=args.seed)
+        # The bundle's recorded rules (e.g. max_kl from training), overridden by flags given.
+        policy.safety = dataclasses.replace(
+            policy.safety, **{k: v for k, v in given.items() if v is not None})
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
