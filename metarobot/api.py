@@ -17,7 +17,7 @@ from typing import Any
 
 from metarobot.config import TrainConfig, load_config
 from metarobot.evaluate import EvaluationResult, evaluate_policy, load_trained_policy
-from metarobot.trainer import MetaTrainer
+from metarobot.trainer import MetaTrainer, env_spaces
 from sim_envs.registry import FAMILY_NAMES, env_id, make_family
 
 
@@ -74,17 +74,11 @@ def evaluate(run_dir: str | Path, split: str = "test", adapt_steps: int = 3,
 def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, ...] = (1, 2, 3),
            overwrite: bool = False) -> Path:
     """Export the run's policy and its adaptation step to an ONNX bundle."""
-    import gymnasium
-
     from metarobot.export import export_bundle
 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
-    env = gymnasium.make(env_id(cfg.family), **cfg.env_kwargs)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
+    obs_space, act_space = env_spaces(cfg.family, cfg.env_kwargs)
     inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,
              "lr": (cfg.inner.lr if policy.meta_sgd_lr is None else
                     {k: v.detach() for k, v in policy.meta_sgd_lr.items()}),

@@ -30,9 +30,6 @@ class EpisodeBatch(NamedTuple):
     logp: Tensor
     success: Tensor
 
-    def to(self, device: str) -> EpisodeBatch:
-        return EpisodeBatch(*(t.to(device) for t in self))
-
     @property
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[M, E]``."""

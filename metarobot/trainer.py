@@ -97,7 +97,7 @@ class MetaTrainer:
         self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
         self.model = GaussianMLPPolicy(self.obs_dim, self.act_dim, config.policy.hidden,
                                        config.policy.init_log_std).to(self.device)
-        self.params: Params = {k: v.to(self.device) for k, v in self.model.init_params().items()}
+        self.params: Params = self.model.init_params()  # leaves, on the model's device
         self.meta_sgd_lr: Params | None = (
             {k: torch.full_like(v, config.inner.lr).requires_grad_(True)
              for k, v in self.params.items()} if config.inner.meta_sgd else None)
