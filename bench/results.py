@@ -22,7 +22,9 @@ JSON exists; training resumes from checkpoints (meta) and saved stage models (ba
 kept under ``--runs-dir`` (not committed). Per seed and per family (over seeds) it writes
 ``curves.png`` (return/success vs meta-training env steps) and ``meta_vs_baseline.png``
 (after 0..K steps, last stage), and regenerates the report (``docs/results.md`` when
-``--out`` is the default) from all JSON found under ``--out``.
+``--out`` is the default) from all JSON found under ``--out``; a hand-written
+``--out/<family>/notes.md`` (findings, what was tried, what next) is placed at the top of
+that family's section.
 
 Usage::
 
@@ -554,6 +556,9 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     entries = list(seeds.values())
     last = final_iteration(entries)
     lines = [f"## {family}", ""]
+    notes = out / family / "notes.md"
+    if notes.exists():  # hand-written findings: what falls short, what was tried, what next
+        lines += [notes.read_text().strip(), ""]
     commands = sorted({d["command"] for e in entries for k in ("meta", "baseline", "scratch")
                        for d in e[k].values()})
     commits = sorted({d["git_commit"] for e in entries for k in ("meta", "baseline", "scratch")

@@ -1,0 +1,35 @@
+"""The results report (bench/results.py) regenerated from the committed reach JSON."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+results = pytest.importorskip("results")
+
+REACH_SEED0 = REPO / "bench" / "results" / "meta" / "reach" / "seed0"
+
+
+def test_report_from_committed_json_keeps_intro_and_places_family_notes(tmp_path):
+    out = tmp_path / "meta"
+    shutil.copytree(REACH_SEED0, out / "reach" / "seed0")
+    (out / "reach" / "notes.md").write_text("Hand-written finding: tried X.\n")
+    report = tmp_path / "results.md"
+    report.write_text("# My intro\n\nkept\n\n" + results.GENERATED_MARKER + "\nold body\n")
+
+    results.write_report(out, report)
+
+    text = report.read_text()
+    assert text.startswith("# My intro\n\nkept\n")
+    assert "old body" not in text
+    reach = text.split("## reach")[1].split("\n## ")[0]
+    assert reach.lstrip().startswith("Hand-written finding: tried X.")
+    assert "**Target (meta after 1 step > baseline (a) after 1 step, CIs apart):" in reach
+    # Families without JSON say how to produce them.
+    grasp = text.split("## grasp")[1].split("\n## ")[0]
+    assert "No results yet" in grasp
