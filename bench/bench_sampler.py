@@ -14,13 +14,20 @@ Each round runs raw, sampler, sampler, raw (so a drift of the machine's load wit
 round cancels) and its ratio is the sampler's rate over the raw rate of that round. The
 ratio sampler / raw is the fraction of the workers' env throughput the sampler keeps
 (target >= 0.8); the median over rounds is reported, with the spread (the machine may be
-shared and noisy). Also reported: time per sample call and its split per step into the
-policy (one batched ``vmap`` call over all running slots), the workers (envs + IPC) and the
-rest of the main process; and the policy time per step when all tasks share parameters
-(pre-update sampling: one plain call).
+shared and noisy). Also reported: time per sample call and its split per policy call (one
+per pipeline stage: half of every worker's envs, so about two per env step) into the
+policy (batched over the stage's running slots, per-task parameters), the time blocked
+waiting for the workers' replies (env time the pipeline did not hide) and the rest of the
+main process (messages, bookkeeping); the main process's CPU time per call; and the
+policy time per call when all tasks share parameters (pre-update sampling: one plain
+matmul per layer).
 
-More envs per worker make each lockstep step longer, so the per-step costs of the main
-process (policy, messages, waking the workers) weigh less; the sweep shows by how much.
+The sampler pipelines: while the main process handles one half of every worker's envs,
+the workers step the other half. On a machine with as many cores as workers the main
+process's CPU time still comes out of the workers' cores, so its per-call costs (policy,
+messages) weigh less with more envs per worker; the sweep shows by how much. The
+scheduling priority of the run (nice value, Linux autogroup) is recorded, as other jobs on
+the machine change the figures.
 
 Usage::
 
@@ -55,6 +62,16 @@ OUT_DIR = REPO / "bench" / "results" / "sampler"
 TARGET_SAMPLER_OVER_RAW = 0.8
 
 
+def scheduling() -> dict[str, Any]:
+    """This process's nice value and Linux autogroup (whose nice value sets the CPU share
+    of this session against other sessions' jobs)."""
+    try:
+        autogroup = Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        autogroup = None
+    return {"nice": os.nice(0), "autogroup": autogroup}
+
+
 def family_of(env_id: str) -> str:
     from sim_envs.registry import ENV_IDS
 
@@ -80,10 +97,11 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
         raw_steps_per_env = max(1, env_steps_per_call // sampler.num_slots)
 
         def sample(call_params: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             batch = sampler.sample(model, call_params, tasks, args.episodes, seed=seed,
                                    generator=generator)
-            stats = dict(sampler.last_stats, wall_s=time.perf_counter() - start)
+            stats = dict(sampler.last_stats, wall_s=time.perf_counter() - start,
+                         main_cpu_s=time.process_time() - cpu_start)
             stats["env_steps"] = float(batch.mask.sum())
             return stats
 
@@ -99,7 +117,7 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
             raw_rate = sum(x.env_steps for x in raw) / sum(x.seconds for x in raw)
             seconds = sum(c["wall_s"] for c in calls)
             steps = sum(c["env_steps"] for c in calls)
-            per_step = 1e3 / sum(c["policy_calls"] for c in calls)
+            per_call = 1e3 / sum(c["policy_calls"] for c in calls)
             policy = sum(c["policy_seconds"] for c in calls)
             workers = sum(c["worker_seconds"] for c in calls)
             rounds.append({
@@ -109,10 +127,11 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
                 "sample_call_s": seconds / len(calls),
                 "env_steps_per_call": steps / len(calls),
                 "policy_calls_per_call": sum(c["policy_calls"] for c in calls) / len(calls),
-                "policy_ms_per_step": policy * per_step,
-                "workers_ms_per_step": workers * per_step,
-                "main_other_ms_per_step": (seconds - policy - workers) * per_step,
+                "policy_ms_per_policy_call": policy * per_call,
+                "waiting_ms_per_policy_call": workers * per_call,
+                "main_other_ms_per_policy_call": (seconds - policy - workers) * per_call,
                 "policy_share_of_call": policy / seconds,
+                "main_cpu_share_of_call": sum(c["main_cpu_s"] for c in calls) / seconds,
                 "restarts": sum(c["restarts"] for c in calls),
             })
         # Pre-update sampling: every task has the same parameters (an expanded tensor).
@@ -122,7 +141,7 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
             c["policy_seconds"] / c["policy_calls"] for c in shared_calls)
         num_slots = sampler.num_slots
     summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    summary["shared_params_policy_ms_per_step"] = shared_policy_ms
+    summary["shared_params_policy_ms_per_policy_call"] = shared_policy_ms
     ratios = [r["sampler_over_raw"] for r in rounds]
     return {"envs_per_worker": envs_per_worker, "num_slots": num_slots,
             "raw_steps_per_env": raw_steps_per_env, "rounds": rounds, "median": summary,
@@ -156,22 +175,24 @@ def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
     ax.legend(loc="upper left", fontsize=7)
     ax.margins(y=0.35)
 
-    parts = [("workers: envs + IPC", "workers_ms_per_step", "tab:blue"),
-             ("policy, per-task params (vmap)", "policy_ms_per_step", "tab:orange"),
-             ("rest of the main process", "main_other_ms_per_step", "tab:gray")]
+    parts = [("waiting for worker replies", "waiting_ms_per_policy_call", "tab:blue"),
+             ("policy, per-task params", "policy_ms_per_policy_call", "tab:orange"),
+             ("rest of the main process", "main_other_ms_per_policy_call", "tab:gray")]
     bottoms = [0.0] * len(results)
     for label, key, color in parts:
         values = [m[key] for m in medians]
         ax2.bar([i - 0.2 for i in x], values, 0.4, bottom=bottoms, color=color, label=label)
         bottoms = [b + v for b, v in zip(bottoms, values)]
-    ax2.bar([i + 0.2 for i in x], [m["shared_params_policy_ms_per_step"] for m in medians], 0.4,
-            color="tab:green", label="policy, shared params (plain call)")
+    ax2.bar([i + 0.2 for i in x],
+            [m["shared_params_policy_ms_per_policy_call"] for m in medians], 0.4,
+            color="tab:green", label="policy, shared params")
     for i, m in enumerate(medians):
-        ax2.text(i - 0.2, bottoms[i], f"policy {m['policy_ms_per_step']:.2f} ms\n"
+        ax2.text(i - 0.2, bottoms[i], f"policy {m['policy_ms_per_policy_call']:.2f} ms\n"
                  f"{1e3 * m['sample_call_s']:.0f} ms/call", ha="center", va="bottom", fontsize=7)
     ax2.set_xticks(x, labels, fontsize=8)
-    ax2.set_ylabel("ms per lockstep step (median)")
-    ax2.set_title("where a step's time goes", fontsize=9)
+    ax2.set_ylabel("ms per policy call = pipeline stage (median)")
+    ax2.set_title("where the main process's time goes (about 2 policy calls per env step)",
+                  fontsize=9)
     ax2.legend(fontsize=7, loc="upper left")
     ax2.margins(y=0.45)
     fig.tight_layout()
@@ -200,26 +221,31 @@ def main() -> None:
     info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()
+    info["scheduling"] = scheduling()
     results = [measure(args, n) for n in args.envs_per_worker]
     info["load_average_after"] = os.getloadavg()
 
     print(f"\n{args.env}: {args.tasks} tasks x {args.episodes} episodes, {args.workers} workers")
     print(f"{'envs/w':>6s} {'round':>5s} {'raw/s':>8s} {'sampler/s':>10s} {'ratio':>6s} "
-          f"{'call s':>7s} {'ms/step: workers':>17s} {'policy':>7s} {'other':>6s}")
+          f"{'call s':>7s} {'ms/policy call: waiting':>24s} {'policy':>7s} {'other':>6s} "
+          f"{'main CPU':>8s}")
     for result in results:
         for i, r in enumerate(result["rounds"]):
             print(f"{result['envs_per_worker']:6d} {i + 1:5d} {r['raw_steps_per_s']:8.0f} "
                   f"{r['sampler_steps_per_s']:10.0f} {r['sampler_over_raw']:6.3f} "
-                  f"{r['sample_call_s']:7.3f} {r['workers_ms_per_step']:17.3f} "
-                  f"{r['policy_ms_per_step']:7.3f} {r['main_other_ms_per_step']:6.3f}")
+                  f"{r['sample_call_s']:7.3f} {r['waiting_ms_per_policy_call']:24.3f} "
+                  f"{r['policy_ms_per_policy_call']:7.3f} "
+                  f"{r['main_other_ms_per_policy_call']:6.3f} "
+                  f"{r['main_cpu_share_of_call']:8.2f}")
     for result in results:
         m = result["median"]
         low, high = result["sampler_over_raw_min_max"]
         print(f"{result['envs_per_worker']} envs/worker: median sampler/raw = "
               f"{m['sampler_over_raw']:.3f} (rounds {low:.3f}..{high:.3f}); "
-              f"{m['sample_call_s']:.3f} s per call; policy {m['policy_ms_per_step']:.3f} ms "
-              f"per step ({100 * m['policy_share_of_call']:.1f}% of the call), "
-              f"{m['shared_params_policy_ms_per_step']:.3f} ms with shared params")
+              f"{m['sample_call_s']:.3f} s per call; policy {m['policy_ms_per_policy_call']:.3f}"
+              f" ms per call ({100 * m['policy_share_of_call']:.1f}% of the sample call), "
+              f"{m['shared_params_policy_ms_per_policy_call']:.3f} ms with shared params; "
+              f"main process CPU {100 * m['main_cpu_share_of_call']:.0f}% of the call")
     headline = results[0]["median"]["sampler_over_raw"]
     ok = headline >= TARGET_SAMPLER_OVER_RAW
     print(f"headline ({args.envs_per_worker[0]} envs/worker): sampler/raw = {headline:.3f}, "

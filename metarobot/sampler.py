@@ -1,4 +1,4 @@
-"""Parallel multi-task episode sampler: envs in worker processes, one batched policy call.
+"""Parallel multi-task episode sampler: envs in worker processes, batched policy calls.
 
 :class:`MultiTaskSampler` collects ``E`` episodes for each of ``M`` tasks, every task with
 its own policy parameters (the stacked dict ``params`` has a leading task dim ``M``).
@@ -6,28 +6,37 @@ its own policy parameters (the stacked dict ``params`` has a leading task dim ``
 How one :meth:`MultiTaskSampler.sample` call runs:
 
 * ``num_workers`` worker processes each hold ``envs_per_worker`` envs (``num_workers=0``:
-  one group of envs in this process, same code path). Every env is a *slot*.
+  the envs run in this process, same code path). Every env is a *slot*.
 * The ``M * E`` (task, episode) jobs wait in a queue; a free slot takes the next episode
   of the task its env already simulates, else one of the task with the most episodes left
   (``set_task`` rebuilds part of the scene and costs milliseconds, so it is called only
   when the env's task changes). The env is reset with a seed derived from
   ``(seed, task index, episode index)``.
-* Every step, the policy runs once on ``device``, batched over all running slots: each
-  slot's parameters are gathered from the stacked dict by its task index and
-  :func:`~metarobot.policy.policy_forward` is ``vmap``-ed over slots (when every task has
-  the same parameters, as for pre-update sampling, one plain call does). Then each worker
-  gets one message with its envs' actions and steps them all (one pipe round trip per
-  worker per step). A slot whose episode ends is reset for its next job within the same
-  message, so no step is spent idle between episodes.
+* The envs step in a two-stage pipeline (double buffering). Each worker's envs are split
+  into two halves, *groups* (a worker with one env has one group); stage 0 handles the
+  first half of every worker, stage 1 the second. A stage receives the step replies of
+  its groups (rewards, episode ends, started jobs), runs the policy once on ``device``,
+  batched over the stage's running slots, and sends each of its groups one message with
+  its envs' actions (and the jobs to start). While the main process handles one stage,
+  the workers step the other half, so the workers do not wait for the policy call and the
+  message round trip (up to two messages per worker in flight, answered in order). A slot
+  whose episode ends is reset for its next job within the same message, so no step is
+  spent idle between episodes.
+* The policy call: each slot's parameters are gathered from the stacked dict by its task
+  index, one batched matmul per slot (:func:`~metarobot.policy.rows_policy_forward`;
+  when every task has the same parameters, as for pre-update sampling, one plain matmul).
+  The log-std does not depend on the observation, so the actions' offsets from the mean
+  and their log-probabilities are computed for the whole call up front.
 
 Determinism: the Gaussian action noise is drawn from ``generator`` once per call as a
 ``[M, E, T, A]`` tensor, indexed by (task, episode, step), and reset seeds depend only on
 ``(seed, task, episode)``. So a batch depends on ``seed``, the generator state and the
-parameters, not on timing: the lockstep schedule and the slot assignment are a function
-of the inputs and the configuration alone, and the same inputs give a bit-identical
-batch (also from a fresh sampler, e.g. after resuming training). Across different worker
-counts, or after a worker restart re-ran episodes on other slots, the episodes get the
-same seeds and noise, and agree up to the float rounding of the policy evaluated in
+parameters, not on timing: the stages run in a fixed order, each waits for all of its
+groups' replies, so the schedule and the slot assignment are a function of the inputs
+and the configuration alone, and the same inputs give a bit-identical batch (also from
+a fresh sampler, e.g. after resuming training). Across different worker counts or envs
+per worker, or after a worker restart re-ran episodes on other slots, the episodes get
+the same seeds and noise, and agree up to the float rounding of the policy evaluated in
 different batch layouts: bit-identical on CPU with per-task parameters (a batched
 matmul per slot); with shared parameters the plain matmul's rounding can depend on the
 number of rows (differences of about 1e-7 seen).
@@ -36,7 +45,9 @@ Workers are started with ``spawn`` by default, so a script that creates a sample
 workers needs the usual ``if __name__ == "__main__":`` guard.
 
 Failures: a worker that dies (segfault, SIGKILL: pipe EOF or process sentinel) or does not
-answer within ``step_timeout`` is killed, replaced by a fresh worker and its running
+answer within ``step_timeout`` is killed and replaced by a fresh worker. The running
+episodes of both its groups and the jobs its outstanding messages were to start go back to
+the queue (those messages are forgotten, never read from the new worker), and the
 episodes are re-run from reset with the same reset seeds and the same noise, so the batch
 equals the one an undisturbed run would give. Each death and restart is appended to
 :attr:`MultiTaskSampler.events` and reported through ``logger``.
@@ -45,6 +56,7 @@ equals the one an undisturbed run would give. Each death and restart is appended
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -59,7 +71,7 @@ import torch
 from torch import Tensor
 
 from metarobot.batch import EpisodeBatch
-from metarobot.policy import GaussianMLPPolicy, Params, gaussian_log_prob, policy_forward
+from metarobot.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
 from sim_envs.tasks import Task
 
 _log = logging.getLogger(__name__)
@@ -98,6 +110,19 @@ class _JobQueue:
             self.count += 1
 
 
+@dataclasses.dataclass
+class _Group:
+    """Envs ``lo..hi-1`` of worker ``worker`` (the sampler's slots ``slots``): they step
+    together, one message at a time, while the main process handles other groups."""
+
+    worker: int
+    lo: int
+    hi: int
+    slots: slice
+    seq: int | None = None  # the step message whose reply is due
+    starts: list[tuple[int, int] | None] | None = None  # its (task, episode) jobs, per env
+
+
 # ============================================================== worker side (no torch)
 class _EnvGroup:
     """The envs of one worker and the commands the sampler sends them."""
@@ -127,23 +152,25 @@ class _EnvGroup:
         self.tasks = tasks
 
     def step(self, actions: np.ndarray, stepping: np.ndarray, starts: list[_Start | None],
-             ) -> tuple[np.ndarray, ...]:
-        """Step the envs with ``stepping[i]``; start ``starts[i]`` on env i if it is idle or
-        its episode ended at this step. Returns ``(obs, rew, terminated, truncated, success,
-        started)``, each ``[num_envs, ...]``; ``obs`` is the reset observation where a job
-        started."""
-        n = len(self.envs)
+             lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, ...]:
+        """Step envs ``lo..hi-1`` (default: all); the arguments are indexed from ``lo``. Env
+        ``lo + i`` steps with ``actions[i]`` if ``stepping[i]``, and starts ``starts[i]`` if
+        it is idle or its episode ended at this step. Returns ``(obs, rew, terminated,
+        truncated, success, started)``, each ``[hi - lo, ...]``; ``obs`` is the reset
+        observation where a job started."""
+        envs = self.envs[lo:hi]
+        n = len(envs)
         obs = np.zeros((n, *self.envs[0].observation_space.shape), np.float32)
         rew = np.zeros(n, np.float32)
         terminated, truncated, success, started = (np.zeros(n, bool) for _ in range(4))
-        for i, env in enumerate(self.envs):
+        for i, env in enumerate(envs):
             done = False
             if stepping[i]:
                 obs[i], rew[i], terminated[i], truncated[i], info = env.step(actions[i])
                 success[i] = bool(info.get("success", False))
                 done = bool(terminated[i] or truncated[i])
             if starts[i] is not None and (done or not stepping[i]):
-                obs[i] = self._start(i, *starts[i])
+                obs[i] = self._start(lo + i, *starts[i])
                 started[i] = True
         return obs, rew, terminated, truncated, success, started
 
@@ -215,25 +242,36 @@ class _WorkerFailed(RuntimeError):
 
 
 class _LocalWorker:
-    """The envs in this process, behind the same send/recv interface as a worker."""
+    """The envs in this process, behind the same send/recv interface as a worker: calls
+    are queued by :meth:`send` and run in order by :meth:`recv`."""
 
     pid = None
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int) -> None:
         self.group = _EnvGroup(env_id, env_kwargs, num_envs)
-        self._pending: tuple[str, tuple] | None = None
+        self._seq = 0
+        self._calls: collections.deque[tuple[int, str, tuple]] = collections.deque()
+        self._results: dict[int, Any] = {}
 
     def describe(self, timeout: float) -> dict[str, Any]:
         return self.group.describe()
 
-    def send(self, command: str, *args: Any) -> None:
-        self._pending = (command, args)
+    def send(self, command: str, *args: Any) -> int:
+        self._seq += 1
+        self._calls.append((self._seq, command, args))
+        return self._seq
 
-    def recv(self, timeout: float | None) -> Any:
-        assert self._pending is not None
-        command, args = self._pending
-        self._pending = None
-        return getattr(self.group, command)(*args)
+    def recv(self, seq: int, timeout: float | None) -> Any:
+        # Run the queued calls up to this one, in order, as a worker process would.
+        while seq not in self._results:
+            call_seq, command, args = self._calls.popleft()
+            self._results[call_seq] = getattr(self.group, command)(*args)
+        return self._results.pop(seq)
+
+    def forget(self) -> None:
+        """Drop the calls not received yet (a sample call that raised left them)."""
+        self._calls.clear()
+        self._results.clear()
 
     def close(self) -> None:
         self.group.close()
@@ -251,24 +289,35 @@ class _ProcessWorker:
         child.close()  # the worker holds the only other end, so its death gives us EOF
         self.pid = self.process.pid
         self._seq = 0
+        self._waiting: set[int] = set()  # sent, reply not received yet
+        self._early: dict[int, tuple[str, Any]] = {}  # replies that came before their recv
 
     def describe(self, timeout: float) -> dict[str, Any]:
         """The hello message the worker sends once its envs are built."""
         return self._reply(0, timeout)
 
-    def send(self, command: str, *args: Any) -> None:
+    def send(self, command: str, *args: Any) -> int:
+        """Sends one call and returns its sequence number, for :meth:`recv`."""
         self._seq += 1
         try:
             self.conn.send((self._seq, command, args))
         except (BrokenPipeError, EOFError, OSError) as error:
             raise _WorkerDied(f"send failed ({error!r})") from error
+        self._waiting.add(self._seq)
+        return self._seq
 
-    def recv(self, timeout: float | None) -> Any:
-        return self._reply(self._seq, timeout)
+    def recv(self, seq: int, timeout: float | None) -> Any:
+        """The reply to call ``seq``; other calls may be outstanding (replies come in order)."""
+        return self._reply(seq, timeout)
+
+    def forget(self) -> None:
+        """Give up on the outstanding calls: their replies are skipped when they arrive."""
+        self._waiting.clear()
+        self._early.clear()
 
     def _reply(self, seq: int, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        while seq not in self._early:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], left)
             if not ready:
@@ -281,11 +330,14 @@ class _ProcessWorker:
                 self.process.join(1.0)
                 raise _WorkerDied(
                     f"pipe closed (exit code {self.process.exitcode})") from error
-            if reply_seq != seq:
-                continue  # a stale reply of a call that was interrupted
-            if status == "error":
-                raise _WorkerFailed(f"worker {self.process.name} (pid {self.pid}): {value}")
-            return value
+            if reply_seq == seq or reply_seq in self._waiting:
+                self._early[reply_seq] = (status, value)
+            # else: a stale reply of a call given up on (forget), skipped
+        self._waiting.discard(seq)
+        status, value = self._early.pop(seq)
+        if status == "error":
+            raise _WorkerFailed(f"worker {self.process.name} (pid {self.pid}): {value}")
+        return value
 
     def close(self, timeout: float = 5.0) -> None:
         if self.process.is_alive():
@@ -349,9 +401,10 @@ class MultiTaskSampler:
             (``"worker_died"`` or ``"worker_restarted"``), ``"worker"``, ``"pid"``, ``"time"``
             and, for deaths, ``"reason"`` and the re-run ``"episodes"`` as (task, episode).
         last_stats: figures of the last :meth:`sample` call: ``seconds``, ``env_steps``,
-            ``policy_seconds`` (per-step policy evaluations, summed), ``worker_seconds``
-            (sending the step messages until the last reply, summed: the envs' time plus
-            IPC), ``policy_calls``, ``restarts``.
+            ``policy_seconds`` (the batched policy calls, summed), ``worker_seconds``
+            (time blocked waiting for step replies, summed: the workers' time the
+            pipeline did not hide behind the main process's work), ``policy_calls`` (one
+            per pipeline stage with running slots: about two per env step), ``restarts``.
         family, obs_dim, act_dim, max_episode_steps: of the env.
     """
 
@@ -495,11 +548,22 @@ class MultiTaskSampler:
         started_at = time.perf_counter()
         num_tasks, T, A = len(tasks), self.max_episode_steps, self.act_dim
         params = {k: v.detach().to(self.device) for k, v in params.items()}
-        noise = None if deterministic else torch.randn(
-            (num_tasks, num_eps, T, A), generator=generator, device=generator.device,
-        ).to(self.device)
         seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)] for m in range(num_tasks)]
         evaluate = self._batched_policy(model, params)
+        # The log-std does not depend on the observation, so every (task, episode, step)'s
+        # action offset from the mean (std * noise) and log-probability are known up front,
+        # and a policy call only computes means. Rows are flat (task, episode, step) indices.
+        _, task_log_std = evaluate(torch.arange(num_tasks, device=self.device),
+                                   torch.zeros(num_tasks, self.obs_dim, device=self.device))
+        log_std = task_log_std[:, None, None].expand(num_tasks, num_eps, T, A)
+        if deterministic:
+            offset = torch.zeros_like(log_std)
+        else:
+            noise = torch.randn((num_tasks, num_eps, T, A), generator=generator,
+                                device=generator.device).to(self.device)
+            offset = torch.exp(log_std) * noise
+        logp_table = gaussian_log_prob(torch.zeros_like(offset), log_std, offset).reshape(-1)
+        offset = offset.reshape(-1, A)
 
         obs_buf = np.zeros((num_tasks, num_eps, T, self.obs_dim), np.float32)
         act_buf = np.zeros((num_tasks, num_eps, T, A), np.float32)
@@ -507,18 +571,26 @@ class MultiTaskSampler:
         rew_buf = np.zeros((num_tasks, num_eps, T), np.float32)
         length = np.zeros((num_tasks, num_eps), np.int64)
         success = np.zeros((num_tasks, num_eps), np.float32)
+        obs_rows, act_rows = obs_buf.reshape(-1, self.obs_dim), act_buf.reshape(-1, A)  # views
+        logp_rows = logp_buf.reshape(-1)
         jobs = _JobQueue(num_tasks, num_eps)
 
-        # Slot state: the (task, episode) it runs (-1: idle), its step and current obs, and
-        # the task it last started in this call. (Not the task its env kept from an earlier
-        # call: the assignment must not depend on history for the batch to be reproducible.)
-        S, per = self.num_slots, self.envs_per_worker
+        # Slot state: the (task, episode) it runs (-1: idle), its step, current obs and next
+        # action, and the task it last started in this call. (Not the task its env kept from
+        # an earlier call: the assignment must not depend on history for the batch to be
+        # reproducible.)
+        S = self.num_slots
         slot_env_task = [-1] * S
         slot_task = np.full(S, -1)
         slot_episode = np.full(S, -1)
         slot_t = np.zeros(S, np.int64)
         slot_obs = np.zeros((S, self.obs_dim), np.float32)
-        policy_seconds, wait_seconds, policy_calls, restarts = 0.0, 0.0, 0, 0
+        slot_act = np.zeros((S, A), np.float32)
+        stages = self._pipeline()
+        groups = [group for stage in stages for group in stage]
+        stage_slots = [np.concatenate([np.arange(S)[g.slots] for g in stage]) for stage in stages]
+        stats = {"policy_seconds": 0.0, "worker_seconds": 0.0, "policy_calls": 0,
+                 "restarts": 0}
 
         def finish(m: int, e: int, steps: int, succeeded: bool) -> None:
             length[m, e], success[m, e] = steps, float(succeeded)
@@ -526,108 +598,120 @@ class MultiTaskSampler:
             obs_buf[m, e, steps:], act_buf[m, e, steps:] = 0.0, 0.0
             logp_buf[m, e, steps:], rew_buf[m, e, steps:] = 0.0, 0.0
 
-        self._broadcast_tasks(tasks)
-        while jobs or (slot_task >= 0).any():
-            running = np.flatnonzero(slot_task >= 0)
-            actions = np.zeros((S, A), np.float32)
-            if running.size:
-                policy_start = time.perf_counter()
-                m_idx, e_idx, t_idx = slot_task[running], slot_episode[running], slot_t[running]
-                # One host-to-device copy for the indices, one back for actions and logp.
-                index = torch.as_tensor(np.stack([m_idx, e_idx, t_idx]), device=self.device)
-                obs = torch.as_tensor(slot_obs[running], device=self.device)
-                mean, log_std = evaluate(index[0], obs)
-                if noise is None:
-                    act = mean
-                else:
-                    act = mean + torch.exp(log_std) * noise[index[0], index[1], index[2]]
-                logp = gaussian_log_prob(mean, log_std, act)
-                both = torch.cat([act, logp[:, None]], 1).float().cpu().numpy()
-                act_np, logp_np = both[:, :A], both[:, A]
-                policy_seconds += time.perf_counter() - policy_start
-                policy_calls += 1
-                obs_buf[m_idx, e_idx, t_idx] = slot_obs[running]
-                act_buf[m_idx, e_idx, t_idx] = act_np
-                logp_buf[m_idx, e_idx, t_idx] = logp_np
-                actions[running] = act_np
+        def act(running: np.ndarray) -> None:
+            """One batched policy call: the next action of every slot in ``running``."""
+            policy_start = time.perf_counter()
+            task = slot_task[running]
+            row = (task * num_eps + slot_episode[running]) * T + slot_t[running]
+            # One host-to-device copy for the indices, one back for actions and logp.
+            index = torch.as_tensor(np.stack([task, row]), device=self.device)
+            obs = torch.as_tensor(slot_obs[running], device=self.device)
+            mean, _ = evaluate(index[0], obs)
+            both = torch.cat([mean + offset[index[1]], logp_table[index[1], None]], 1)
+            both = both.float().cpu().numpy()
+            stats["policy_seconds"] += time.perf_counter() - policy_start
+            stats["policy_calls"] += 1
+            obs_rows[row] = slot_obs[running]
+            act_rows[row] = both[:, :A]
+            logp_rows[row] = both[:, A]
+            slot_act[running] = both[:, :A]
 
-            # Idle slots start the next jobs now; running slots get one to start if their
-            # episode ends at this step (handed back below if it does not).
-            starts: list[tuple[int, int] | None] = [None] * S
-            idle = np.flatnonzero(slot_task < 0)
-            for s in [*idle, *running]:
+        def send(group: _Group) -> None:
+            """Hand the group's idle slots the next jobs, its running slots one to start if
+            their episode ends at this step (handed back if it does not), and send the step."""
+            stepping = slot_task[group.slots] >= 0
+            starts: list[tuple[int, int] | None] = [None] * len(stepping)
+            for i in [*np.flatnonzero(~stepping), *np.flatnonzero(stepping)]:
                 if not jobs:
                     break
-                starts[s] = jobs.take(slot_env_task[s])
+                starts[i] = jobs.take(slot_env_task[group.slots.start + i])
+            if not stepping.any() and all(job is None for job in starts):
+                return
+            group.starts = starts  # before sending: a failed send hands them back too
+            worker_starts = [None if job is None else (job[0], seeds[job[0]][job[1]])
+                             for job in starts]
+            try:
+                group.seq = self._workers[group.worker].send(
+                    "step", slot_act[group.slots], stepping, worker_starts, group.lo, group.hi)
+            except _WorkerDied as error:
+                worker_died(group.worker, str(error))
 
-            workers = range(len(self._workers))
+        def receive(group: _Group) -> None:
+            """Wait for the group's step reply and record it."""
+            assert group.seq is not None and group.starts is not None
             wait_start = time.perf_counter()
-            died: dict[int, str] = {}
-            for w in workers:
-                block = slice(w * per, (w + 1) * per)
-                worker_starts = [None if job is None else (job[0], seeds[job[0]][job[1]])
-                                 for job in starts[block]]
-                try:
-                    self._workers[w].send("step", actions[block], slot_task[block] >= 0,
-                                          worker_starts)
-                except _WorkerDied as error:
-                    died[w] = str(error)
-            replies: dict[int, tuple[np.ndarray, ...]] = {}
-            failure: _WorkerFailed | None = None
-            for w in workers:
-                if w in died:
-                    continue
-                try:
-                    replies[w] = self._workers[w].recv(self.step_timeout)
-                except _WorkerDied as error:
-                    died[w] = str(error)
-                except _WorkerFailed as error:
-                    failure = failure or error  # keep draining the other workers' replies
-            if failure is not None:
-                raise failure
-            wait_seconds += time.perf_counter() - wait_start
-
+            try:
+                reply = self._workers[group.worker].recv(group.seq, self.step_timeout)
+            except _WorkerDied as error:
+                reply, death = None, str(error)
+            stats["worker_seconds"] += time.perf_counter() - wait_start
+            if reply is None:
+                worker_died(group.worker, death)
+                return
+            starts, group.seq, group.starts = group.starts, None, None
+            obs, rew, terminated, truncated, succ, started = reply
             unused: list[tuple[int, int]] = []
-            for w, (obs, rew, terminated, truncated, succ, started) in replies.items():
-                for i in range(per):
-                    s = w * per + i
-                    if slot_task[s] >= 0:
-                        m, e, t = slot_task[s], slot_episode[s], slot_t[s]
-                        rew_buf[m, e, t] = rew[i]
-                        slot_t[s] = t + 1
-                        if terminated[i] or truncated[i]:
-                            finish(m, e, t + 1, bool(succ[i]))
-                            slot_task[s] = slot_episode[s] = -1
-                        elif t + 1 >= T:
-                            raise RuntimeError(f"episode ran past max_episode_steps={T} "
-                                               "without being truncated")
-                        else:
-                            slot_obs[s] = obs[i]
-                    if started[i]:
-                        slot_task[s], slot_episode[s] = starts[s]
-                        slot_t[s], slot_obs[s] = 0, obs[i]
-                        slot_env_task[s] = slot_task[s]
-                    elif starts[s] is not None:
-                        unused.append(starts[s])
-            for w, reason in died.items():
-                block = range(w * per, (w + 1) * per)
-                lost = [(int(slot_task[s]), int(slot_episode[s])) for s in block
-                        if slot_task[s] >= 0]
-                unused += [starts[s] for s in block if starts[s] is not None] + lost
-                slot_task[w * per:(w + 1) * per] = -1
-                slot_episode[w * per:(w + 1) * per] = -1
-                restarts += 1
-                if restarts > self.max_restarts:
-                    raise RuntimeError(f"{restarts} worker restarts in one sample call "
-                                       f"(max_restarts={self.max_restarts}); last: {reason}")
-                self._replace_worker(w, reason, lost, tasks)
+            for i, s in enumerate(range(group.slots.start, group.slots.stop)):
+                if slot_task[s] >= 0:
+                    m, e, t = slot_task[s], slot_episode[s], slot_t[s]
+                    rew_buf[m, e, t] = rew[i]
+                    slot_t[s] = t + 1
+                    if terminated[i] or truncated[i]:
+                        finish(m, e, t + 1, bool(succ[i]))
+                        slot_task[s] = slot_episode[s] = -1
+                    elif t + 1 >= T:
+                        raise RuntimeError(f"episode ran past max_episode_steps={T} "
+                                           "without being truncated")
+                    else:
+                        slot_obs[s] = obs[i]
+                if started[i]:
+                    slot_task[s], slot_episode[s] = starts[i]
+                    slot_t[s], slot_obs[s] = 0, obs[i]
+                    slot_env_task[s] = slot_task[s]
+                elif starts[i] is not None:
+                    unused.append(starts[i])
             jobs.put_back(unused)
+
+        def worker_died(w: int, reason: str) -> None:
+            """Re-queue the running episodes and pending starts of both of the worker's
+            groups, forget their outstanding messages and replace the worker."""
+            block = range(w * self.envs_per_worker, (w + 1) * self.envs_per_worker)
+            lost = [(int(slot_task[s]), int(slot_episode[s])) for s in block
+                    if slot_task[s] >= 0]
+            pending = [job for group in groups if group.worker == w and group.starts
+                       for job in group.starts if job is not None]
+            for group in groups:
+                if group.worker == w:
+                    group.seq = group.starts = None
+            slot_task[block.start:block.stop] = slot_episode[block.start:block.stop] = -1
+            stats["restarts"] += 1
+            if stats["restarts"] > self.max_restarts:
+                raise RuntimeError(f"{stats['restarts']} worker restarts in one sample call "
+                                   f"(max_restarts={self.max_restarts}); last: {reason}")
+            self._replace_worker(w, reason, lost, tasks)
+            jobs.put_back(pending + lost)
+
+        for worker in self._workers:
+            worker.forget()  # replies still due from an earlier call that raised
+        self._broadcast_tasks(tasks)
+        # The pipeline: each stage receives its groups' replies, runs the policy once for
+        # their running slots and sends their next steps, while the workers step their
+        # other groups. The order is fixed, so the schedule does not depend on timing.
+        while jobs or (slot_task >= 0).any() or any(g.seq is not None for g in groups):
+            for stage, slots in zip(stages, stage_slots):
+                for group in stage:
+                    if group.seq is not None:
+                        receive(group)
+                running = slots[slot_task[slots] >= 0]
+                if running.size:
+                    act(running)
+                for group in stage:
+                    send(group)
 
         mask = (np.arange(T) < length[..., None]).astype(np.float32)
         self.last_stats = {"seconds": time.perf_counter() - started_at,
-                           "env_steps": float(length.sum()), "policy_seconds": policy_seconds,
-                           "worker_seconds": wait_seconds, "policy_calls": float(policy_calls),
-                           "restarts": float(restarts)}
+                           "env_steps": float(length.sum()),
+                           **{key: float(value) for key, value in stats.items()}}
 
         def out(array: np.ndarray) -> Tensor:
             return torch.from_numpy(array).to(self.device)
@@ -635,24 +719,32 @@ class MultiTaskSampler:
         return EpisodeBatch(out(obs_buf), out(act_buf), out(rew_buf), out(mask), out(logp_buf),
                             out(success))
 
+    def _pipeline(self) -> list[list[_Group]]:
+        """The pipeline's stages in their fixed order: each worker's envs are split in two
+        groups (a worker with one env has one), stage 0 holds the first group of every
+        worker, stage 1 the second, so a worker steps one group while the main process
+        handles the other. (One stage per group would cost a policy call per group.)"""
+        per = self.envs_per_worker
+        halves = [(0, per)] if per == 1 else [(0, per // 2), (per // 2, per)]
+        return [[_Group(w, lo, hi, slice(w * per + lo, w * per + hi))
+                 for w in range(len(self._workers))] for lo, hi in halves]
+
     def _batched_policy(self, model: GaussianMLPPolicy, params: Params,
                         ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """``(task index [N], obs [N, O]) -> (mean, log_std)`` each ``[N, A]``, slot i
         evaluated with the parameters of task ``index[i]``."""
         if all(bool((v == v[:1]).all()) for v in params.values()):
-            # Every task has the same parameters (pre-update sampling): no gather, no vmap.
+            # Every task has the same parameters (pre-update sampling): no gather.
             shared = {k: v[0] for k, v in params.items()}
-            return lambda task_index, obs: policy_forward(model, shared, obs)
-        per_slot = torch.func.vmap(lambda p, o: policy_forward(model, p, o))
-        return lambda task_index, obs: per_slot(
-            {k: v[task_index] for k, v in params.items()}, obs)
+            return lambda task_index, obs: rows_policy_forward(model, shared, obs)
+        return lambda task_index, obs: rows_policy_forward(model, params, obs, task_index)
 
     def _broadcast_tasks(self, tasks: list[Task]) -> None:
         for w in range(len(self._workers)):
             for attempt in range(2):
                 try:
-                    self._workers[w].send("set_tasks", tasks)
-                    self._workers[w].recv(self.step_timeout)
+                    worker = self._workers[w]
+                    worker.recv(worker.send("set_tasks", tasks), self.step_timeout)
                     break
                 except _WorkerDied as error:
                     if attempt == 1:
@@ -688,8 +780,7 @@ class MultiTaskSampler:
         self._workers[index] = new
         self._hello(new)
         if tasks is not None:
-            new.send("set_tasks", tasks)
-            new.recv(self.step_timeout)
+            new.recv(new.send("set_tasks", tasks), self.step_timeout)
         self._record({"event": "worker_restarted", "worker": index, "pid": new.pid,
                       "time": time.time()},
                      f"sampler worker {index} restarted (pid {new.pid})")
@@ -705,12 +796,12 @@ class MultiTaskSampler:
         if steps_per_env < 1:
             raise ValueError(f"steps_per_env must be >= 1, got {steps_per_env}")
         start = time.perf_counter()
-        for w, worker in enumerate(self._workers):
-            worker.send("raw_steps", steps_per_env, seed + 1000 * w)
         total = 0
         try:
-            for worker in self._workers:
-                total += worker.recv(None)[0]
+            calls = [worker.send("raw_steps", steps_per_env, seed + 1000 * w)
+                     for w, worker in enumerate(self._workers)]
+            for worker, seq in zip(self._workers, calls):
+                total += worker.recv(seq, None)[0]
         except _WorkerDied as error:
             raise RuntimeError(f"a worker died during the throughput run: {error}") from error
         return RawThroughput(total, time.perf_counter() - start)

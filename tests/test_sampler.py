@@ -18,8 +18,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
-from metarobot.sampler import MultiTaskSampler, reset_seed
+from metarobot.policy import (
+    GaussianMLPPolicy,
+    gaussian_log_prob,
+    policy_forward,
+    rows_policy_forward,
+)
+from metarobot.sampler import MultiTaskSampler, _LocalWorker, _ProcessWorker, reset_seed
 from sim_envs.base_env import MetaEnv
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 
@@ -51,15 +56,16 @@ class PointEnv(MetaEnv):
 
     ``crash_file`` / ``hang_file``: the first env (across processes) to reach step
     ``crash_step`` / ``hang_step`` while the file does not exist creates it and SIGKILLs
-    its own process / sleeps for a minute: exactly one worker death each.
+    its own process (after ``crash_delay`` seconds) / sleeps for a minute: exactly one
+    worker death each.
     """
 
     family_type = PointFamily
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
-                 crash_file: str | None = None, crash_step: int = 3,
+                 crash_file: str | None = None, crash_step: int = 3, crash_delay: float = 0.0,
                  hang_file: str | None = None, hang_step: int = 6) -> None:
-        self.crash_file, self.crash_step = crash_file, crash_step
+        self.crash_file, self.crash_step, self.crash_delay = crash_file, crash_step, crash_delay
         self.hang_file, self.hang_step = hang_file, hang_step
         self.apply_count = 0
         super().__init__(task, render_mode)
@@ -84,6 +90,7 @@ class PointEnv(MetaEnv):
     def _step(self, action: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:
         self.t += 1
         if self.t == self.crash_step and _claim(self.crash_file):
+            time.sleep(self.crash_delay)
             os.kill(os.getpid(), signal.SIGKILL)
         if self.t == self.hang_step and _claim(self.hang_file):
             time.sleep(60.0)
@@ -209,6 +216,25 @@ def test_logp_is_log_prob_of_act_under_each_tasks_params():
                           atol=1e-5)
 
 
+def test_rows_policy_forward_matches_functional_call_and_vmap():
+    torch.manual_seed(0)
+    model = GaussianMLPPolicy(3, 2, hidden=(16, 8), init_log_std=-0.5)
+    model.set_normalizer(torch.randn(3), torch.rand(3) + 0.5)
+    params = stacked(model, 4, scale=0.5)
+    obs = 3 * torch.randn(9, 3)
+    index = torch.tensor([3, 0, 0, 2, 1, 3, 2, 0, 1])
+    shared = {k: v[1] for k, v in params.items()}
+    for x, y in zip(rows_policy_forward(model, shared, obs), policy_forward(model, shared, obs)):
+        assert torch.equal(x, y)
+    per_row = torch.func.vmap(lambda p, o: policy_forward(model, p, o))
+    expected = per_row({k: v[index] for k, v in params.items()}, obs)
+    for x, y in zip(rows_policy_forward(model, params, obs, index), expected):
+        assert torch.equal(x, y)
+    # A row's result does not depend on the other rows of the batch.
+    alone = rows_policy_forward(model, params, obs[4:5], index[4:5])
+    assert torch.equal(alone[0][0], expected[0][4])
+
+
 def test_per_task_params_drive_the_actions():
     model = GaussianMLPPolicy(2, 2, hidden=(8,))
     params = stacked(model, 2)
@@ -327,6 +353,77 @@ def test_dead_and_hung_workers_are_replaced_and_the_batch_is_complete(tmp_path):
     assert all(torch.all(torch.isfinite(x)) for x in batch)
     # The re-run episodes reproduce exactly what an undisturbed run samples.
     assert_batches_equal(batch, undisturbed)
+
+
+def test_pipelined_halves_match_unpipelined_layouts():
+    # 2 workers x 5 envs: groups of 2 and 3 envs per worker, two messages in flight per
+    # worker; episodes that terminate at different steps make slots start jobs mid-call.
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = stacked(model, 3, scale=0.3)
+    tasks = [point_task(0.5, end_step=7), point_task(-0.5), point_task(1.0, end_step=3)]
+    batches = {}
+    for layout in [(2, 5), (0, 4), (0, 1), (1, 1)]:
+        with MultiTaskSampler(POINT_ID, *layout) as sampler:
+            batches[layout] = sampler.sample(model, params, tasks, 6, seed=3, generator=gen(2))
+            if layout == (2, 5):
+                assert_batches_equal(batches[layout], sampler.sample(
+                    model, params, tasks, 6, seed=3, generator=gen(2)))
+    pipelined = batches[(2, 5)]
+    for layout, batch in batches.items():
+        assert torch.equal(batch.mask, pipelined.mask), layout
+        assert torch.equal(batch.success, pipelined.success), layout
+        for name, x, y in zip(batch._fields, batch, pipelined):
+            assert torch.allclose(x, y, atol=1e-6), (layout, name)
+
+
+def test_worker_killed_with_both_halves_outstanding_gives_the_undisturbed_batch(tmp_path):
+    model = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = stacked(model, 2, scale=0.3)
+    tasks = [point_task(0.5, end_step=9), point_task(-0.5)]
+    # The dying env waits before the SIGKILL, so the main process has sent its worker the
+    # other half's next step by then: both halves have a message outstanding.
+    kwargs = {"crash_file": str(tmp_path / "crash"), "crash_step": 4, "crash_delay": 0.5}
+    with MultiTaskSampler(POINT_ID, 2, 4, env_kwargs=kwargs, logger=lambda _: None,
+                          step_timeout=10.0) as sampler:
+        outstanding: list[int] = []
+        replace = sampler._replace_worker
+
+        def replace_and_record(index, *args):
+            outstanding.append(len(sampler._workers[index]._waiting))
+            replace(index, *args)
+
+        sampler._replace_worker = replace_and_record
+        batch = sampler.sample(model, params, tasks, 5, seed=4, generator=gen(6))
+        assert outstanding == [2]
+        died = sampler.events[0]
+        assert died["event"] == "worker_died" and died["exitcode"] == -signal.SIGKILL
+        # Every slot of the worker ran an episode (10 jobs, 8 slots): both halves' episodes
+        # were re-queued.
+        assert len(died["episodes"]) == 4
+        undisturbed = sampler.sample(model, params, tasks, 5, seed=4, generator=gen(6))
+        assert len(sampler.events) == 2
+    assert_batches_equal(batch, undisturbed)
+
+
+@pytest.mark.parametrize("kind", ["local", "process"])
+def test_worker_handles_keep_two_calls_outstanding(kind):
+    if kind == "local":
+        worker = _LocalWorker(POINT_ID, {}, 2)
+    else:
+        worker = _ProcessWorker(multiprocessing.get_context("spawn"), POINT_ID, {}, 2, "test")
+        worker.describe(60.0)
+    try:
+        first = worker.send("raw_steps", 3, 0)
+        second = worker.send("describe")
+        # Asked in the other order, the earlier reply is kept, not skipped as stale.
+        assert worker.recv(second, 60.0)["act_shape"] == (2,)
+        assert worker.recv(first, 60.0)[0] == 6
+        given_up = worker.send("raw_steps", 1, 0)
+        worker.forget()
+        assert worker.recv(worker.send("raw_steps", 2, 0), 60.0)[0] == 4
+        assert given_up not in getattr(worker, "_waiting", ())
+    finally:
+        worker.close()
 
 
 def test_bad_input_raises_value_error():
