@@ -157,7 +157,7 @@ def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: i
         rollouts = collect_adaptation_rollouts(
             sampler, policy.model, policy.params, tasks, episodes, adapt_steps, cfg.inner,
             cfg.advantages, policy.meta_sgd_lr, seed=10_000 + seed,
-            generator=torch.Generator(device=device).manual_seed(seed))
+            generator=torch.Generator().manual_seed(seed))  # CPU: same noise on any device
     returns = np.stack([b.episode_returns.mean(1).cpu().numpy() for b in rollouts.batches])
     success = np.stack([b.success.mean(1).cpu().numpy() for b in rollouts.batches])
     return EvaluationResult(cfg.family, split, episodes, [t.task_id for t in tasks], returns,

@@ -104,7 +104,9 @@ class MetaTrainer:
         trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
         self.normalizer = RunningMeanStd(self.obs_dim)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        # Action noise is drawn on the CPU whatever the training device, so a CUDA run
+        # samples the same episodes as a CPU run with the same seed.
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.eta = config.outer.eta
         self.iteration = 0
         self.env_steps = 0
