@@ -532,8 +532,13 @@ def make_plots(out: Path, family: str) -> None:
 
 
 def final_iteration(entries: list[dict[str, Any]]) -> int:
-    """The last iteration every seed has evaluated (else the last any seed has)."""
+    """The iteration of the headline comparison: the last one every seed has evaluated
+    with baseline (a) too, else the last every seed has evaluated, else the last any seed
+    has (meta-training can run ahead of the slower baselines)."""
     common = set.intersection(*(set(e["meta"]) for e in entries))
+    compared = {it for it in common if all(it in e["baseline"] for e in entries)}
+    if compared:
+        return max(compared)
     return max(common) if common else max(max(e["meta"]) for e in entries)
 
 
@@ -585,9 +590,14 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     n_seeds = sum(last in e["meta"] for e in entries)
     over = "over tasks" if n_seeds == 1 else f"over {n_seeds} seeds' task means"
     env_steps = np.mean([e["meta"][last]["env_steps"] for e in entries if last in e["meta"]])
+    later = sorted({it for e in entries for it in e["meta"] if it > last})
     lines += [f"### After meta-training: iteration {last} ({env_steps:,.0f} env steps), "
-              f"mean ± 95% CI {over}", "",
-              "| adaptation steps | meta return | baseline (a) return | meta success | "
+              f"mean ± 95% CI {over}", ""]
+    if later:
+        lines += [f"(The last iteration with baseline (a); meta-training was also evaluated "
+                  f"at iteration(s) {', '.join(map(str, later))}, without baseline (a) yet: "
+                  "see the tables below.)", ""]
+    lines += ["| adaptation steps | meta return | baseline (a) return | meta success | "
               "baseline (a) success |", "|---|---|---|---|---|"]
     for k in range(len(meta_r)):
         lines.append(f"| {k} | {fmt(*meta_r[k])} | "

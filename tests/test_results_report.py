@@ -33,3 +33,23 @@ def test_report_from_committed_json_keeps_intro_and_places_family_notes(tmp_path
     # Families without JSON say how to produce them.
     grasp = text.split("## grasp")[1].split("\n## ")[0]
     assert "No results yet" in grasp
+
+
+def test_headline_compares_at_the_last_iteration_with_a_baseline(tmp_path):
+    import json
+
+    out = tmp_path / "meta"
+    seed_dir = out / "reach" / "seed0"
+    shutil.copytree(REACH_SEED0, seed_dir)
+    # Meta-training evaluated further, baseline (a) not (yet) at that iteration.
+    later = json.loads((seed_dir / "meta_it00060.json").read_text())
+    later["iteration"] = 90
+    (seed_dir / "meta_it00090.json").write_text(json.dumps(later))
+    report = tmp_path / "results.md"
+
+    results.write_report(out, report)
+
+    reach = report.read_text().split("## reach")[1].split("\n## ")[0]
+    assert "### After meta-training: iteration 60 " in reach
+    assert "also evaluated at iteration(s) 90, without baseline (a)" in reach
+    assert "| 90 |" in reach  # in the table against env steps
