@@ -553,17 +553,17 @@ def full_run_command(family: str) -> str:
 
 def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dict[str, Any]]:
     seeds = load_family(out, family)
-    if not seeds:
-        return ([f"## {family}", "", "**No results yet.** To produce them (CPU config "
-                 f"`{family}-cpu`, 3 seeds, 4 stages, both baselines):", "",
-                 f"    {full_run_command(family)}", ""],
-                {"family": family, "seeds": [], "verdict": "not run"})
-    entries = list(seeds.values())
-    last = final_iteration(entries)
     lines = [f"## {family}", ""]
     notes = out / family / "notes.md"
     if notes.exists():  # hand-written findings: what falls short, what was tried, what next
         lines += [notes.read_text().strip(), ""]
+    if not seeds:
+        return (lines + ["**No results yet.** To produce them (CPU config "
+                         f"`{family}-cpu`, 3 seeds, 4 stages, both baselines):", "",
+                         f"    {full_run_command(family)}", ""],
+                {"family": family, "seeds": [], "verdict": "not run"})
+    entries = list(seeds.values())
+    last = final_iteration(entries)
     commands = sorted({d["command"] for e in entries for k in ("meta", "baseline", "scratch")
                        for d in e[k].values()})
     commits = sorted({d["git_commit"] for e in entries for k in ("meta", "baseline", "scratch")
