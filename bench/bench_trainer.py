@@ -4,8 +4,9 @@ Runs a few meta-iterations of the trainer at a given config (default: Reach at t
 default meta-batch, 40 tasks x 20 episodes, on this machine's cores) and reports, from the
 trainer's own per-iteration timings, the seconds spent sampling, in the inner step and in
 the outer step; then, in the same run and on the same worker processes, the sampler's
-env steps per second during training against the raw env throughput of those workers
-(random actions, no policy, no per-step messages).
+env steps per second during training (over the iteration's sample calls, and per call)
+against the raw env throughput of those workers (random actions, no policy, no per-step
+messages).
 
 Run::
 
@@ -47,25 +48,44 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = MetaTrainer(config, run_dir, progress=False)
+        sampler = trainer._sampler_instance()
+        calls: list[dict] = []  # the sampler's own stats of every sample call
+        sample = sampler.sample
+
+        def recording_sample(*args: object, **kwargs: object) -> object:
+            batch = sample(*args, **kwargs)
+            calls.append(dict(sampler.last_stats))
+            return batch
+
+        sampler.sample = recording_sample
         rows = []
         for _ in range(args.iterations):
+            del calls[:]
             scalars = trainer.run_iteration()
-            stats = trainer._sampler_instance().last_stats
             rows.append({**{k: scalars[k] for k in PHASES + ("time/iteration",)},
-                         "sampler_steps_per_s": stats["env_steps"] / stats["seconds"]})
+                         # Every call of the iteration (pre- then post-update sampling):
+                         "sample_calls": [{"env_steps": c["env_steps"], "seconds": c["seconds"],
+                                           "policy_seconds": c["policy_seconds"]}
+                                          for c in calls],
+                         "sampler_steps_per_s": sum(c["env_steps"] for c in calls)
+                         / sum(c["seconds"] for c in calls)})
             print(f"iteration {trainer.iteration}: " + ", ".join(
                 f"{k.split('/')[1]} {scalars[k]:.2f} s" for k in PHASES + ("time/iteration",)))
-        raw = trainer._sampler_instance().measure_raw_throughput(steps_per_env=100)
+        raw = sampler.measure_raw_throughput(steps_per_env=100)
         trainer.close()
 
     last = rows[-1]  # the first iteration includes starting the worker processes
     ratio = last["sampler_steps_per_s"] / raw.steps_per_second
-    print(f"sampler {last['sampler_steps_per_s']:.0f} env steps/s during training, raw "
-          f"{raw.steps_per_second:.0f} env steps/s on the same workers: ratio {ratio:.2f} "
-          "(target >= 0.8)")
+    per_call = [c["env_steps"] / c["seconds"] / raw.steps_per_second
+                for c in last["sample_calls"]]
+    print(f"sampler {last['sampler_steps_per_s']:.0f} env steps/s over the iteration's sample "
+          f"calls, raw {raw.steps_per_second:.0f} env steps/s on the same workers: ratio "
+          f"{ratio:.2f} (target >= 0.8); per call (pre-, post-update): "
+          + ", ".join(f"{r:.2f}" for r in per_call))
     result = {"command": "python bench/bench_trainer.py " + " ".join(sys.argv[1:]),
               "config": config.to_dict(), "machine": machine_info(), "iterations": rows,
-              "raw_steps_per_s": raw.steps_per_second, "sampler_over_raw": ratio}
+              "raw_steps_per_s": raw.steps_per_second, "sampler_over_raw": ratio,
+              "sampler_over_raw_per_call": per_call}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_trainer.json").write_text(json.dumps(result, indent=2))
     _plot(last, args.out / "bench_trainer.png", config)

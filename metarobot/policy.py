@@ -103,13 +103,15 @@ def rows_policy_forward(model: GaussianMLPPolicy, params: Params, obs: Tensor,
             if index is None:
                 x = nn.functional.linear(x, weight, bias)
             else:
-                x = torch.baddbmm(bias[index].unsqueeze(1), x, weight[index].transpose(1, 2))
+                # index_select: several times cheaper than advanced indexing here.
+                x = torch.baddbmm(bias.index_select(0, index).unsqueeze(1), x,
+                                  weight.index_select(0, index).transpose(1, 2))
         elif isinstance(layer, nn.Tanh):
             x = torch.tanh(x)
         else:
             raise TypeError(f"rows_policy_forward does not know the layer {layer!r}")
     mean = x if index is None else x.squeeze(1)
-    log_std = params["log_std"] if index is None else params["log_std"][index]
+    log_std = params["log_std"] if index is None else params["log_std"].index_select(0, index)
     return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
 
 
