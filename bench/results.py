@@ -105,7 +105,10 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # Changes to what this script itself writes (results, report) do not make the
+        # code that produced a result dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!bench/results", ":!docs/results.md"],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
