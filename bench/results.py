@@ -459,7 +459,7 @@ def plot_curves(entries: list[dict[str, Any]], title: str, path: Path) -> None:
     for ax, key in zip(axes, ("returns", "success")):
         for kind, style in (("meta", "-"), ("baseline", "--")):
             stats = {it: across(entries, it, kind, key) for it in iterations}
-            xs = [s for s, it in zip(steps, iterations) if stats[it] is not None]
+            xs = [s / 1e6 for s, it in zip(steps, iterations) if stats[it] is not None]
             its = [it for it in iterations if stats[it] is not None]
             if not its:
                 continue
@@ -472,7 +472,7 @@ def plot_curves(entries: list[dict[str, Any]], title: str, path: Path) -> None:
                             marker="o" if kind == "meta" else "s", capsize=3,
                             color=colors[k % len(colors)], label=label, alpha=0.9,
                             mfc="none" if kind == "baseline" else None)
-        ax.set_xlabel("meta-training env steps (baseline (a) trained on as many)")
+        ax.set_xlabel("meta-training env steps, millions (baseline (a) trained on as many)")
         ax.set_ylabel(("return" if key == "returns" else "success rate") + " (mean, 95% CI)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
