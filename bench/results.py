@@ -105,10 +105,11 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()
-        # Changes to what this script itself writes (results, report) do not make the
+        # Changes to what the bench scripts write (results, this report) do not make the
         # code that produced a result dirty.
+        outputs = (DEFAULT_OUT.parent, DEFAULT_REPORT)  # bench/results, docs/results.md
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":!bench/results", ":!docs/results.md"],
+                                ".", *(f":!{p.relative_to(REPO)}" for p in outputs)],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
