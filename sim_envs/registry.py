@@ -12,6 +12,7 @@ _FAMILIES: dict[str, tuple[str, str, str, str, int]] = {
     "grasp": ("sim_envs.grasp", "GraspFamily", "GraspEnv", "sim_envs/Grasp-v0", 100),
     "locomotion": ("sim_envs.locomotion", "LocomotionFamily", "LocomotionEnv",
                    "sim_envs/Locomotion-v0", 200),
+    "walk": ("sim_envs.walk", "WalkFamily", "WalkEnv", "sim_envs/Walk-v0", 200),
 }
 
 FAMILY_NAMES: tuple[str, ...] = tuple(_FAMILIES)
