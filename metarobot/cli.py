@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                        "run directory; Ctrl-C saves a checkpoint and stops.")
     p.add_argument("--config", help="shipped config name (reach, reach-cpu, grasp-cpu, ...) "
                    "or a YAML path (default: the family's config)")
-    p.add_argument("--family", help="task family (reach, grasp, locomotion)")
+    p.add_argument("--family", help="task family (reach, grasp, locomotion, walk)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set inner.lr=0.05 (repeatable)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device")

@@ -1,7 +1,7 @@
 """PyBullet task families for meta-reinforcement learning, as gymnasium environments.
 
-Importing ``sim_envs`` registers the ids ``sim_envs/Reach-v0``, ``sim_envs/Grasp-v0`` and
-``sim_envs/Locomotion-v0`` with gymnasium::
+Importing ``sim_envs`` registers the ids ``sim_envs/Reach-v0``, ``sim_envs/Grasp-v0``,
+``sim_envs/Locomotion-v0`` and ``sim_envs/Walk-v0`` with gymnasium::
 
     import gymnasium as gym
     import sim_envs

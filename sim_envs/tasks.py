@@ -1,6 +1,6 @@
 """The meta-RL task API: typed task parameters, frozen tasks and task families.
 
-A *task family* (reach, grasp, locomotion) describes a distribution of related tasks.
+A *task family* (reach, grasp, locomotion, walk) describes a distribution of related tasks.
 A :class:`Task` is one draw from it: frozen, hashable, JSON-serialisable, holding the
 family name, the split it belongs to, a stable id and the physical parameters.
 

@@ -1,4 +1,4 @@
-"""Contract tests every registered environment must pass (reach, grasp, locomotion).
+"""Contract tests every registered environment must pass (reach, grasp, locomotion, walk).
 
 Gymnasium and SB3 env checkers, determinism (also across task switches and env
 instances), SB3 PPO, rendering, video recording, sync/async vector envs with per-sub-env

@@ -18,6 +18,7 @@ from metarobot.checkpoint import atomic_write_bytes, load_checkpoint
 from metarobot.cli import main as cli_main
 from metarobot.config import apply_overrides, config_from_dict, load_config
 from metarobot.trainer import MetaTrainer, TrainingDiverged
+from sim_envs import FAMILY_NAMES
 
 TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",
         "sampler.envs_per_worker=4", "iterations=2", "checkpoint_every=1", "device=cpu"]
@@ -29,10 +30,10 @@ def tiny_config(*extra: str):
 
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
-                                  "locomotion", "locomotion-cpu"])
+                                  "locomotion", "locomotion-cpu", "walk", "walk-cpu"])
 def test_shipped_configs_load(name):
     cfg = api.resolve_config(name)
-    assert cfg.family in ("reach", "grasp", "locomotion")
+    assert cfg.family in FAMILY_NAMES
     assert math.isinf(cfg.inner.clip)
 
 
@@ -188,7 +189,7 @@ def test_sigterm_checkpoints_and_sigkill_resumes(tmp_path):
 def test_cli_envs_lists_every_family(capsys):
     assert cli_main(["envs"]) == 0
     out = capsys.readouterr().out
-    for family in ("reach", "grasp", "locomotion"):
+    for family in FAMILY_NAMES:
         assert family in out
     assert "hidden" in out
 
