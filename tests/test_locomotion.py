@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pybullet
 import pytest
+from envtools import trace
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
 from sim_envs.locomotion import (
@@ -260,19 +261,11 @@ def test_trajectories_are_identical_across_terrain_switches():
     task_b = make_task(family, terrain="slopes", difficulty=0.7, terrain_seed=9)
     actions = np.random.default_rng(0).uniform(-1, 1, (40, 12)).astype(np.float32)
 
-    def rollout(env):
-        obs, _ = env.reset(seed=11)
-        out = [obs]
-        for a in actions:
-            obs, reward, *_ = env.step(a)
-            out.append(np.append(obs, reward))
-        return np.concatenate(out)
-
     fresh, used = LocomotionEnv(task=task_a), LocomotionEnv(task=task_b)
     try:
-        rollout(used)
+        trace(used, actions, seed=11)
         used.set_task(task_a)
-        assert np.array_equal(rollout(fresh), rollout(used))
+        assert np.array_equal(trace(fresh, actions, seed=11), trace(used, actions, seed=11))
     finally:
         fresh.close()
         used.close()

@@ -8,6 +8,7 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+from envtools import trace
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
 from sim_envs import Task
@@ -61,19 +62,11 @@ def test_walk_runs_the_locomotion_physics_unchanged():
     actions = np.random.default_rng(0).uniform(-1, 1, (30, 12)).astype(np.float32)
     params = dataclasses.replace(BASE, heading=math.pi, payload=2.5)
 
-    def rollout(env: gym.Env) -> np.ndarray:
-        obs, _ = env.reset(seed=5)
-        out = [obs]
-        for a in actions:
-            obs, reward, *_ = env.step(a)
-            out.append(np.append(obs, reward))
-        return np.concatenate(out)
-
     walk = gym.make("sim_envs/Walk-v0")
     locomotion = LocomotionEnv(task=LocomotionFamily().make_task(params))
     try:
         walk.unwrapped.set_task(WalkFamily().make_task(params))
-        assert np.array_equal(rollout(walk), rollout(locomotion))
+        assert np.array_equal(trace(walk, actions, seed=5), trace(locomotion, actions, seed=5))
     finally:
         walk.close()
         locomotion.close()
