@@ -211,8 +211,11 @@ def _vec_normalize(venv: Any, source: Any | None, training: bool, gamma: float) 
     return vn
 
 
-def _policy_kwargs(hidden: Sequence[int]) -> dict[str, Any]:
-    return {"net_arch": {"pi": list(hidden), "vf": list(hidden)}}
+def _policy_kwargs(hidden: Sequence[int], log_std_init: float | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"net_arch": {"pi": list(hidden), "vf": list(hidden)}}
+    if log_std_init is not None:
+        kwargs["log_std_init"] = float(log_std_init)
+    return kwargs
 
 
 def _load_stats(folder: Path) -> Any | None:
@@ -281,7 +284,8 @@ def train_multitask_ppo(family: str, total_timesteps: int, seed: int,
                         init: SB3Policy | str | Path | None = None, n_envs: int = 1,
                         hidden: Sequence[int] = (64, 64), pool_size: int | None = None,
                         ppo_kwargs: dict[str, Any] | None = None,
-                        env_kwargs: dict[str, Any] | None = None) -> SB3Policy:
+                        env_kwargs: dict[str, Any] | None = None,
+                        log_std_init: float | None = None) -> SB3Policy:
     """Train PPO on ``family``'s training tasks until it has ``total_timesteps`` env steps.
 
     Args:
@@ -294,6 +298,8 @@ def train_multitask_ppo(family: str, total_timesteps: int, seed: int,
         init: a policy (or a folder :meth:`SB3Policy.save` wrote) to continue from.
         n_envs: parallel envs (``SubprocVecEnv`` above 1; ``n_steps`` is per env).
         pool_size: cycle a fixed pool of training tasks instead of fresh draws.
+        log_std_init: initial log-std of a new model's Gaussian actions (None: SB3's 0.0,
+            std 1); ignored when continuing from ``init``.
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -304,7 +310,7 @@ def train_multitask_ppo(family: str, total_timesteps: int, seed: int,
     if init is None:
         vn = _vec_normalize(venv, None, training=True, gamma=kwargs["gamma"])
         model = PPO("MlpPolicy", vn, seed=seed, device="cpu", verbose=0,
-                    policy_kwargs=_policy_kwargs(hidden), **kwargs)
+                    policy_kwargs=_policy_kwargs(hidden, log_std_init), **kwargs)
     elif isinstance(init, SB3Policy):
         vn = _vec_normalize(venv, init.vec_normalize, training=True, gamma=kwargs["gamma"])
         model = init.model

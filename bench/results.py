@@ -291,7 +291,7 @@ def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
         base = baselines.train_multitask_ppo(
             cfg.family, meta["env_steps"], seed=baselines._seed_int(cfg.seed, iteration),
             init=init, n_envs=ctx["baseline_envs"], hidden=cfg.policy.hidden,
-            env_kwargs=cfg.env_kwargs)
+            env_kwargs=cfg.env_kwargs, log_std_init=ctx["baseline_log_std"])
         train_wall = time.perf_counter() - t0
         base.save(model_dir.with_name(model_dir.name + ".tmp"))
         model_dir.with_name(model_dir.name + ".tmp").replace(model_dir)
@@ -308,7 +308,8 @@ def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
             "iteration": iteration, "meta_env_steps": meta["env_steps"],
             "baseline_env_steps": int(base.model.num_timesteps),
             "multitask_ppo": {**baselines.MULTITASK_PPO, "n_envs": ctx["baseline_envs"],
-                              "hidden": cfg.policy.hidden, "vec_normalize": True},
+                              "hidden": cfg.policy.hidden, "vec_normalize": True,
+                              "log_std_init": float(base.model.policy.log_std_init)},
             "eval_seed": ctx["eval_seed"], "task_ids": ft.task_ids, "episodes": episodes,
             "returns": ft.returns, "success": ft.success, "summary": summary_rows(ft.returns,
                                                                                ft.success),
@@ -767,7 +768,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
     ctx = {"config": cfg, "config_name": args.config, "overrides": args.overrides,
            "eval_tasks": args.eval_tasks, "adapt_steps": args.adapt_steps,
            "episodes": args.episodes, "eval_seed": args.eval_seed, "progress": args.progress,
-           "baseline_envs": args.baseline_envs, "scratch_cap": args.scratch_cap,
+           "baseline_envs": args.baseline_envs,
+           "baseline_log_std": args.baseline_init_log_std, "scratch_cap": args.scratch_cap,
            "scratch_eval_every": args.scratch_eval_every, "scratch_tasks": args.scratch_tasks,
            "scratch_target_step": args.scratch_target_step}
     log(f"{args.family} seed {seed}: stages {stages}, results in {seed_out}, runs in {run_dir}")
@@ -799,6 +801,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the SB3 baselines (a) and (b)")
     p.add_argument("--baseline-envs", type=int, default=2,
                    help="parallel envs of the multi-task PPO (keep it the same across stages)")
+    p.add_argument("--baseline-init-log-std", type=float, default=None,
+                   help="initial log-std of the multi-task PPO's actions (default SB3's 0.0, "
+                        "std 1; pass the config's policy.init_log_std to start both policies "
+                        "with the same action noise)")
     p.add_argument("--scratch-cap", type=int, default=200_000,
                    help="training-step cap of PPO from scratch per task")
     p.add_argument("--scratch-eval-every", type=int, default=10_000,

@@ -64,6 +64,16 @@ def test_multitask_training_runs_the_requested_steps_and_continues(tiny_multitas
     assert more.model.num_timesteps == 300
 
 
+def test_multitask_initial_action_noise_is_sb3s_unless_given(tiny_multitask):
+    # Two tiny rollouts move the log-std by far less than the gap between the two starts.
+    matched = baselines.train_multitask_ppo("reach", 200, seed=0, ppo_kwargs=TINY_PPO,
+                                            log_std_init=-1.0)
+    default_std = tiny_multitask.model.policy.log_std.detach().numpy()
+    matched_std = matched.model.policy.log_std.detach().numpy()
+    assert np.allclose(default_std, 0.0, atol=0.1)
+    assert np.allclose(matched_std, -1.0, atol=0.1)
+
+
 def test_finetuning_consumes_exactly_the_adaptation_budget(tiny_multitask):
     tasks = baselines.held_out_tasks("reach", 2, seed=0)
     episodes, steps = 2, 2
