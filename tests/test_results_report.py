@@ -29,7 +29,9 @@ def test_report_from_committed_json_keeps_intro_and_places_family_notes(tmp_path
     assert "old body" not in text
     reach = text.split("## reach")[1].split("\n## ")[0]
     assert reach.lstrip().startswith("Hand-written finding: tried X.")
-    assert "**Target (meta after 1 step > baseline (a) after 1 step, CIs apart):" in reach
+    assert "**Target (meta after 1 step > baseline (a) after 1 step, CIs apart): MET.**" in reach
+    # One seed meets the target, but the status does not call the family done on it.
+    assert "| reach | 0 | 120 | met on 1 seed(s); 3 needed |" in text
     # Families without JSON say how to produce them.
     grasp = text.split("## grasp")[1].split("\n## ")[0]
     assert "No results yet" in grasp
