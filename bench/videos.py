@@ -36,8 +36,8 @@ from sim_envs.registry import env_id, make_family  # noqa: E402
 
 
 def record_episode(env: object, model: object, params: dict, seed: int,
-                   every: int) -> tuple[list[np.ndarray], float, bool]:
-    """Frames (every ``every``-th step), return and success of one deterministic episode."""
+                   every: int) -> tuple[list[np.ndarray], float, dict]:
+    """Frames (every ``every``-th step), return and last ``info`` of one deterministic episode."""
     obs, _ = env.reset(seed=seed)
     frames, total, done, info = [env.render()], 0.0, False, {}
     step = 0
@@ -50,7 +50,7 @@ def record_episode(env: object, model: object, params: dict, seed: int,
         step += 1
         if step % every == 0 or done:
             frames.append(env.render())
-    return frames, total, bool(info.get("success", False))
+    return frames, total, info
 
 
 def main() -> None:
@@ -88,11 +88,15 @@ def main() -> None:
                "adaptation_episodes": episodes, "machine": machine_info()}
     fps = env.metadata.get("render_fps", 25) / args.every
     for label, params in (("before", policy.params), ("after", adapted)):
-        frames, ret, success = record_episode(env, policy.model, params, args.task_seed,
-                                              args.every)
+        frames, ret, info = record_episode(env, policy.model, params, args.task_seed,
+                                           args.every)
         imageio.mimsave(args.out / f"{name}_{label}.gif", frames, duration=1000 / fps, loop=0)
-        summary[label] = {"return": ret, "success": success}
-        print(f"{label} adaptation: return {ret:.2f}, success {success}")
+        # The last step's scalar info (progress, power, ...) says what the frames show.
+        last_info = {k: float(v) for k, v in info.items() if np.isscalar(v)
+                     and isinstance(v, (int, float, np.number, bool, np.bool_))}
+        summary[label] = {"return": ret, "success": bool(info.get("success", False)),
+                          "last_info": last_info}
+        print(f"{label} adaptation: return {ret:.2f}, last info {last_info}")
     env.close()
     (args.out / f"{name}_videos.json").write_text(json.dumps(summary, indent=2))
 
