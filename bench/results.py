@@ -523,7 +523,7 @@ def make_plots(out: Path, family: str) -> None:
     if not seeds:
         return
     for seed, entry in seeds.items():
-        last = max(entry["meta"])
+        last = final_iteration([entry])  # the report's headline iteration for this seed
         plot_curves([entry], f"{family}, seed {seed}: held-out test tasks (CI over tasks)",
                     entry["dir"] / "curves.png")
         plot_comparison([entry], last, f"{family}, seed {seed}, iteration {last}: meta vs "
