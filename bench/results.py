@@ -446,6 +446,20 @@ def across(entries: list[dict[str, Any]], iteration: int, kind: str, key: str,
     return [mean_ci95(per_seed[:, k]) for k in range(per_seed.shape[1])]
 
 
+def paired_gain(entries: list[dict[str, Any]], iteration: int, steps: int,
+                ) -> tuple[float, float] | None:
+    """Meta return after ``steps`` adaptation steps minus before, paired per task: (mean,
+    CI95) over tasks for one seed, over the seeds' mean gains for several."""
+    arrays = [a for e in entries
+              if (a := seed_stats(e, iteration, "meta", "returns")) is not None
+              and a.shape[0] > steps]
+    if not arrays:
+        return None
+    if len(arrays) == 1:
+        return mean_ci95(arrays[0][steps] - arrays[0][0])
+    return mean_ci95(np.array([(a[steps] - a[0]).mean() for a in arrays]))
+
+
 # ---------------------------------------------------------------------------- plots
 def plot_curves(entries: list[dict[str, Any]], title: str, path: Path) -> None:
     """Return and success vs meta-training env steps: meta after 0..K steps (solid),
@@ -660,20 +674,23 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     iterations = sorted({it for e in entries for it in e["meta"]})
     lines += [f"### Against meta-training env steps (return, mean ± 95% CI {over})", "",
               "| iteration | env steps | meta pre | meta after 1 | meta after 2 | meta after 3 | "
-              "(a) env steps | (a) pre | (a) after 1 | seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "gain after 1 (paired) | gain after 3 (paired) | (a) env steps | (a) pre | "
+              "(a) after 1 | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for it in iterations:
         m = across(entries, it, "meta", "returns")
         b = across(entries, it, "baseline", "returns")
         steps = np.mean([e["meta"][it]["env_steps"] for e in entries if it in e["meta"]])
         mc = [fmt(*m[k]) if k < len(m) else "–" for k in range(4)]
+        mc += [fmt(*g) if (g := paired_gain(entries, it, k)) else "–" for k in (1, 3)]
         bc = [fmt(*b[k]) if b and k < len(b) else "–" for k in range(2)]
         bsteps = [e["baseline"][it]["baseline_env_steps"] for e in entries
                   if it in e["baseline"]]
         bc.insert(0, f"{np.mean(bsteps):,.0f}" if bsteps else "–")
         lines.append(f"| {it} | {steps:,.0f} | " + " | ".join(mc + bc)
                      + f" | {sum(it in e['meta'] for e in entries)} |")
-    lines.append("")
+    lines += ["", "(Gain: per test task, meta return after k adaptation steps minus before, "
+              f"mean ± 95% CI {over}.)", ""]
 
     # Baseline (b).
     scratch_rows = [(seed, d) for seed, e in seeds.items() for d in e["scratch"].values()]

@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,16 @@ def test_headline_compares_at_the_last_iteration_with_a_baseline(tmp_path):
     assert "### After meta-training: iteration 60 " in reach
     assert "also evaluated at iteration(s) 90, without baseline (a)" in reach
     assert "| 90 |" in reach  # in the table against env steps
+
+
+def test_paired_adaptation_gain_is_per_task_for_one_seed_and_over_seed_means_for_several():
+    returns = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 3.0]])  # [K+1, tasks]
+    one = {"meta": {10: {"evaluation": {"returns": returns.tolist()}}}}
+    mean, ci = results.paired_gain([one], 10, 1)
+    assert mean == pytest.approx(1.0)  # gains 1, 2, 0 per task
+    assert ci == pytest.approx(results.mean_ci95(np.array([1.0, 2.0, 0.0]))[1])
+    other = {"meta": {10: {"evaluation": {"returns": (returns + [[0.0], [3.0]]).tolist()}}}}
+    mean, _ = results.paired_gain([one, other], 10, 1)
+    assert mean == pytest.approx(2.5)  # the seeds' mean gains are 1 and 4
+    assert results.paired_gain([one], 10, 3) is None  # not adapted that far
+    assert results.paired_gain([one], 20, 1) is None  # no such iteration
