@@ -71,3 +71,20 @@ def test_paired_adaptation_gain_is_per_task_for_one_seed_and_over_seed_means_for
     assert mean == pytest.approx(2.5)  # the seeds' mean gains are 1 and 4
     assert results.paired_gain([one], 10, 3) is None  # not adapted that far
     assert results.paired_gain([one], 20, 1) is None  # no such iteration
+
+
+def test_target_is_judged_on_the_seeds_that_have_baseline_a(tmp_path):
+    out = tmp_path / "meta"
+    shutil.copytree(REACH_SEED0, out / "reach" / "seed0")
+    # Seed 1: meta-training results only (its baseline (a) still to run).
+    shutil.copytree(REACH_SEED0, out / "reach" / "seed1",
+                    ignore=lambda _, names: [n for n in names if n.startswith("baseline")])
+    report = tmp_path / "results.md"
+
+    results.write_report(out, report)
+
+    text = report.read_text()
+    reach = text.split("## reach")[1].split("\n## ")[0]
+    assert "for seed(s) 0 only: the target below is judged on those seeds" in reach
+    assert "Return CIs apart over tasks: yes" in reach  # seed 0 alone, not "2 seeds"
+    assert "| reach | 0, 1 | 120 | met on 1 seed(s); 3 needed |" in text
