@@ -548,8 +548,12 @@ def make_plots(out: Path, family: str) -> None:
         names = ", ".join(str(s) for s in seeds)
         plot_curves(entries, f"{family}, seeds {names}: held-out test tasks (CI over seeds)",
                     out / family / "curves.png")
-        plot_comparison(entries, last, f"{family}, seeds {names}, iteration {last} "
-                        "(CI over seeds)", out / family / "meta_vs_baseline.png")
+        # Like the report's target: over the seeds that have baseline (a) there, if any.
+        compared = {s: e for s, e in seeds.items() if last in e["baseline"]} or seeds
+        plot_comparison(list(compared.values()), last,
+                        f"{family}, seeds {', '.join(map(str, compared))}, iteration {last} "
+                        f"({'CI over seeds' if len(compared) > 1 else 'CI over tasks'})",
+                        out / family / "meta_vs_baseline.png")
 
 
 def final_iteration(entries: list[dict[str, Any]]) -> int:
