@@ -549,11 +549,24 @@ def make_plots(out: Path, family: str) -> None:
         plot_curves(entries, f"{family}, seeds {names}: held-out test tasks (CI over seeds)",
                     out / family / "curves.png")
         # Like the report's target: over the seeds that have baseline (a) there, if any.
-        compared = {s: e for s, e in seeds.items() if last in e["baseline"]} or seeds
+        compared = with_baseline(seeds, last) or seeds
         plot_comparison(list(compared.values()), last,
                         f"{family}, seeds {', '.join(map(str, compared))}, iteration {last} "
                         f"({'CI over seeds' if len(compared) > 1 else 'CI over tasks'})",
                         out / family / "meta_vs_baseline.png")
+
+
+def with_baseline(seeds: dict[int, dict[str, Any]], iteration: int,
+                  ) -> dict[int, dict[str, Any]]:
+    """The seeds with both meta and baseline (a) results at ``iteration``: those the
+    target is judged on."""
+    return {seed: e for seed, e in seeds.items()
+            if iteration in e["meta"] and iteration in e["baseline"]}
+
+
+def ci_over(n_seeds: int) -> str:
+    """What a mean ± CI95 from :func:`across` is taken over, for ``n_seeds`` seeds."""
+    return "over tasks" if n_seeds == 1 else f"over {n_seeds} seeds' task means"
 
 
 def final_iteration(entries: list[dict[str, Any]]) -> int:
@@ -613,7 +626,7 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     base_r = across(entries, last, "baseline", "returns")
     base_s = across(entries, last, "baseline", "success")
     n_seeds = sum(last in e["meta"] for e in entries)
-    over = "over tasks" if n_seeds == 1 else f"over {n_seeds} seeds' task means"
+    over = ci_over(n_seeds)
     env_steps = np.mean([e["meta"][last]["env_steps"] for e in entries if last in e["meta"]])
     later = sorted({it for e in entries for it in e["meta"] if it > last})
     lines += [f"### After meta-training: iteration {last} ({env_steps:,.0f} env steps), "
@@ -632,33 +645,28 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     verdict = "baseline (a) not run"
     per_seed_ok = []
     # The target is judged on the seeds that have both results at this iteration only.
-    compared = [e for e in entries if last in e["meta"] and last in e["baseline"]]
+    compared = with_baseline(seeds, last)
     if compared and len(compared) < n_seeds:
         lines += [f"(Baseline (a) at iteration {last} for seed(s) "
-                  f"{', '.join(str(e['meta'][last]['seed']) for e in compared)} only: the "
+                  f"{', '.join(map(str, compared))} only: the "
                   "target below is judged on those seeds, the table's meta column is over "
                   "all.)", ""]
     if base_r is not None and len(meta_r) > 1:
-        over_cmp = ("over tasks" if len(compared) == 1
-                    else f"over {len(compared)} seeds' task means")
-        for e in entries:
+        gains = []
+        for seed, e in compared.items():
             m, b = seed_stats(e, last, "meta", "returns"), seed_stats(e, last, "baseline",
                                                                       "returns")
-            if m is not None and b is not None:
-                per_seed_ok.append(ci_apart(mean_ci95(m[1]), mean_ci95(b[1])))
-        overall = ci_apart(across(compared, last, "meta", "returns")[1], base_r[1])
+            per_seed_ok.append(ci_apart(mean_ci95(m[1]), mean_ci95(b[1])))
+            gains.append(f"seed {seed}: {fmt(*mean_ci95(m[1] - b[1]))}")
+        overall = ci_apart(across(list(compared.values()), last, "meta", "returns")[1],
+                           base_r[1])
         met = overall == "yes" and all(v == "yes" for v in per_seed_ok)
         verdict = "met" if met else "not met"
         lines += [f"**Target (meta after 1 step > baseline (a) after 1 step, CIs apart): "
-                  f"{verdict.upper()}.** Return CIs apart {over_cmp}: {overall}; per seed (CI over "
-                  f"tasks): {per_seed_ok.count('yes')}/{len(per_seed_ok)} yes"
+                  f"{verdict.upper()}.** Return CIs apart {ci_over(len(compared))}: "
+                  f"{overall}; per seed (CI over tasks): "
+                  f"{per_seed_ok.count('yes')}/{len(per_seed_ok)} yes"
                   + (f" ({', '.join(per_seed_ok)})" if per_seed_ok else "") + ".", ""]
-        gains = []
-        for e in entries:
-            m, b = seed_stats(e, last, "meta", "returns"), seed_stats(e, last, "baseline",
-                                                                      "returns")
-            if m is not None and b is not None:
-                gains.append(f"seed {e['meta'][last]['seed']}: {fmt(*mean_ci95(m[1] - b[1]))}")
         lines += ["Paired difference meta − baseline (a) after 1 step, per test task (mean ± "
                   "95% CI over tasks): " + "; ".join(gains) + ".", ""]
 

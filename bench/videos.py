@@ -92,8 +92,8 @@ def main() -> None:
                                            args.every)
         imageio.mimsave(args.out / f"{name}_{label}.gif", frames, duration=1000 / fps, loop=0)
         # The last step's scalar info (progress, power, ...) says what the frames show.
-        last_info = {k: float(v) for k, v in info.items() if np.isscalar(v)
-                     and isinstance(v, (int, float, np.number, bool, np.bool_))}
+        last_info = {k: float(v) for k, v in info.items()
+                     if isinstance(v, (int, float, np.number, np.bool_))}
         summary[label] = {"return": ret, "success": bool(info.get("success", False)),
                           "last_info": last_info}
         print(f"{label} adaptation: return {ret:.2f}, last info {last_info}")
