@@ -119,7 +119,8 @@ def git_commit() -> str:
 
 
 def command_line() -> str:
-    return "python bench/results.py " + shlex.join(sys.argv[1:])
+    """The command that is running, as a user would type it from the repository root."""
+    return f"python bench/{Path(sys.argv[0]).name} " + shlex.join(sys.argv[1:])
 
 
 MACHINE_PACKAGES = ("torch", "pybullet", "gymnasium", "stable_baselines3", "numpy")
@@ -765,9 +766,12 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
     else:
         lines += embed(entries[0]["dir"], f"seed {next(iter(seeds))}")
     for seed, e in seeds.items():
+        per_task = [link(report, p, f"per task, iteration {int(p.stem[-5:])}")
+                    for p in sorted(e["dir"].glob("per_task_it*.md"))]  # bench/per_task.py
         lines.append(f"- seed {seed}: {link(report, e['dir'] / 'curves.png', 'curves')}, "
                      f"{link(report, e['dir'] / 'meta_vs_baseline.png', 'meta vs baseline (a)')}"
-                     f", JSON in `{os.path.relpath(e['dir'], report.parent)}/`")
+                     + "".join(f", {x}" for x in per_task)
+                     + f", JSON in `{os.path.relpath(e['dir'], report.parent)}/`")
     lines.append("")
     return lines, {"family": family, "seeds": list(seeds), "iteration": last,
                    "compared_seeds": len(compared),

@@ -88,3 +88,36 @@ def test_target_is_judged_on_the_seeds_that_have_baseline_a(tmp_path):
     assert "for seed(s) 0 only: the target below is judged on those seeds" in reach
     assert "Return CIs apart over tasks: yes" in reach  # seed 0 alone, not "2 seeds"
     assert "| reach | 0, 1 | 120 | met on 1 seed(s); 3 needed |" in text
+
+
+def test_per_task_table_lines_up_tasks_returns_and_a_measured_zero_action_reference(tmp_path):
+    import json
+
+    per_task = pytest.importorskip("per_task")
+    seed_dir = tmp_path / "reach" / "seed0"
+    seed_dir.mkdir(parents=True)
+    for kind in ("meta", "baseline"):
+        shutil.copy(REACH_SEED0 / f"{kind}_it00060.json", seed_dir)
+    meta = json.loads((seed_dir / "meta_it00060.json").read_text())
+
+    per_task.main(["--family", "reach", "--seed", "0", "--iteration", "60",
+                   "--out", str(tmp_path), "--reference-episodes", "1"])
+
+    data = json.loads((seed_dir / "per_task_it00060.json").read_text())
+    rows = data["tasks"]
+    assert [r["task_id"] for r in rows] == meta["evaluation"]["task_ids"]
+    assert [r["meta_return"][1] for r in rows] == [x for x in meta["evaluation"]["returns"][1]]
+    reference = np.array([r["zero_action_return"] for r in rows])
+    # Reach pays minus the distance to the goal every step: holding still costs something
+    # on every task, and different goals cost different amounts.
+    assert np.all(reference < 0) and reference.std() > 0
+    table = (seed_dir / "per_task_it00060.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows)  # header and one line per task
+    assert "above baseline (a) after 1 step on" in table
+
+    # Results whose tasks are not the family's test tasks are refused, naming the file.
+    meta["evaluation"]["task_ids"][0] = "reach-test-000000000000"
+    (seed_dir / "meta_it00060.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="meta_it00060.json"):
+        per_task.main(["--family", "reach", "--seed", "0", "--iteration", "60",
+                       "--out", str(tmp_path)])
