@@ -102,6 +102,8 @@ SPAWN_POSITION = (0.0, 0.0, STANDING_HEIGHT + 0.01)
 HELD_OUT_HEADING_HALF_WIDTH = math.pi / 16
 #: Terrain difficulties above this (non-flat terrain) are held out for test.
 HELD_OUT_DIFFICULTY = 0.8
+#: Range of the factor on every joint's torque limit (both splits; walk's too).
+MOTOR_STRENGTH_RANGE = (0.8, 1.2)
 
 _OBS_PROPRIO = 3 + 3 + 3 + NUM_JOINTS * 3
 _OBS_COMMAND = 2
@@ -118,7 +120,8 @@ class LocomotionParams(TaskParams):
     friction: float = param(ParamSpec(low=0.3, high=1.25, doc="ground friction coefficient"))
     payload: float = param(ParamSpec(unit="kg", low=0.0, high=3.0, doc="mass added to trunk"))
     motor_strength: float = param(ParamSpec(
-        low=0.8, high=1.2, doc="factor on every joint's torque limit"))
+        low=MOTOR_STRENGTH_RANGE[0], high=MOTOR_STRENGTH_RANGE[1],
+        doc="factor on every joint's torque limit"))
     heading: float = param(ParamSpec(
         unit="rad", low=-math.pi, high=math.pi,
         doc="commanded heading, world frame (observable with observe_command=True)"))
@@ -168,7 +171,7 @@ class LocomotionFamily(TaskFamily):
                 terrain_seed=int(rng.integers(2**31 - 1)),
                 friction=sample_uniform(rng, (0.3, 1.25)),
                 payload=sample_uniform(rng, (0.0, 3.0)),
-                motor_strength=sample_uniform(rng, (0.8, 1.2)),
+                motor_strength=sample_uniform(rng, MOTOR_STRENGTH_RANGE),
                 heading=sample_uniform(rng, (-math.pi, math.pi)),
                 speed=sample_uniform(rng, (0.2, 1.0)),
             )

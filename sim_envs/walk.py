@@ -33,7 +33,12 @@ import math
 
 import numpy as np
 
-from sim_envs.locomotion import LocomotionEnv, LocomotionFamily, LocomotionParams
+from sim_envs.locomotion import (
+    MOTOR_STRENGTH_RANGE,
+    LocomotionEnv,
+    LocomotionFamily,
+    LocomotionParams,
+)
 from sim_envs.tasks import Split, TaskParams, sample_uniform
 
 #: The two commanded headings (rad): forward and backward along the world x axis.
@@ -76,7 +81,7 @@ class WalkFamily(LocomotionFamily):
                 terrain_seed=0,
                 friction=sample_uniform(rng, FRICTION_RANGE),
                 payload=sample_uniform(rng, payload_range),
-                motor_strength=sample_uniform(rng, (0.8, 1.2)),
+                motor_strength=sample_uniform(rng, MOTOR_STRENGTH_RANGE),
                 heading=HEADINGS[int(rng.integers(len(HEADINGS)))],
                 speed=WALK_SPEED,
             )
