@@ -672,12 +672,13 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
                   "95% CI over tasks): " + "; ".join(gains) + ".", ""]
 
     # Per seed.
+    # At the headline iteration (later ones are in the table against env steps below).
     lines += ["### Per seed (mean ± 95% CI over test tasks)", "",
               "| seed | iteration | env steps | meta pre | meta after 1 | meta after 2 | "
               "meta after 3 | (a) pre | (a) after 1 | (a) after 2 | (a) after 3 |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for seed, e in seeds.items():
-        it = max(e["meta"])
+        it = last if last in e["meta"] else max(e["meta"])
         m = summary_rows(seed_stats(e, it, "meta", "returns"),
                          seed_stats(e, it, "meta", "success"))
         b_r = seed_stats(e, it, "baseline", "returns")
