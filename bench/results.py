@@ -661,10 +661,18 @@ def family_section(out: Path, report: Path, family: str) -> tuple[list[str], dic
             gains.append(f"seed {seed}: {fmt(*mean_ci95(m[1] - b[1]))}")
         overall = ci_apart(across(list(compared.values()), last, "meta", "returns")[1],
                            base_r[1])
-        met = overall == "yes" and all(v == "yes" for v in per_seed_ok)
-        verdict = "met" if met else "not met"
+        # Met outright when the intervals part over the seeds' means and in every seed
+        # alone; over the seeds' means only when the per-task spread of single seeds hides it.
+        if overall != "yes":
+            verdict = "not met"
+        elif all(v == "yes" for v in per_seed_ok):
+            verdict = "met"
+        else:
+            verdict = (f"met over the seeds' means, in {per_seed_ok.count('yes')} of "
+                       f"{len(per_seed_ok)} seeds alone")
         lines += [f"**Target (meta after 1 step > baseline (a) after 1 step, CIs apart): "
-                  f"{verdict.upper()}.** Return CIs apart {ci_over(len(compared))}: "
+                  f"{verdict.upper() if verdict in ('met', 'not met') else verdict}.** "
+                  f"Return CIs apart {ci_over(len(compared))}: "
                   f"{overall}; per seed (CI over tasks): "
                   f"{per_seed_ok.count('yes')}/{len(per_seed_ok)} yes"
                   + (f" ({', '.join(per_seed_ok)})" if per_seed_ok else "") + ".", ""]
@@ -794,8 +802,8 @@ def write_report(out: Path, report: Path) -> None:
              "(meta after 1 step > baseline (a), CIs apart) |", "|---|---|---|---|"]
     for s in status:
         verdict = s["verdict"]
-        if verdict == "met" and s["compared_seeds"] < REQUIRED_SEEDS:
-            verdict = f"met on {s['compared_seeds']} seed(s); {REQUIRED_SEEDS} needed"
+        if verdict.startswith("met") and s["compared_seeds"] < REQUIRED_SEEDS:
+            verdict += f" (on {s['compared_seeds']} seed(s); {REQUIRED_SEEDS} needed)"
         table.append(f"| {s['family']} | {', '.join(map(str, s['seeds'])) or 'none'} | "
                      f"{s.get('iteration', '–')} | {verdict} |")
     table.append("")
