@@ -115,6 +115,29 @@ def test_target_met_over_seed_means_but_not_in_every_seed_says_so(tmp_path):
     assert "| reach | 0, 1, 2 | 120 | met over the seeds' means, in 2 of 3 seeds alone |" in text
 
 
+def test_readme_results_table_is_regenerated_between_its_markers(tmp_path):
+    out = tmp_path / "meta"
+    shutil.copytree(REACH_SEED0, out / "reach" / "seed0")
+    readme = tmp_path / "README.md"
+    begin, end = results.README_MARKERS
+    readme.write_text(f"# Title\n\nintro\n\n{begin}\nstale table\n{end}\n\nafter\n")
+
+    results.write_report(out, tmp_path / "results.md", readme)
+
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n") and text.endswith(f"{end}\n\nafter\n")
+    assert "stale table" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| reach")]
+    assert len(rows) == 1 and "| `quickstart` | 0 | 1.2M |" in rows[0]
+    assert rows[0].endswith("| met (on 1 seed(s); 3 needed) |")
+    assert "| grasp" not in text  # no results, no row
+
+    readme.write_text("# A README without the markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        results.write_report(out, tmp_path / "results.md", readme)
+    assert readme.read_text() == "# A README without the markers\n"  # left as it was
+
+
 def test_per_task_table_lines_up_tasks_returns_and_a_measured_zero_action_reference(tmp_path):
     import json
 
