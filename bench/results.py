@@ -276,8 +276,19 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
 
 
 # ---------------------------------------------------------------------------- baselines
+def latest_saved_stage(folder: Path, filename: str, before: int) -> Path | None:
+    """``folder/itNNNNN`` of the latest stage before iteration ``before`` holding ``filename``.
+
+    Looks at every saved stage, not only those asked for in this run, so that
+    ``--stages 150`` continues the PPO saved at stage 100 instead of starting over.
+    """
+    saved = [d for d in folder.glob("it" + "[0-9]" * 5)
+             if int(d.name[2:]) < before and (d / filename).exists()]
+    return max(saved, key=lambda d: int(d.name[2:])) if saved else None
+
+
 def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
-                       meta: dict[str, Any], stages: list[int]) -> dict[str, Any]:
+                       meta: dict[str, Any]) -> dict[str, Any]:
     iteration = meta["iteration"]
     path = seed_out / f"baseline_{stage_name(iteration)}.json"
     if path.exists():
@@ -289,9 +300,7 @@ def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
     if (model_dir / "model.zip").exists():
         base = baselines.load_sb3_policy(model_dir, cfg.family, cfg.env_kwargs)
     else:
-        earlier = [s for s in stages if s < iteration
-                   and (run_dir / "baseline_multitask" / stage_name(s) / "model.zip").exists()]
-        init = run_dir / "baseline_multitask" / stage_name(earlier[-1]) if earlier else None
+        init = latest_saved_stage(run_dir / "baseline_multitask", "model.zip", iteration)
         log(f"multi-task PPO to {meta['env_steps']} env steps (from "
             f"{init.name if init else 'scratch'})")
         t0 = time.perf_counter()
@@ -881,11 +890,12 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
            "scratch_eval_every": args.scratch_eval_every, "scratch_tasks": args.scratch_tasks,
            "scratch_target_step": args.scratch_target_step}
     log(f"{args.family} seed {seed}: stages {stages}, results in {seed_out}, runs in {run_dir}")
-    prev, meta = 0, None
+    earlier = latest_saved_stage(run_dir / "stages", "checkpoint.pt", stages[0])
+    prev, meta = (int(earlier.name[2:]) if earlier else 0), None
     for iteration in stages:
         meta = run_meta_stage(ctx, seed_out, run_dir, iteration, prev)
         if args.baselines:
-            run_baseline_stage(ctx, seed_out, run_dir, meta, stages)
+            run_baseline_stage(ctx, seed_out, run_dir, meta)
         prev = iteration
     if args.baselines and meta is not None and args.scratch_tasks > 0:
         run_scratch(ctx, seed_out, meta)

@@ -169,3 +169,16 @@ def test_per_task_table_lines_up_tasks_returns_and_a_measured_zero_action_refere
     with pytest.raises(SystemExit, match="meta_it00060.json"):
         per_task.main(["--family", "reach", "--seed", "0", "--iteration", "60",
                        "--out", str(tmp_path)])
+
+
+def test_a_later_stage_continues_from_the_latest_saved_stage_not_only_those_asked_for(tmp_path):
+    folder = tmp_path / "baseline_multitask"
+    for iteration, saved in [(50, True), (100, True), (120, False), (200, True)]:
+        (folder / results.stage_name(iteration)).mkdir(parents=True)
+        if saved:
+            (folder / results.stage_name(iteration) / "model.zip").write_bytes(b"zip")
+    # stage 120 has no model (an interrupted save): 150 continues from 100
+    assert results.latest_saved_stage(folder, "model.zip", 150).name == "it00100"
+    assert results.latest_saved_stage(folder, "model.zip", 100).name == "it00050"
+    assert results.latest_saved_stage(folder, "model.zip", 50) is None
+    assert results.latest_saved_stage(tmp_path / "missing", "model.zip", 150) is None
