@@ -179,6 +179,11 @@ class Bundle:
         return str(self.metadata["env_id"])
 
     @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """Env options the policy was trained with (``{}`` in bundles that predate them)."""
+        return dict(self.metadata.get("env_kwargs") or {})
+
+    @property
     def obs_dim(self) -> int:
         return int(self.obs_low.shape[0])
 

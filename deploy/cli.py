@@ -109,7 +109,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     env_id = args.env or policy.bundle.env_id
-    env = gymnasium.make(env_id)
+    env = gymnasium.make(env_id, **policy.bundle.env_kwargs)
     family = getattr(getattr(env.unwrapped, "family", None), "name", None)
     if family is not None and family != policy.bundle.family:
         print(f"error: {env_id} simulates family {family!r}, the bundle is for "

@@ -92,7 +92,7 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
                          env_id=env_id(cfg.family), observation_space=obs_space,
                          action_space=act_space, inner_config=inner,
                          adapt_steps_options=unrolled_steps, overwrite=overwrite,
-                         safety=safety)
+                         safety=safety, env_kwargs=cfg.env_kwargs)
 
 
 def list_envs() -> list[dict[str, Any]]:

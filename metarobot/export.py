@@ -242,7 +242,8 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
                   family: str, env_id: str, observation_space: gymnasium.spaces.Box,
                   action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any],
                   adapt_steps_options: Sequence[int] = (1, 2, 3), opset: int = OPSET,
-                  overwrite: bool = False, safety: Mapping[str, float] | None = None) -> Path:
+                  overwrite: bool = False, safety: Mapping[str, float] | None = None,
+                  env_kwargs: Mapping[str, Any] | None = None) -> Path:
     """Write a deployable bundle (see :mod:`deploy.bundle` for the files and metadata).
 
     Args:
@@ -264,6 +265,10 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         safety: default safety rules for the runtime (``max_kl``, ``max_update_norm``,
             positive floats), e.g. set from the adaptation KL measured in training; the
             runtime uses them unless its caller passes its own :class:`deploy.SafetyConfig`.
+        env_kwargs: the env options the policy was trained with (e.g.
+            ``{"gait_generator": True}``, JSON values): a controller must reproduce them
+            (the observation layout, a gait generator), and the simulator adapter passes
+            them to ``gymnasium.make``.
 
     Returns:
         The bundle directory. It is written to a temporary sibling and renamed at the end,
@@ -309,6 +314,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         "opset": opset,
         "family": family,
         "env_id": env_id,
+        "env_kwargs": dict(env_kwargs or {}),
         "observation_space": obs_space,
         "action_space": act_space,
         "normalizer": {"mean": model.obs_mean.double().tolist(),

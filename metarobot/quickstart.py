@@ -43,7 +43,7 @@ def device_adaptation(bundle: Path, split: str, num_tasks: int, episodes: int, s
     from deploy.cli import run_episodes
 
     policy = AdaptivePolicy.load(bundle, seed=seed)
-    env = gymnasium.make(policy.bundle.env_id)
+    env = gymnasium.make(policy.bundle.env_id, **policy.bundle.env_kwargs)
     tasks = env.unwrapped.sample_tasks(num_tasks, split=split, seed=seed)
     before, after, accepted = [], [], []
     with policy:

@@ -29,7 +29,8 @@ parameter space and keeps draws of the requested split.
 **Timing**: physics step 1/200 s, 4 physics steps per env step, so 50 Hz control; the
 registered env stops after 200 steps (4 s, TimeLimit truncation).
 
-**Observation** (float32, proprioceptive only), 45 values, 47 with the command:
+**Observation** (float32, proprioceptive only), 45 values, 2 more with the command and 2
+more with the gait generator:
 
 ========= ============================================================ =========
 0:3       gravity direction in the base frame (unit vector)             -
@@ -40,11 +41,25 @@ registered env stops after 200 steps (4 s, TimeLimit truncation).
 33:45     previous action (clipped)                                      -
 45:47     commanded velocity (x, y) in the yaw-aligned base frame        m/s
           (only with ``observe_command=True``)
+next 2    sin and cos of the gait phase (only with ``gait_generator=True``) -
 ========= ============================================================ =========
 
 **Action**: 12 values in [-1, 1], joint position targets
 ``STANDING_POSE + ACTION_SCALE * action`` with ``ACTION_SCALE`` 0.2 rad (hip), 0.4 rad
 (thigh, calf), tracked by torque-limited position motors (:mod:`sim_envs.robots.a1`).
+
+**Gait generator** (``gait_generator=True``): the action is added to a trot in place,
+as in the policies that modulate a periodic trajectory generator (Iscen et al. 2018,
+PMTG; Lee et al. 2020). A gait phase advances at ``GAIT_FREQUENCY`` (2 Hz, one stride per
+25 steps) from 0 at each reset; the diagonal pairs FR+RL and FL+RR swing in turn, each leg
+while ``s = sin(phase + leg offset) > 0``, by ``+GAIT_LIFT * s`` on the thigh and
+``-2 * GAIT_LIFT * s`` on the calf, which raises the foot about 6 cm straight up
+(:func:`trot_offsets`). The targets are then ``STANDING_POSE + trot_offsets(phase) +
+ACTION_SCALE * action``. The generator alone steps in place without moving; adding a
+thigh offset that follows ``cos(phase + leg offset)`` walks forward or backward at 0.2-0.5
+m/s on flat ground (``tests/test_locomotion.py``), so what the policy has to learn is the
+modulation, not the gait. A controller running
+such a policy must run the same generator (the bundle's manifest carries the option).
 
 **Reward** per step: ``exp(-|v_xy - v_cmd|^2 / 0.25)`` (velocity tracking, world frame,
 v_cmd = speed x (cos heading, sin heading)) ``- 0.001 * sum_j |tau_j * qdot_j|`` (mechanical
@@ -105,8 +120,16 @@ HELD_OUT_DIFFICULTY = 0.8
 #: Range of the factor on every joint's torque limit (both splits; walk's too).
 MOTOR_STRENGTH_RANGE = (0.8, 1.2)
 
+#: Gait generator (``gait_generator=True``): stride frequency (Hz) and the thigh flexion
+#: (rad) at mid-swing (the calf flexes twice as much, the foot rises about 6 cm).
+GAIT_FREQUENCY = 2.0
+GAIT_LIFT = 0.2
+#: Phase offset (rad) of each leg, FR, FL, RR, RL: the diagonal pairs trot in turn.
+GAIT_LEG_OFFSETS = np.array([0.0, math.pi, math.pi, 0.0])
+
 _OBS_PROPRIO = 3 + 3 + 3 + NUM_JOINTS * 3
 _OBS_COMMAND = 2
+_OBS_GAIT = 2
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,16 @@ class LocomotionParams(TaskParams):
         if isinstance(seed, bool) or not float(seed).is_integer():
             raise ValueError(f"LocomotionParams.terrain_seed must be an integer, got {seed!r}")
         object.__setattr__(self, "terrain_seed", int(seed))
+
+
+def trot_offsets(phase: float) -> np.ndarray:
+    """Joint target offsets (rad, ``(12,)``) of the gait generator at gait phase ``phase``.
+
+    A leg swings while ``s = sin(phase + its offset) > 0`` (thigh ``+GAIT_LIFT * s``, calf
+    ``-2 * GAIT_LIFT * s``: the foot goes straight up and back down) and stands otherwise.
+    """
+    swing = GAIT_LIFT * np.maximum(np.sin(phase + GAIT_LEG_OFFSETS), 0.0)
+    return np.stack([np.zeros(4), swing, -2.0 * swing], axis=1).reshape(NUM_JOINTS)
 
 
 def heading_held_out(heading: float) -> bool:
@@ -185,8 +218,9 @@ class LocomotionEnv(MetaEnv):
     Args:
         task: initial task (default: the first train task of seed 0).
         render_mode: ``None`` or ``"rgb_array"`` (camera follows the robot).
-        observe_command: append the commanded velocity to the observation (47 values
-            instead of 45).
+        observe_command: append the commanded velocity to the observation (2 values).
+        gait_generator: add the action to a trot in place (see the module docstring) and
+            append the sin and cos of the gait phase to the observation (2 values).
     """
 
     family_type = LocomotionFamily
@@ -194,11 +228,15 @@ class LocomotionEnv(MetaEnv):
     substeps = SUBSTEPS
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
-                 observe_command: bool = False) -> None:
-        if not isinstance(observe_command, bool):
-            raise ValueError(f"observe_command must be a bool, got {observe_command!r}")
+                 observe_command: bool = False, gait_generator: bool = False) -> None:
+        for name, value in (("observe_command", observe_command),
+                            ("gait_generator", gait_generator)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
         self.observe_command = observe_command
-        size = _OBS_PROPRIO + (_OBS_COMMAND if observe_command else 0)
+        self.gait_generator = gait_generator
+        size = (_OBS_PROPRIO + (_OBS_COMMAND if observe_command else 0)
+                + (_OBS_GAIT if gait_generator else 0))
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(NUM_JOINTS,), dtype=np.float32)
         self._terrain_key: tuple[Any, ...] | None = None
@@ -214,6 +252,7 @@ class LocomotionEnv(MetaEnv):
         self.terrain = Terrain(c)
         self.robot = A1(c, SPAWN_POSITION)
         self._prev_action = np.zeros(NUM_JOINTS)
+        self._phase = 0.0
         self._command = np.zeros(2)
         self._success_distance = 0.0
         self._read_state()
@@ -240,6 +279,7 @@ class LocomotionEnv(MetaEnv):
         self.robot.reset_pose(SPAWN_POSITION, STANDING_POSE + noise)
         self.robot.command_positions(STANDING_POSE)
         self._prev_action = np.zeros(NUM_JOINTS)
+        self._phase = 0.0
         self._read_state()
 
     def _read_state(self) -> None:
@@ -255,11 +295,19 @@ class LocomotionEnv(MetaEnv):
             cos_y, sin_y = math.cos(yaw), math.sin(yaw)
             cx, cy = self._command
             parts.append(np.array([cos_y * cx + sin_y * cy, -sin_y * cx + cos_y * cy]))
+        if self.gait_generator:
+            parts.append(np.array([math.sin(self._phase), math.cos(self._phase)]))
         return np.concatenate(parts).astype(np.float32)
 
     def _step(self, action: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:
         cid = self._client_id
-        self.robot.command_positions(self.robot.action_to_targets(action))
+        targets = self.robot.action_to_targets(action)
+        if self.gait_generator:
+            targets = np.clip(targets + trot_offsets(self._phase),
+                              self.robot.joint_lower, self.robot.joint_upper)
+            self._phase = (self._phase + 2.0 * math.pi * GAIT_FREQUENCY * CONTROL_DT) % (
+                2.0 * math.pi)
+        self.robot.command_positions(targets)
         for _ in range(SUBSTEPS):
             pybullet.stepSimulation(physicsClientId=cid)
         self._prev_action = action

@@ -565,3 +565,25 @@ def test_cli_rejects_bad_input(bundle, tmp_path, capsys):
         cli_main(["adapt", "--bundle", str(bundle[2]), "--tasks", "0"])
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_bundle_records_env_options_and_the_cli_simulates_with_them(bundle, tmp_path, capsys):
+    # The gait generator adds the gait phase to Walk's observation (45 + 2 values): the
+    # CLI can only run this bundle in the simulator if it builds the env the same way.
+    env = gymnasium.make("sim_envs/Walk-v0", gait_generator=True)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    model = GaussianMLPPolicy(obs_dim, act_dim, (16,), init_log_std=-1.0)
+    out = export_bundle(model.eval(), model.init_params(), tmp_path / "walk", family="walk",
+                        env_id="sim_envs/Walk-v0", observation_space=env.observation_space,
+                        action_space=env.action_space,
+                        inner_config={"loss": "lvc", "lr": LR, "clip": CLIP, "steps": 1,
+                                      "gamma": GAMMA, "lam": LAM, "baseline": "linear_feature"},
+                        adapt_steps_options=(1,), env_kwargs={"gait_generator": True})
+    env.close()
+    assert obs_dim == 47
+    assert load_bundle(out).env_kwargs == {"gait_generator": True}
+    assert load_bundle(bundle[2]).env_kwargs == {}  # exported without options
+    code = cli_main(["adapt", "--bundle", str(out), "--split", "test", "--tasks", "1",
+                     "--episodes", "1", "--seed", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert any(line.startswith("walk-test-") for line in capsys.readouterr().out.splitlines())

@@ -16,6 +16,8 @@ from sim_envs.locomotion import (
     CONTROL_DT,
     EPISODE_SECONDS,
     FALL_PENALTY,
+    GAIT_FREQUENCY,
+    GAIT_LIFT,
     PHYSICS_DT,
     SPAWN_POSITION,
     SUCCESS_FRACTION,
@@ -24,6 +26,7 @@ from sim_envs.locomotion import (
     LocomotionFamily,
     LocomotionParams,
     heading_held_out,
+    trot_offsets,
 )
 from sim_envs.robots.a1 import ACTION_SCALE, STANDING_POSE, TRUNK_MASS
 from sim_envs.terrain import (
@@ -295,6 +298,70 @@ def test_observe_command_option_changes_the_observation():
         shown.close()
     with pytest.raises(ValueError, match="observe_command"):
         LocomotionEnv(observe_command="yes")
+
+
+def test_trot_offsets_swing_diagonal_pairs_in_turn_and_lift_the_foot_straight_up():
+    quarter = trot_offsets(math.pi / 2).reshape(4, 3)  # FR and RL at mid-swing
+    assert np.allclose(quarter[[0, 3]], [0.0, GAIT_LIFT, -2 * GAIT_LIFT])
+    assert np.allclose(quarter[[1, 2]], 0.0)  # FL and RR stand
+    three_quarters = trot_offsets(3 * math.pi / 2).reshape(4, 3)
+    assert np.allclose(three_quarters[[1, 2]], [0.0, GAIT_LIFT, -2 * GAIT_LIFT])
+    assert np.allclose(three_quarters[[0, 3]], 0.0)
+    assert np.allclose(trot_offsets(0.0), 0.0)
+
+
+def _walk_with_generator(forward: float, steps: int = 200) -> tuple[float, bool, np.ndarray]:
+    """Drive the generator with a thigh offset of ``forward`` rad following each leg's
+    cos(phase + offset), read from the observed phase; return (x travelled, fell, obs)."""
+    env = gym.make("sim_envs/Locomotion-v0", gait_generator=True)
+    try:
+        env.unwrapped.set_task(make_task(env.unwrapped.family))
+        obs, _ = env.reset(seed=0)
+        x0 = float(env.unwrapped._pos[0])
+        fell = False
+        for _ in range(steps):
+            sin_phase, cos_phase = obs[-2:]
+            action = np.zeros(12, dtype=np.float32)
+            # cos(phase + pi) = -cos(phase): FR and RL in phase, FL and RR opposite
+            action[[1, 10]] = forward * cos_phase / ACTION_SCALE[1]
+            action[[4, 7]] = -forward * cos_phase / ACTION_SCALE[1]
+            obs, _, terminated, truncated, info = env.step(action)
+            fell = fell or info["fall"]
+            if terminated or truncated:
+                break
+        return float(env.unwrapped._pos[0]) - x0, fell, obs
+    finally:
+        env.close()
+
+
+def test_gait_generator_steps_in_place_and_a_phase_locked_thigh_offset_walks():
+    in_place, fell, obs = _walk_with_generator(0.0)
+    assert obs.shape == (47,) and not fell
+    assert abs(in_place) < 0.1
+    forward, fell_forward, _ = _walk_with_generator(0.3)
+    backward, fell_backward, _ = _walk_with_generator(-0.3)
+    # 4 s of walking: measured 1.4 m forward and about 1 m backward
+    assert forward > 0.8 and backward < -0.6
+    assert not fell_forward and not fell_backward
+
+
+def test_gait_phase_advances_one_stride_per_period_from_zero_at_reset():
+    env = gym.make("sim_envs/Walk-v0", gait_generator=True, observe_command=True)
+    try:
+        assert env.observation_space.shape == (49,)  # command, then the gait phase
+        obs, _ = env.reset(seed=0)
+        assert np.allclose(obs[-2:], [0.0, 1.0])
+        period = round(1.0 / (GAIT_FREQUENCY * CONTROL_DT))  # 25 steps at 2 Hz and 50 Hz
+        for step in range(1, period + 1):
+            obs, *_ = env.step(np.zeros(12, dtype=np.float32))
+            angle = 2 * math.pi * step / period
+            assert np.allclose(obs[-2:], [math.sin(angle), math.cos(angle)], atol=1e-5)
+        obs, _ = env.reset(seed=1)
+        assert np.allclose(obs[-2:], [0.0, 1.0])
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="gait_generator"):
+        LocomotionEnv(gait_generator=1)
 
 
 # ----------------------------------------------------------------------------- split
