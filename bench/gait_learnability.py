@@ -1,0 +1,147 @@
+"""Does the gait generator make walking learnable? SB3 PPO on one walk task, with and without.
+
+One fixed training task of the walk family (the first forward one of the train split,
+seed 0), so nothing is hidden: this measures how hard walking itself is to learn, not
+adaptation. For each setting (``gait_generator`` off and on) SB3 PPO with the multi-task
+baseline's settings (``bench/baselines.py``: 2 envs, VecNormalize, a 64x64 MLP, initial
+log-std -1 as in ``walk-cpu``) trains for ``--steps`` env steps; every ``--eval-every``
+steps its deterministic policy runs ``--eval-episodes`` episodes of the same task:
+return, success (the base covers 1 m of the commanded direction in 4 s without a fall)
+and distance along the command (m).
+
+Usage::
+
+    python bench/gait_learnability.py                 # 2 x 300k steps, about 15 min on 2 cores
+
+Writes ``bench/results/gait/gait_learnability.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import baselines  # noqa: E402
+
+from bench.results import provenance, write_json  # noqa: E402
+from sim_envs.registry import env_id, make_family  # noqa: E402
+from sim_envs.tasks import Task  # noqa: E402
+
+OUT = REPO / "bench" / "results" / "gait"
+
+
+def forward_task() -> Task:
+    """The first train task of the walk family (seed 0) whose command points forward."""
+    tasks = make_family("walk").sample_tasks(20, "train", seed=0)
+    return next(t for t in tasks if t.params.heading == 0.0)
+
+
+def evaluate(model: Any, venv: Any, env: gymnasium.Env, episodes: int) -> dict[str, float]:
+    """Deterministic episodes on ``env``'s task: mean return, success and progress (m)."""
+    returns, successes, progress = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=1000 + episode)
+        total, success, done = 0.0, False, False
+        while not done:
+            action, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            success = success or bool(info["success"])
+            done = terminated or truncated
+        returns.append(total)
+        successes.append(success)
+        progress.append(float(info["progress"]))
+    return {"return": float(np.mean(returns)), "success": float(np.mean(successes)),
+            "progress_m": float(np.mean(progress))}
+
+
+def learning_curve(task: Task, gait: bool, steps: int, eval_every: int, episodes: int,
+                   seed: int) -> list[dict[str, float]]:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    kwargs = {"gait_generator": True} if gait else {}
+    venv = VecNormalize(DummyVecEnv([baselines._fixed_task_env_fn("walk", task, kwargs)
+                                     for _ in range(2)]), gamma=0.99)
+    model = PPO("MlpPolicy", venv, seed=seed, verbose=0, **baselines.MULTITASK_PPO,
+                policy_kwargs={"net_arch": [64, 64], "log_std_init": -1.0})
+    env = gymnasium.make(env_id("walk"), **kwargs)
+    env.unwrapped.set_task(task)
+    curve = []
+    t0 = time.perf_counter()
+    try:
+        for done_steps in range(eval_every, steps + 1, eval_every):
+            model.learn(eval_every, reset_num_timesteps=False)
+            venv.training = False
+            point = {"env_steps": done_steps, **evaluate(model, venv, env, episodes)}
+            venv.training = True
+            curve.append(point)
+            print(f"gait_generator={gait}: {done_steps:>7} steps  return {point['return']:6.1f}"
+                  f"  success {point['success']:.2f}  progress {point['progress_m']:.2f} m"
+                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        env.close()
+        venv.close()
+    return curve
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, curve in data["curves"].items():
+        x = [p["env_steps"] for p in curve]
+        axes[0].plot(x, [p["return"] for p in curve], marker="o", label=name)
+        axes[1].plot(x, [p["progress_m"] for p in curve], marker="o", label=name)
+    axes[0].axhline(data["standing_return"], color="grey", ls="--", label="standing still")
+    axes[1].axhline(1.0, color="grey", ls="--", label="success distance")
+    axes[0].set(xlabel="PPO env steps", ylabel="return (deterministic)")
+    axes[1].set(xlabel="PPO env steps", ylabel="distance along the command (m)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle("SB3 PPO on one walk task (forward 0.5 m/s), with and without the gait "
+                 "generator", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=300_000, help="PPO env steps per setting")
+    p.add_argument("--eval-every", type=int, default=50_000, help="env steps between evals")
+    p.add_argument("--eval-episodes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    if min(args.steps, args.eval_every, args.eval_episodes) < 1 or args.eval_every > args.steps:
+        p.error("--steps, --eval-every and --eval-episodes must be >= 1, eval-every <= steps")
+    torch.set_num_threads(1)
+    task = forward_task()
+    curves = {}
+    for gait in (False, True):
+        curves[f"gait_generator={gait}"] = learning_curve(
+            task, gait, args.steps, args.eval_every, args.eval_episodes, args.seed)
+    data = {"task": task.to_dict(), "seed": args.seed, "ppo": baselines.MULTITASK_PPO,
+            "standing_return": 200 * float(np.exp(-0.5 ** 2 / 0.25)), "curves": curves,
+            **provenance()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "gait_learnability.json", data)
+    plot(data, args.out / "gait_learnability.png")
+    print(f"wrote {args.out / 'gait_learnability.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()
