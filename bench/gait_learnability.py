@@ -1,4 +1,4 @@
-"""Does the gait generator make walking learnable? SB3 PPO on one walk task, with and without.
+"""How hard is walking to learn? SB3 PPO on one walk task, with and without the gait generator.
 
 One fixed training task of the walk family (the first forward one of the train split,
 seed 0), so nothing is hidden: this measures how hard walking itself is to learn, not
