@@ -9,11 +9,19 @@ steps its deterministic policy runs ``--eval-episodes`` episodes of the same tas
 return, success (the base covers 1 m of the commanded direction in 4 s without a fall)
 and distance along the command (m).
 
+With ``--multitask-observed`` it measures instead the step the meta-trainer faces on the
+walk family, minus the inference: SB3 multi-task PPO (``bench/baselines.py``'s baseline
+(a), 1 env, initial log-std -1) on fresh training tasks of both directions with the
+direction **observed** (``observe_command=True``), evaluated every ``--eval-every`` steps
+on 4 training tasks (2 forward, 2 backward, task seed 5), one deterministic episode each.
+
 Usage::
 
     python bench/gait_learnability.py                 # 2 x 300k steps, about 15 min on 2 cores
+    python bench/gait_learnability.py --multitask-observed --steps 500000 --eval-every 100000
 
-Writes ``bench/results/gait/gait_learnability.json`` and ``.png``.
+Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
+(``multitask_observed.json`` and ``.png`` with ``--multitask-observed``).
 """
 
 from __future__ import annotations
@@ -95,6 +103,65 @@ def learning_curve(task: Task, gait: bool, steps: int, eval_every: int, episodes
     return curve
 
 
+def multitask_observed_curve(steps: int, eval_every: int, seed: int
+                             ) -> tuple[list[Task], list[dict[str, Any]]]:
+    """Multi-task PPO on walk with the direction observed; per-task deterministic returns."""
+    kwargs = {"observe_command": True}
+    tasks = make_family("walk").sample_tasks(20, "train", seed=5)
+    chosen = ([t for t in tasks if t.params.heading == 0.0][:2]
+              + [t for t in tasks if t.params.heading != 0.0][:2])
+    env = gymnasium.make(env_id("walk"), **kwargs)
+    policy, curve = None, []
+    t0 = time.perf_counter()
+    try:
+        for done_steps in range(eval_every, steps + 1, eval_every):
+            policy = baselines.train_multitask_ppo("walk", done_steps, seed=seed, init=policy,
+                                                   n_envs=1, env_kwargs=kwargs,
+                                                   log_std_init=-1.0)
+            per_task = []
+            for task in chosen:
+                env.unwrapped.set_task(task)
+                obs, _ = env.reset(seed=7)
+                total, done = 0.0, False
+                while not done:
+                    obs, reward, terminated, truncated, info = env.step(
+                        policy.act(obs, deterministic=True))
+                    total += float(reward)
+                    done = terminated or truncated
+                per_task.append({"heading": task.params.heading, "return": total,
+                                 "progress_m": float(info["progress"]),
+                                 "success": bool(info["success"])})
+            curve.append({"env_steps": done_steps, "tasks": per_task})
+            print(f"multi-task, direction observed: {done_steps:>7} steps  "
+                  + "  ".join(f"{'fwd' if t['heading'] == 0.0 else 'back'} "
+                              f"{t['return']:.0f} ({t['progress_m']:.2f} m)" for t in per_task)
+                  + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        env.close()
+    return chosen, curve
+
+
+def plot_multitask(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    x = [p["env_steps"] for p in data["curve"]]
+    for i in range(len(data["tasks"])):
+        heading = data["curve"][0]["tasks"][i]["heading"]
+        ax.plot(x, [p["tasks"][i]["progress_m"] for p in data["curve"]], marker="o",
+                ls="-" if heading == 0.0 else "--",
+                label=f"task {i + 1} ({'forward' if heading == 0.0 else 'backward'})")
+    ax.axhline(1.0, color="grey", ls=":", label="success distance")
+    ax.set(xlabel="PPO env steps", ylabel="distance along the command (m)",
+           title="SB3 multi-task PPO on walk, direction observed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -125,10 +192,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-episodes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--multitask-observed", action="store_true",
+                   help="multi-task PPO on walk with the direction observed (see above)")
     args = p.parse_args(argv)
     if min(args.steps, args.eval_every, args.eval_episodes) < 1 or args.eval_every > args.steps:
         p.error("--steps, --eval-every and --eval-episodes must be >= 1, eval-every <= steps")
     torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.multitask_observed:
+        tasks, curve = multitask_observed_curve(args.steps, args.eval_every, args.seed)
+        data = {"tasks": [t.to_dict() for t in tasks], "seed": args.seed,
+                "ppo": baselines.MULTITASK_PPO, "curve": curve, **provenance()}
+        write_json(args.out / "multitask_observed.json", data)
+        plot_multitask(data, args.out / "multitask_observed.png")
+        print(f"wrote {args.out / 'multitask_observed.json'} and .png")
+        return
     task = forward_task()
     curves = {}
     for gait in (False, True):
@@ -137,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     data = {"task": task.to_dict(), "seed": args.seed, "ppo": baselines.MULTITASK_PPO,
             "standing_return": 200 * float(np.exp(-0.5 ** 2 / 0.25)), "curves": curves,
             **provenance()}
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "gait_learnability.json", data)
     plot(data, args.out / "gait_learnability.png")
     print(f"wrote {args.out / 'gait_learnability.json'} and .png")
