@@ -154,8 +154,9 @@ def plot_multitask(data: dict[str, Any], path: Path) -> None:
                 ls="-" if heading == 0.0 else "--",
                 label=f"task {i + 1} ({'forward' if heading == 0.0 else 'backward'})")
     ax.axhline(1.0, color="grey", ls=":", label="success distance")
-    ax.set(xlabel="PPO env steps", ylabel="distance along the command (m)",
+    ax.set(xlabel="PPO env steps (thousands)", ylabel="distance along the command (m)",
            title="SB3 multi-task PPO on walk, direction observed")
+    ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -174,10 +175,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
         axes[1].plot(x, [p["progress_m"] for p in curve], marker="o", label=name)
     axes[0].axhline(data["standing_return"], color="grey", ls="--", label="standing still")
     axes[1].axhline(1.0, color="grey", ls="--", label="success distance")
-    axes[0].set(xlabel="PPO env steps", ylabel="return (deterministic)")
-    axes[1].set(xlabel="PPO env steps", ylabel="distance along the command (m)")
+    axes[0].set(xlabel="PPO env steps (thousands)", ylabel="return (deterministic)")
+    axes[1].set(xlabel="PPO env steps (thousands)", ylabel="distance along the command (m)")
     for ax in axes:
         ax.legend(fontsize=8)
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}")
     fig.suptitle("SB3 PPO on one walk task (forward 0.5 m/s), with and without the gait "
                  "generator", fontsize=10)
     fig.tight_layout()
