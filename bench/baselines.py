@@ -246,11 +246,13 @@ def load_sb3_policy(folder: str | Path, family: str,
 # ---------------------------------------------------------------------------- evaluation
 @dataclass
 class EpisodeStats:
-    """Fresh evaluation episodes of one task: per-episode return, success and length."""
+    """Fresh evaluation episodes of one task: per-episode return, success and length, and
+    the ``info`` of each episode's last step (e.g. locomotion's ``progress``)."""
 
     returns: np.ndarray
     success: np.ndarray
     lengths: np.ndarray
+    final_infos: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -263,7 +265,7 @@ def evaluate_on_task(policy: SB3Policy, env: gymnasium.Env, task: Task, episodes
     learning, no statistics update. Returns are the env's raw rewards."""
     env.unwrapped.set_task(task)
     torch.manual_seed(seed)  # the policy's action noise
-    returns, success, lengths = [], [], []
+    returns, success, lengths, final_infos = [], [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         total, n, done, info = 0.0, 0, False, {}
@@ -275,7 +277,8 @@ def evaluate_on_task(policy: SB3Policy, env: gymnasium.Env, task: Task, episodes
         returns.append(total)
         success.append(float(bool(info.get("success", False))))
         lengths.append(n)
-    return EpisodeStats(np.array(returns), np.array(success), np.array(lengths))
+        final_infos.append(info)
+    return EpisodeStats(np.array(returns), np.array(success), np.array(lengths), final_infos)
 
 
 # ---------------------------------------------------------------------------- (a) multi-task PPO

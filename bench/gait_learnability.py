@@ -27,6 +27,7 @@ Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -42,8 +43,10 @@ sys.path.insert(0, str(REPO / "bench"))
 import baselines  # noqa: E402
 
 from bench.results import provenance, write_json  # noqa: E402
+from sim_envs.locomotion import TRACKING_SIGMA  # noqa: E402
 from sim_envs.registry import env_id, make_family  # noqa: E402
 from sim_envs.tasks import Task  # noqa: E402
+from sim_envs.walk import WALK_SPEED  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "gait"
 
@@ -54,23 +57,20 @@ def forward_task() -> Task:
     return next(t for t in tasks if t.params.heading == 0.0)
 
 
-def evaluate(model: Any, venv: Any, env: gymnasium.Env, episodes: int) -> dict[str, float]:
-    """Deterministic episodes on ``env``'s task: mean return, success and progress (m)."""
-    returns, successes, progress = [], [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=1000 + episode)
-        total, success, done = 0.0, False, False
-        while not done:
-            action, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total += float(reward)
-            success = success or bool(info["success"])
-            done = terminated or truncated
-        returns.append(total)
-        successes.append(success)
-        progress.append(float(info["progress"]))
-    return {"return": float(np.mean(returns)), "success": float(np.mean(successes)),
-            "progress_m": float(np.mean(progress))}
+def standing_return() -> float:
+    """Return of an episode standing still on a walk task: tracking reward only."""
+    return baselines.episode_length("walk") * math.exp(-WALK_SPEED ** 2 / TRACKING_SIGMA)
+
+
+def evaluate(policy: baselines.SB3Policy, env: gymnasium.Env, task: Task, episodes: int,
+             seed: int) -> dict[str, float]:
+    """Deterministic episodes of ``task``: mean return, success and distance along the
+    command (m)."""
+    with torch.random.fork_rng():  # evaluate_on_task seeds torch; training's RNG goes on
+        stats = baselines.evaluate_on_task(policy, env, task, episodes, seed,
+                                           deterministic=True)
+    return {"return": float(stats.returns.mean()), "success": float(stats.success.mean()),
+            "progress_m": float(np.mean([info["progress"] for info in stats.final_infos]))}
 
 
 def learning_curve(task: Task, gait: bool, steps: int, eval_every: int, episodes: int,
@@ -83,16 +83,15 @@ def learning_curve(task: Task, gait: bool, steps: int, eval_every: int, episodes
                                      for _ in range(2)]), gamma=0.99)
     model = PPO("MlpPolicy", venv, seed=seed, verbose=0, **baselines.MULTITASK_PPO,
                 policy_kwargs={"net_arch": [64, 64], "log_std_init": -1.0})
+    policy = baselines.SB3Policy(model, venv)
     env = gymnasium.make(env_id("walk"), **kwargs)
-    env.unwrapped.set_task(task)
     curve = []
     t0 = time.perf_counter()
     try:
         for done_steps in range(eval_every, steps + 1, eval_every):
             model.learn(eval_every, reset_num_timesteps=False)
-            venv.training = False
-            point = {"env_steps": done_steps, **evaluate(model, venv, env, episodes)}
-            venv.training = True
+            point = {"env_steps": done_steps,
+                     **evaluate(policy, env, task, episodes, seed=1000)}
             curve.append(point)
             print(f"gait_generator={gait}: {done_steps:>7} steps  return {point['return']:6.1f}"
                   f"  success {point['success']:.2f}  progress {point['progress_m']:.2f} m"
@@ -118,19 +117,9 @@ def multitask_observed_curve(steps: int, eval_every: int, seed: int
             policy = baselines.train_multitask_ppo("walk", done_steps, seed=seed, init=policy,
                                                    n_envs=1, env_kwargs=kwargs,
                                                    log_std_init=-1.0)
-            per_task = []
-            for task in chosen:
-                env.unwrapped.set_task(task)
-                obs, _ = env.reset(seed=7)
-                total, done = 0.0, False
-                while not done:
-                    obs, reward, terminated, truncated, info = env.step(
-                        policy.act(obs, deterministic=True))
-                    total += float(reward)
-                    done = terminated or truncated
-                per_task.append({"heading": task.params.heading, "return": total,
-                                 "progress_m": float(info["progress"]),
-                                 "success": bool(info["success"])})
+            per_task = [{"heading": task.params.heading,
+                         **evaluate(policy, env, task, episodes=1, seed=7)}
+                        for task in chosen]
             curve.append({"env_steps": done_steps, "tasks": per_task})
             print(f"multi-task, direction observed: {done_steps:>7} steps  "
                   + "  ".join(f"{'fwd' if t['heading'] == 0.0 else 'back'} "
@@ -215,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         curves[f"gait_generator={gait}"] = learning_curve(
             task, gait, args.steps, args.eval_every, args.eval_episodes, args.seed)
     data = {"task": task.to_dict(), "seed": args.seed, "ppo": baselines.MULTITASK_PPO,
-            "standing_return": 200 * float(np.exp(-0.5 ** 2 / 0.25)), "curves": curves,
+            "standing_return": standing_return(), "curves": curves,
             **provenance()}
     write_json(args.out / "gait_learnability.json", data)
     plot(data, args.out / "gait_learnability.png")
