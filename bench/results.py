@@ -276,15 +276,15 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
 
 
 # ---------------------------------------------------------------------------- baselines
-def latest_saved_stage(folder: Path, filename: str, before: int) -> Path | None:
-    """``folder/itNNNNN`` of the latest stage before iteration ``before`` holding ``filename``.
+def latest_saved_stage(folder: Path, filename: str, before: int) -> int | None:
+    """The latest iteration below ``before`` whose ``folder/itNNNNN/filename`` exists.
 
     Looks at every saved stage, not only those asked for in this run, so that
     ``--stages 150`` continues the PPO saved at stage 100 instead of starting over.
     """
-    saved = [d for d in folder.glob("it" + "[0-9]" * 5)
-             if int(d.name[2:]) < before and (d / filename).exists()]
-    return max(saved, key=lambda d: int(d.name[2:])) if saved else None
+    saved = [int(d.name[2:]) for d in folder.glob("it" + "[0-9]" * 5)
+             if (d / filename).exists()]
+    return max((i for i in saved if i < before), default=None)
 
 
 def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
@@ -300,7 +300,9 @@ def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
     if (model_dir / "model.zip").exists():
         base = baselines.load_sb3_policy(model_dir, cfg.family, cfg.env_kwargs)
     else:
-        init = latest_saved_stage(run_dir / "baseline_multitask", "model.zip", iteration)
+        earlier = latest_saved_stage(run_dir / "baseline_multitask", "model.zip", iteration)
+        init = (None if earlier is None
+                else run_dir / "baseline_multitask" / stage_name(earlier))
         log(f"multi-task PPO to {meta['env_steps']} env steps (from "
             f"{init.name if init else 'scratch'})")
         t0 = time.perf_counter()
@@ -890,8 +892,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
            "scratch_eval_every": args.scratch_eval_every, "scratch_tasks": args.scratch_tasks,
            "scratch_target_step": args.scratch_target_step}
     log(f"{args.family} seed {seed}: stages {stages}, results in {seed_out}, runs in {run_dir}")
-    earlier = latest_saved_stage(run_dir / "stages", "checkpoint.pt", stages[0])
-    prev, meta = (int(earlier.name[2:]) if earlier else 0), None
+    prev = latest_saved_stage(run_dir / "stages", "checkpoint.pt", stages[0]) or 0
+    meta = None
     for iteration in stages:
         meta = run_meta_stage(ctx, seed_out, run_dir, iteration, prev)
         if args.baselines:

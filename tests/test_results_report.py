@@ -178,7 +178,7 @@ def test_a_later_stage_continues_from_the_latest_saved_stage_not_only_those_aske
         if saved:
             (folder / results.stage_name(iteration) / "model.zip").write_bytes(b"zip")
     # stage 120 has no model (an interrupted save): 150 continues from 100
-    assert results.latest_saved_stage(folder, "model.zip", 150).name == "it00100"
-    assert results.latest_saved_stage(folder, "model.zip", 100).name == "it00050"
+    assert results.latest_saved_stage(folder, "model.zip", 150) == 100
+    assert results.latest_saved_stage(folder, "model.zip", 100) == 50
     assert results.latest_saved_stage(folder, "model.zip", 50) is None
     assert results.latest_saved_stage(tmp_path / "missing", "model.zip", 150) is None
