@@ -59,6 +59,14 @@ class AdvantageConfig:
     gamma: float = 0.99
     lam: float = 1.0
     normalize: bool = True
+    #: "linear": per-task linear feature baseline everywhere (ProMP). "mlp": the outer
+    #: objective's advantages come from a value network trained across iterations
+    #: (:mod:`metarobot.value`); the inner step keeps the linear baseline (as the device).
+    baseline: str = "linear"
+    value_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    value_lr: float = 1e-3
+    value_epochs: int = 5  #: passes over each post-update batch
+    value_minibatch: int = 256
 
 
 @dataclass
@@ -108,6 +116,13 @@ class TrainConfig:
             (0 < self.outer.clip < 1, "outer.clip must be in (0, 1)"),
             (0 < self.advantages.gamma <= 1, "advantages.gamma must be in (0, 1]"),
             (0 <= self.advantages.lam <= 1, "advantages.lam must be in [0, 1]"),
+            (self.advantages.baseline in ("linear", "mlp"),
+             "advantages.baseline must be linear or mlp"),
+            (self.advantages.value_lr > 0, "advantages.value_lr must be > 0"),
+            (self.advantages.value_epochs >= 1, "advantages.value_epochs must be >= 1"),
+            (self.advantages.value_minibatch >= 1, "advantages.value_minibatch must be >= 1"),
+            (all(h >= 1 for h in self.advantages.value_hidden),
+             "advantages.value_hidden widths must be >= 1"),
             (self.sampler.num_workers >= 0, "sampler.num_workers must be >= 0"),
             (self.sampler.envs_per_worker >= 1, "sampler.envs_per_worker must be >= 1"),
             (all(h >= 1 for h in self.policy.hidden), "policy.hidden widths must be >= 1"),

@@ -4,7 +4,9 @@ One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
 
 1. sample M training tasks (seeded by the run seed and the iteration);
 2. collect K pre-update batches, adapting after each (ProMP: step k's data comes from the
-   k-times adapted policy), then one post-update batch with the adapted parameters;
+   k-times adapted policy), then one post-update batch with the adapted parameters; with
+   ``advantages.baseline: mlp`` the post-update advantages come from the learned value
+   function (:mod:`metarobot.value`), which then trains on that batch;
 3. ``outer.epochs`` Adam steps on PPO-clip(post-update data) + eta * KL(pre-update policy
    vs its sampling version), no resampling in between; the first reuses the adaptation
    graph from step 2, later ones adapt again from the updated theta;
@@ -35,6 +37,7 @@ from metarobot.normalizer import RunningMeanStd
 from metarobot.policy import GaussianMLPPolicy, Params
 from metarobot.rollouts import adapt_params, collect_adaptation_rollouts
 from metarobot.runlog import RunLogger
+from metarobot.value import LearnedBaseline
 from sim_envs.registry import env_id, make_family
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -104,6 +107,11 @@ class MetaTrainer:
         trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
         self.normalizer = RunningMeanStd(self.obs_dim)
+        adv_cfg = config.advantages
+        self.value_baseline: LearnedBaseline | None = (
+            LearnedBaseline(self.obs_dim, adv_cfg.value_hidden, adv_cfg.value_lr,
+                            adv_cfg.value_epochs, adv_cfg.value_minibatch, self.device)
+            if adv_cfg.baseline == "mlp" else None)
         # Action noise is drawn on the CPU whatever the training device, so a CUDA run
         # samples the same episodes as a CPU run with the same seed.
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -137,7 +145,9 @@ class MetaTrainer:
             "algo_state": {"eta": self.eta, "env_steps": self.env_steps,
                            "recent_adaptation_kl": list(self.recent_adaptation_kl),
                            "meta_sgd_lr": None if self.meta_sgd_lr is None else
-                           {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()}},
+                           {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()},
+                           "value_baseline": None if self.value_baseline is None else
+                           self.value_baseline.state_dict()},
         }
 
     def save(self) -> Path:
@@ -165,6 +175,12 @@ class MetaTrainer:
                     raise ValueError("checkpoint has no Meta-SGD learning rates")
                 for k, v in self.meta_sgd_lr.items():
                     v.copy_(saved[k])
+        if self.value_baseline is not None:
+            saved_value = state["algo_state"].get("value_baseline")
+            if saved_value is None:
+                raise ValueError("checkpoint has no learned value baseline "
+                                 "(it was trained with advantages.baseline: linear)")
+            self.value_baseline.load_state_dict(saved_value)
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -211,6 +227,10 @@ class MetaTrainer:
             keep_graph=cfg.outer.algo == "ppo")
         pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
+        if self.value_baseline is not None:
+            post_adv, rollouts.explained_variance[-1] = self.value_baseline.advantages(
+                post.obs, post.rew, post.mask, self.model.obs_mean, self.model.obs_var,
+                cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize)
         adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
 

@@ -81,10 +81,12 @@ def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    straight = MetaTrainer(tiny_config(), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("options", [[], ["advantages.baseline=mlp"]])
+def test_resume_matches_an_uninterrupted_run(tmp_path, options):
+    straight = MetaTrainer(tiny_config(*options), tmp_path / "a", progress=False)
     straight.train()
-    first = MetaTrainer(tiny_config("iterations=1"), tmp_path / "b", progress=False)
+    first = MetaTrainer(tiny_config("iterations=1", *options), tmp_path / "b",
+                        progress=False)
     first.train()
     resumed = MetaTrainer.resume(tmp_path / "b", progress=False, iterations=2)
     assert resumed.iteration == 1
@@ -126,7 +128,7 @@ def test_non_finite_updates_are_skipped_then_training_stops(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("options", [["outer.algo=reptile"], ["inner.meta_sgd=true"],
                                      ["inner.first_order=true", "inner.steps=2"],
-                                     ["inner.loss=dice"]])
+                                     ["inner.loss=dice"], ["advantages.baseline=mlp"]])
 def test_algorithm_options_train_and_move_parameters(tmp_path, options):
     trainer = MetaTrainer(tiny_config("iterations=1", *options), tmp_path, progress=False)
     before = {k: v.detach().clone() for k, v in trainer.params.items()}
