@@ -15,13 +15,21 @@ walk family, minus the inference: SB3 multi-task PPO (``bench/baselines.py``'s b
 direction **observed** (``observe_command=True``), evaluated every ``--eval-every`` steps
 on 4 training tasks (2 forward, 2 backward, task seed 5), one deterministic episode each.
 
+With ``--evaluate-runs RUN [RUN ...]`` it evaluates walk runs of the meta-trainer on the
+same 4 tasks: their pre-update policy, no adaptation (with the direction hidden it cannot
+walk both ways), with the mean action (deterministic) and with the policy's own action
+noise (stochastic, as in training and in the adaptation episodes), ``--eval-episodes``
+episodes each.
+
 Usage::
 
     python bench/gait_learnability.py                 # 2 x 300k steps, about 15 min on 2 cores
     python bench/gait_learnability.py --multitask-observed --steps 500000 --eval-every 100000
+    python bench/gait_learnability.py --evaluate-runs runs/A runs/B --eval-episodes 4
 
 Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
-(``multitask_observed.json`` and ``.png`` with ``--multitask-observed``).
+(``multitask_observed.json`` and ``.png`` with ``--multitask-observed``,
+``meta_runs.json`` with ``--evaluate-runs``).
 """
 
 from __future__ import annotations
@@ -102,13 +110,69 @@ def learning_curve(task: Task, gait: bool, steps: int, eval_every: int, episodes
     return curve
 
 
+def observed_eval_tasks() -> list[Task]:
+    """2 forward and 2 backward walk training tasks (task seed 5)."""
+    tasks = make_family("walk").sample_tasks(20, "train", seed=5)
+    return ([t for t in tasks if t.params.heading == 0.0][:2]
+            + [t for t in tasks if t.params.heading != 0.0][:2])
+
+
+class MetaRunPolicy:
+    """A meta-trainer run's pre-update policy with :class:`baselines.SB3Policy`'s ``act``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from metarobot.evaluate import load_trained_policy
+
+        self.trained = load_trained_policy(run_dir)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        from metarobot.policy import policy_forward
+
+        with torch.no_grad():
+            mean, log_std = policy_forward(self.trained.model, self.trained.params,
+                                           torch.as_tensor(obs, dtype=torch.float32))
+            if not deterministic:
+                mean = mean + torch.exp(log_std) * torch.randn(mean.shape)
+        return mean.numpy()
+
+
+def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
+    """Deterministic and stochastic returns of each run's policy on the observed-direction
+    evaluation tasks."""
+    out = []
+    for run in runs:
+        policy = MetaRunPolicy(run)
+        config = policy.trained.config
+        if config.family != "walk":
+            raise ValueError(f"{run}: need a walk run, got family {config.family!r}")
+        env = gymnasium.make(env_id("walk"), **config.env_kwargs)
+        try:
+            row: dict[str, Any] = {"run": str(run), "iteration": policy.trained.iteration,
+                                   "config": config.to_dict()}
+            for mode in ("deterministic", "stochastic"):
+                per_task = []
+                for i, task in enumerate(observed_eval_tasks()):
+                    stats = baselines.evaluate_on_task(policy, env, task, episodes, seed=7 + i,
+                                                       deterministic=mode == "deterministic")
+                    per_task.append({
+                        "heading": task.params.heading, "return": float(stats.returns.mean()),
+                        "success": float(stats.success.mean()),
+                        "progress_m": float(np.mean([f["progress"] for f in stats.final_infos]))})
+                row[mode] = per_task
+                print(f"{run} (iteration {row['iteration']}) {mode:>13}: " + "  ".join(
+                    f"{'fwd' if t['heading'] == 0.0 else 'back'} {t['return']:.0f} "
+                    f"({t['progress_m']:+.2f} m)" for t in per_task), flush=True)
+        finally:
+            env.close()
+        out.append(row)
+    return out
+
+
 def multitask_observed_curve(steps: int, eval_every: int, seed: int
                              ) -> tuple[list[Task], list[dict[str, Any]]]:
     """Multi-task PPO on walk with the direction observed; per-task deterministic returns."""
     kwargs = {"observe_command": True}
-    tasks = make_family("walk").sample_tasks(20, "train", seed=5)
-    chosen = ([t for t in tasks if t.params.heading == 0.0][:2]
-              + [t for t in tasks if t.params.heading != 0.0][:2])
+    chosen = observed_eval_tasks()
     env = gymnasium.make(env_id("walk"), **kwargs)
     policy, curve = None, []
     t0 = time.perf_counter()
@@ -185,11 +249,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--multitask-observed", action="store_true",
                    help="multi-task PPO on walk with the direction observed (see above)")
+    p.add_argument("--evaluate-runs", type=Path, nargs="+", metavar="RUN",
+                   help="evaluate meta-trainer runs on the observed-direction tasks")
     args = p.parse_args(argv)
     if min(args.steps, args.eval_every, args.eval_episodes) < 1 or args.eval_every > args.steps:
         p.error("--steps, --eval-every and --eval-episodes must be >= 1, eval-every <= steps")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.evaluate_runs:
+        rows = evaluate_meta_runs(args.evaluate_runs, args.eval_episodes)
+        write_json(args.out / "meta_runs.json", {"episodes": args.eval_episodes,
+                                                 "runs": rows, **provenance()})
+        print(f"wrote {args.out / 'meta_runs.json'}")
+        return
     if args.multitask_observed:
         tasks, curve = multitask_observed_curve(args.steps, args.eval_every, args.seed)
         data = {"tasks": [t.to_dict() for t in tasks], "seed": args.seed,
