@@ -114,6 +114,9 @@ class TrainConfig:
             (self.outer.lr > 0, "outer.lr must be > 0"),
             (self.outer.epochs >= 1, "outer.epochs must be >= 1"),
             (0 < self.outer.clip < 1, "outer.clip must be in (0, 1)"),
+            (self.outer.kl_target > 0, "outer.kl_target must be > 0"),
+            (self.outer.eta > 0 if self.outer.adaptive_eta else self.outer.eta >= 0,
+             "outer.eta must be > 0 with adaptive_eta (it is doubled and halved), else >= 0"),
             (0 < self.advantages.gamma <= 1, "advantages.gamma must be in (0, 1]"),
             (0 <= self.advantages.lam <= 1, "advantages.lam must be in [0, 1]"),
             (self.advantages.baseline in ("linear", "mlp"),
@@ -137,9 +140,15 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return ``value`` converted to ``annotation`` or raise ``ValueError`` naming ``key``."""
     origin = typing.get_origin(annotation)
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str) and value.lower() in ("inf", ".inf", "infinity"):
-                return math.inf
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-6" (no dot) and "inf" as strings; take them as numbers.
+            text = value.strip().lower()
+            try:
+                value = math.inf if text in (".inf", "+.inf") else float(text)
+            except ValueError:
+                pass
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or math.isnan(value)):
             raise ValueError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)
     if annotation is int or annotation is bool or annotation is str:

@@ -46,12 +46,24 @@ def test_unknown_key_and_wrong_type_are_named():
         config_from_dict({"outer": {"clip": 2.0}})
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["inner.lr"])
+    with pytest.raises(ValueError, match="outer.eta"):
+        config_from_dict({"outer": {"eta": 0.0}})  # adaptive eta could never leave 0
+    assert config_from_dict({"outer": {"eta": 0.0, "adaptive_eta": False}}).outer.eta == 0.0
 
 
 def test_overrides_are_parsed_as_yaml():
     cfg = load_config(None, "reach", ["inner.lr=0.05", "policy.hidden=[32, 16]",
                                       "inner.first_order=true"])
     assert cfg.inner.lr == 0.05 and cfg.policy.hidden == [32, 16] and cfg.inner.first_order
+
+
+def test_float_overrides_without_a_dot_are_numbers():
+    # YAML 1.1 reads "1e-6" as a string; a user typing it means the number.
+    cfg = load_config(None, "reach", ["inner.lr=1e-6", "outer.kl_target=2E-2", "inner.clip=inf"])
+    assert cfg.inner.lr == 1e-6 and cfg.outer.kl_target == 0.02 and math.isinf(cfg.inner.clip)
+    for bad in ("inner.lr=fast", "inner.lr=nan"):
+        with pytest.raises(ValueError, match="inner.lr.*must be a number"):
+            load_config(None, "reach", [bad])
 
 
 # ----------------------------------------------------------------------------- checkpoints
