@@ -67,6 +67,8 @@ class AdvantageConfig:
     value_lr: float = 1e-3
     value_epochs: int = 5  #: passes over each post-update batch
     value_minibatch: int = 256
+    #: The value network also sees each task's parameters (privileged: simulation only).
+    value_task_features: bool = True
 
 
 @dataclass

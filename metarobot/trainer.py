@@ -110,7 +110,9 @@ class MetaTrainer:
         adv_cfg = config.advantages
         self.value_baseline: LearnedBaseline | None = (
             LearnedBaseline(self.obs_dim, adv_cfg.value_hidden, adv_cfg.value_lr,
-                            adv_cfg.value_epochs, adv_cfg.value_minibatch, self.device)
+                            adv_cfg.value_epochs, adv_cfg.value_minibatch, self.device,
+                            task_dim=self.family.params_type.feature_size()
+                            if adv_cfg.value_task_features else 0)
             if adv_cfg.baseline == "mlp" else None)
         # Action noise is drawn on the CPU whatever the training device, so a CUDA run
         # samples the same episodes as a CPU run with the same seed.
@@ -228,9 +230,12 @@ class MetaTrainer:
         pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
         if self.value_baseline is not None:
+            task_features = (torch.from_numpy(np.stack([t.params.features() for t in tasks]))
+                             if cfg.advantages.value_task_features else None)
             post_adv, rollouts.explained_variance[-1] = self.value_baseline.advantages(
                 post.obs, post.rew, post.mask, self.model.obs_mean, self.model.obs_var,
-                cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize)
+                cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize,
+                task_features)
         adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
 

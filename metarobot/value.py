@@ -11,10 +11,16 @@ Only the outer objective uses it (the post-update data): the inner step keeps th
 linear baseline, which the device runtime refits on its own episodes and so needs no model.
 
 Per step the input is the normalised observation (the policy's normaliser, frozen within an
-iteration) and ``t / 100``, the step index within the episode: episodes are cut at a time
-limit without bootstrapping, so a step's value depends on the time left.
+iteration), ``t / 100``, the step index within the episode (episodes are cut at a time
+limit without bootstrapping, so a step's value depends on the time left), and, with
+``task_dim > 0``, the task's parameters (:meth:`sim_envs.tasks.TaskParams.features`). That
+is privileged information, fine for a baseline that exists only in simulation: where the
+task is hidden from the policy (walk's direction) a value network that cannot see it
+cannot tell a good step on a forward task from the same step on a backward one, and its
+out-of-sample explained variance on walk went negative (-0.9 to -0.2) without it.
 
-Shapes: ``obs [M, E, T, O]``, ``rew``, ``mask`` and values ``[M, E, T]``.
+Shapes: ``obs [M, E, T, O]``, ``task_features [M, F]``, ``rew``, ``mask`` and values
+``[M, E, T]``.
 """
 
 from __future__ import annotations
@@ -36,30 +42,45 @@ from metarobot.policy import OBS_CLIP
 
 
 class ValueFunction(nn.Module):
-    """``V(obs, t)``: a tanh MLP on the normalised observation and the time feature.
+    """``V(obs, t[, task])``: a tanh MLP on the normalised observation, the time feature
+    and, with ``task_dim > 0``, the task's parameter features.
 
     Args:
         obs_dim: observation size O.
         hidden: hidden layer widths.
+        task_dim: task feature size F (0: the network does not see the task).
     """
 
-    def __init__(self, obs_dim: int, hidden: Sequence[int] = (64, 64)) -> None:
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (64, 64), task_dim: int = 0,
+                 ) -> None:
         super().__init__()
+        self.task_dim = int(task_dim)
         layers: list[nn.Module] = []
-        width = int(obs_dim) + 1
+        width = int(obs_dim) + 1 + self.task_dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
-    def inputs(self, obs: Tensor, obs_mean: Tensor, obs_var: Tensor) -> Tensor:
-        """``[M, E, T, O] -> [M, E, T, O + 1]``: normalised, clipped obs and ``t / 100``."""
+    def inputs(self, obs: Tensor, obs_mean: Tensor, obs_var: Tensor,
+               task_features: Tensor | None = None) -> Tensor:
+        """``[M, E, T, O] -> [M, E, T, O + 1 + F]``: normalised, clipped obs, ``t / 100``
+        and each task's features ``[M, F]`` repeated over its steps."""
+        if (task_features is None) != (self.task_dim == 0) or (
+                task_features is not None and task_features.shape != (obs.shape[0],
+                                                                       self.task_dim)):
+            shape = None if task_features is None else tuple(task_features.shape)
+            raise ValueError(f"task_features must be [M={obs.shape[0]}, {self.task_dim}] "
+                             f"(None when task_dim is 0), got {shape}")
         norm = ((obs - obs_mean) / torch.sqrt(obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
         steps = obs.shape[-2]
         t = (torch.arange(steps, dtype=obs.dtype, device=obs.device) / TIME_SCALE)
-        t = t[:, None].expand(*obs.shape[:-1], 1)
-        return torch.cat([norm, t], dim=-1)
+        parts = [norm, t[:, None].expand(*obs.shape[:-1], 1)]
+        if task_features is not None:
+            parts.append(task_features.to(obs)[:, None, None, :].expand(
+                *obs.shape[:-1], self.task_dim))
+        return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Values ``[...]`` of ``inputs [..., O + 1]`` (from :meth:`inputs`)."""
@@ -80,20 +101,23 @@ class LearnedBaseline:
         epochs: passes over each batch.
         minibatch_size: steps per Adam step.
         device: where the network lives (the trainer's device).
+        task_dim: task feature size F (0: the network does not see the task).
     """
 
     def __init__(self, obs_dim: int, hidden: Sequence[int], lr: float, epochs: int,
-                 minibatch_size: int, device: torch.device | str = "cpu") -> None:
-        self.value_fn = ValueFunction(obs_dim, hidden).to(device)
+                 minibatch_size: int, device: torch.device | str = "cpu",
+                 task_dim: int = 0) -> None:
+        self.value_fn = ValueFunction(obs_dim, hidden, task_dim).to(device)
         self.optimizer = torch.optim.Adam(self.value_fn.parameters(), lr=lr)
         self.return_rms = RunningMeanStd(1)
         self.epochs, self.minibatch_size = epochs, minibatch_size
 
     def advantages(self, obs: Tensor, rew: Tensor, mask: Tensor, obs_mean: Tensor,
                    obs_var: Tensor, gamma: float, lam: float, normalize: bool,
-                   ) -> tuple[Tensor, Tensor]:
+                   task_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """GAE advantages ``[M, E, T]`` from the values predicted *before* training on this
-        batch, then ``epochs`` passes of training on its lambda-returns.
+        batch, then ``epochs`` passes of training on its lambda-returns. ``task_features``
+        ``[M, F]`` are required when the network was built with ``task_dim = F > 0``.
 
         Returns:
             ``(advantages, explained variance [M])``: the advantages normalised per task
@@ -104,7 +128,7 @@ class LearnedBaseline:
         self.return_rms.update(returns.unsqueeze(-1), mask)
         scale = float(torch.sqrt(self.return_rms.var + 1e-8))
         scaled_rew = rew / scale
-        inputs = self.value_fn.inputs(obs, obs_mean, obs_var)
+        inputs = self.value_fn.inputs(obs, obs_mean, obs_var, task_features)
         with torch.no_grad():
             values = self.value_fn(inputs) * mask
         adv = gae(scaled_rew, values, mask, gamma, lam)

@@ -140,7 +140,8 @@ class LocomotionParams(TaskParams):
     terrain: str = param(ParamSpec(choices=TERRAIN_TYPES, doc="terrain type"))
     difficulty: float = param(ParamSpec(
         low=0.0, high=1.0, doc="terrain difficulty d (slope 0.4d, step 0.05+0.18d m, ...)"))
-    terrain_seed: int = param(ParamSpec(low=0, high=2**31 - 1, doc="seed of the terrain"))
+    terrain_seed: int = param(ParamSpec(low=0, high=2**31 - 1, doc="seed of the terrain",
+                                        feature=False))
     friction: float = param(ParamSpec(low=0.3, high=1.25, doc="ground friction coefficient"))
     payload: float = param(ParamSpec(unit="kg", low=0.0, high=3.0, doc="mass added to trunk"))
     motor_strength: float = param(ParamSpec(

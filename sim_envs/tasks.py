@@ -47,6 +47,8 @@ class ParamSpec:
         choices: admissible values for a categorical parameter (then low/high unused).
         hidden: True if the parameter is not observable by the policy.
         doc: one-line description.
+        feature: False for a parameter that says nothing a learner could use (a random
+            seed): :meth:`TaskParams.features` leaves it out.
     """
 
     unit: str = ""
@@ -55,6 +57,7 @@ class ParamSpec:
     choices: tuple[Any, ...] | None = None
     hidden: bool = True
     doc: str = ""
+    feature: bool = True
 
 
 def param(spec: ParamSpec, default: Any = dataclasses.MISSING) -> Any:
@@ -117,6 +120,35 @@ class TaskParams:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def features(self) -> np.ndarray:
+        """The parameters as numbers of order 1, ``[feature_size()]`` float32.
+
+        For learners that may see the task in simulation only (a privileged value
+        function): a categorical parameter is one-hot over its choices, an angle (unit
+        "rad") is its cosine and sine, any other number is mapped from its range to
+        [-1, 1]. Parameters with ``feature=False`` are left out.
+        """
+        out: list[float] = []
+        for name, spec in self.specs().items():
+            if not spec.feature:
+                continue
+            value = getattr(self, name)
+            if spec.choices is not None:
+                out += [float(value == c) for c in spec.choices]
+            elif spec.unit == "rad":
+                out += [math.cos(value), math.sin(value)]
+            elif math.isfinite(spec.low) and math.isfinite(spec.high) and spec.high > spec.low:
+                out.append(2.0 * (float(value) - spec.low) / (spec.high - spec.low) - 1.0)
+            else:
+                out.append(float(value))
+        return np.asarray(out, dtype=np.float32)
+
+    @classmethod
+    def feature_size(cls) -> int:
+        """Length of :meth:`features`."""
+        return sum(len(s.choices) if s.choices is not None else 2 if s.unit == "rad" else 1
+                   for s in cls.specs().values() if s.feature)
 
 
 @dataclass(frozen=True)

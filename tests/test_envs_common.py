@@ -310,3 +310,25 @@ def test_task_sampling_is_reproducible(gym_id):
     assert family.sample_tasks(8, "test", seed=3) != family.sample_tasks(8, "train", seed=3)
     ids = [t.task_id for t in family.sample_tasks(50, "train", seed=3)]
     assert len(set(ids)) == 50
+
+
+@parametrize_ids
+def test_task_features_are_bounded_and_tell_tasks_apart(gym_id):
+    family = sim_envs.make_family(FAMILY_OF[gym_id])
+    tasks = family.sample_tasks(50, "train", seed=2)
+    features = np.stack([t.params.features() for t in tasks])
+    assert features.shape == (50, family.params_type.feature_size())
+    assert features.dtype == np.float32 and np.abs(features).max() <= 1.0 + 1e-6
+    assert len({f.tobytes() for f in features}) == 50  # every task has its own features
+
+
+def test_task_features_leave_out_the_terrain_seed():
+    family = sim_envs.make_family("locomotion")
+    task = family.sample_tasks(1, "train", seed=0)[0]
+    reseeded = family.make_task({**task.params.to_dict(), "terrain_seed": 12345})
+    assert reseeded.params != task.params
+    np.testing.assert_array_equal(reseeded.params.features(), task.params.features())
+    # heading (rad) is its cosine and sine: -pi and pi are the same direction.
+    back = [family.make_task({**task.params.to_dict(), "heading": h}).params.features()
+            for h in (-math.pi, math.pi)]
+    np.testing.assert_allclose(back[0], back[1], atol=1e-6)

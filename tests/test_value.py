@@ -60,3 +60,42 @@ def test_bad_value_baseline_settings_are_named(override, message):
 
     with pytest.raises(ValueError, match=message):
         api.resolve_config("reach-cpu", overrides=[override])
+
+
+def test_task_features_let_the_value_network_see_a_hidden_task():
+    """Each task's reward rate is hidden from the observation; given the task's features
+    (as the trainer passes its parameters), the network explains the returns, and
+    without them it cannot."""
+    def batch(gen, num_tasks=8, episodes=3, horizon=40):
+        rate = torch.rand(num_tasks, generator=gen) * 2 - 1          # the hidden parameter
+        obs = torch.randn(num_tasks, episodes, horizon, 3, generator=gen)
+        rew = rate[:, None, None] + 0.05 * torch.randn(num_tasks, episodes, horizon,
+                                                       generator=gen)
+        return obs, rew, torch.ones_like(rew), rate[:, None]
+
+    def late_ev(task_dim):
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(3)
+        baseline = LearnedBaseline(obs_dim=3, hidden=[32, 32], lr=3e-3, epochs=10,
+                                   minibatch_size=128, task_dim=task_dim)
+        evs = []
+        for _ in range(30):
+            obs, rew, mask, features = batch(gen)
+            _, ev = baseline.advantages(obs, rew, mask, torch.zeros(3), torch.ones(3), 0.99,
+                                        0.95, True, features if task_dim else None)
+            evs.append(ev.mean().item())
+        return sum(evs[-5:]) / 5
+
+    with_features, without = late_ev(1), late_ev(0)
+    assert with_features > 0.6, with_features
+    assert without < 0.2, without
+
+
+def test_task_features_of_the_wrong_shape_are_refused():
+    baseline = LearnedBaseline(obs_dim=3, hidden=[8], lr=1e-3, epochs=1, minibatch_size=64,
+                               task_dim=2)
+    obs, rew, mask = torch.zeros(4, 2, 5, 3), torch.zeros(4, 2, 5), torch.ones(4, 2, 5)
+    for bad in (None, torch.zeros(4, 3), torch.zeros(3, 2)):
+        with pytest.raises(ValueError, match="task_features"):
+            baseline.advantages(obs, rew, mask, torch.zeros(3), torch.ones(3), 0.99, 1.0,
+                                True, bad)
