@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import baselines  # noqa: E402
 
 from bench.results import provenance, write_json  # noqa: E402
+from metarobot.runlog import read_log  # noqa: E402
 from sim_envs.locomotion import TRACKING_SIGMA  # noqa: E402
 from sim_envs.registry import env_id, make_family  # noqa: E402
 from sim_envs.tasks import Task  # noqa: E402
@@ -136,9 +137,27 @@ class MetaRunPolicy:
         return mean.numpy()
 
 
+#: Training scalars of a run summarised by :func:`training_summary`.
+TRAINING_KEYS = ("return/pre", "return/post", "success/pre", "success/post", "outer/kl",
+                 "outer/entropy", "baseline/explained_variance_post",
+                 "inner/adaptation_kl_mean")
+
+
+def training_summary(run: Path, last: int = 10) -> dict[str, Any]:
+    """Means over the run's last ``last`` iterations of :data:`TRAINING_KEYS` (training
+    batches, not evaluations) and the env steps at the end."""
+    records = list(read_log(run).values())[-last:]
+    if not records:
+        raise ValueError(f"{run}: no iterations in log.jsonl")
+    return {"iterations": [records[0]["iteration"], records[-1]["iteration"]],
+            "env_steps": records[-1]["env_steps"],
+            **{k: float(np.mean([r[k] for r in records])) for k in TRAINING_KEYS
+               if all(k in r for r in records)}}
+
+
 def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
     """Deterministic and stochastic returns of each run's policy on the observed-direction
-    evaluation tasks."""
+    evaluation tasks, with :func:`training_summary` of its log."""
     out = []
     for run in runs:
         policy = MetaRunPolicy(run)
@@ -148,6 +167,7 @@ def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
         env = gymnasium.make(env_id("walk"), **config.env_kwargs)
         try:
             row: dict[str, Any] = {"run": str(run), "iteration": policy.trained.iteration,
+                                   "training": training_summary(run),
                                    "config": config.to_dict()}
             for mode in ("deterministic", "stochastic"):
                 per_task = []

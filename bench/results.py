@@ -64,6 +64,7 @@ from bench.common import machine_info  # noqa: E402
 from metarobot.api import resolve_config  # noqa: E402
 from metarobot.config import TrainConfig, config_from_dict  # noqa: E402
 from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95  # noqa: E402
+from metarobot.runlog import read_log  # noqa: E402
 from sim_envs.registry import FAMILY_NAMES  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "meta"
@@ -210,14 +211,8 @@ def train_meta_to(cfg: TrainConfig, run_dir: Path, iteration: int, progress: boo
 def iteration_times(run_dir: Path) -> dict[int, float]:
     """``time/iteration`` of each iteration in ``log.jsonl`` (the last record of an
     iteration that was redone after an interruption)."""
-    times: dict[int, float] = {}
-    path = run_dir / "log.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if "iteration" in record and "time/iteration" in record:
-                times[int(record["iteration"])] = float(record["time/iteration"])
-    return times
+    return {it: float(r["time/iteration"]) for it, r in read_log(run_dir).items()
+            if "time/iteration" in r}
 
 
 def stage_name(iteration: int) -> str:

@@ -7,7 +7,6 @@ simulator -> summary table, plots (PNG) and ``report.md`` in the run directory.
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import time
@@ -18,6 +17,7 @@ import numpy as np
 
 from metarobot import api
 from metarobot.evaluate import EvaluationResult, mean_ci95
+from metarobot.runlog import read_log
 from metarobot.trainer import CHECKPOINT_NAME, MetaTrainer
 
 #: Held-out tasks and adaptation settings of the quickstart's evaluation.
@@ -66,8 +66,7 @@ def _training_curve(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    records = [r for r in records if "iteration" in r]
+    records = list(read_log(run_dir).values())
     its = [r["iteration"] for r in records]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(its, [r["return/pre"] for r in records], label="before adaptation")

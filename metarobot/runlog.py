@@ -59,3 +59,19 @@ class RunLogger:
         self.bar.close()
         self.writer.close()
         self.jsonl.close()
+
+
+def read_log(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """The iteration records of ``run_dir/log.jsonl``, by iteration, in order.
+
+    Event records are left out; of an iteration logged twice (redone after an
+    interruption and a resume) the last record is kept. A missing log gives ``{}``.
+    """
+    path = Path(run_dir) / "log.jsonl"
+    rows: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "iteration" in record and "event" not in record:
+                rows[int(record["iteration"])] = record
+    return dict(sorted(rows.items()))

@@ -211,3 +211,21 @@ def test_cli_envs_lists_every_family(capsys):
 def test_cli_rejects_a_bad_override_with_its_name(capsys, tmp_path):
     assert cli_main(["train", "--set", "inner.nope=1", "--run-dir", str(tmp_path)]) == 2
     assert "inner.nope" in capsys.readouterr().err
+
+
+def test_read_log_keeps_iterations_without_events_and_the_redone_record(tmp_path):
+    from metarobot.runlog import RunLogger, read_log
+
+    logger = RunLogger(tmp_path, total_iterations=3, progress=False)
+    logger.log(1, {"return/pre": 1.0})
+    logger.event("sampler: worker 0 replaced", iteration=1)
+    logger.log(2, {"return/pre": 2.0})
+    logger.close()
+    resumed = RunLogger(tmp_path, total_iterations=3, start_iteration=1, progress=False)
+    resumed.log(2, {"return/pre": 2.5})  # iteration 2 redone after a resume
+    resumed.close()
+    log = read_log(tmp_path)
+    assert list(log) == [1, 2]
+    assert log[1]["return/pre"] == 1.0 and log[2]["return/pre"] == 2.5
+    assert all("event" not in r for r in log.values())
+    assert read_log(tmp_path / "missing") == {}
