@@ -44,6 +44,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -168,7 +169,8 @@ def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
         try:
             row: dict[str, Any] = {"run": str(run), "iteration": policy.trained.iteration,
                                    "training": training_summary(run),
-                                   "config": config.to_dict()}
+                                   # as the run wrote it (keys added since keep no default)
+                                   "config": yaml.safe_load((run / "config.yaml").read_text())}
             for mode in ("deterministic", "stochastic"):
                 per_task = []
                 for i, task in enumerate(observed_eval_tasks()):
