@@ -17,7 +17,7 @@ limit without bootstrapping, so a step's value depends on the time left), and, w
 is privileged information, fine for a baseline that exists only in simulation: where the
 task is hidden from the policy (walk's direction) a value network that cannot see it
 cannot tell a good step on a forward task from the same step on a backward one, and its
-out-of-sample explained variance on walk went negative (-0.9 to -0.2) without it.
+out-of-sample explained variance on walk went negative (-0.2 to -1.2) without it.
 
 Shapes: ``obs [M, E, T, O]``, ``task_features [M, F]``, ``rew``, ``mask`` and values
 ``[M, E, T]``.
@@ -83,7 +83,7 @@ class ValueFunction(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """Values ``[...]`` of ``inputs [..., O + 1]`` (from :meth:`inputs`)."""
+        """Values ``[...]`` of ``inputs [..., O + 1 + F]`` (from :meth:`inputs`)."""
         return self.net(inputs).squeeze(-1)
 
 
