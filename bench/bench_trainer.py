@@ -34,7 +34,7 @@ from bench.common import machine_info  # noqa: E402
 from metarobot.api import resolve_config  # noqa: E402
 from metarobot.trainer import MetaTrainer  # noqa: E402
 
-PHASES = ("time/sampling", "time/inner_step", "time/outer_step")
+PHASES = ("time/sampling", "time/value_baseline", "time/inner_step", "time/outer_step")
 
 
 def main() -> None:
@@ -118,7 +118,8 @@ def _plot(row: dict, path: Path, config: object) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 2.4))
     left = 0.0
-    for key, color in zip(PHASES, ("tab:blue", "tab:orange", "tab:green")):
+    for key, color in zip(PHASES, ("tab:blue", "tab:purple", "tab:orange", "tab:green"),
+                          strict=True):
         ax.barh([0], [row[key]], left=left, color=color, label=key.split("/")[1])
         left += row[key]
     ax.set_yticks([])

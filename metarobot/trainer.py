@@ -229,6 +229,7 @@ class MetaTrainer:
             keep_graph=cfg.outer.algo == "ppo")
         pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
+        t_sampled = time.perf_counter()
         if self.value_baseline is not None:
             task_features = (torch.from_numpy(np.stack([t.params.features() for t in tasks]))
                              if cfg.advantages.value_task_features else None)
@@ -237,7 +238,7 @@ class MetaTrainer:
                 cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize,
                 task_features)
         adaptation_kl = self._adaptation_kl(rollouts)
-        t_sampled = time.perf_counter()
+        t_scored = time.perf_counter()
 
         # 3. Outer update.
         stats: dict[str, float] = {}
@@ -280,8 +281,9 @@ class MetaTrainer:
         scalars = self._iteration_scalars(rollouts, stats)
         scalars["inner/adaptation_kl_mean"] = adaptation_kl.mean().item()
         scalars["inner/adaptation_kl_max"] = adaptation_kl.max().item()
-        scalars.update({"time/sampling": t_sampled - t_start, "time/inner_step": t_inner,
-                        "time/outer_step": t_done - t_sampled - t_inner,
+        scalars.update({"time/sampling": t_sampled - t_start,
+                        "time/value_baseline": t_scored - t_sampled, "time/inner_step": t_inner,
+                        "time/outer_step": t_done - t_scored - t_inner,
                         "time/iteration": t_done - t_start, "outer/eta": self.eta,
                         "env_steps": float(self.env_steps)})
         self._save_episodes(it, tasks, rollouts.batches)
