@@ -182,7 +182,14 @@ class MetaTrainer:
             if saved_value is None:
                 raise ValueError("checkpoint has no learned value baseline "
                                  "(it was trained with advantages.baseline: linear)")
-            self.value_baseline.load_state_dict(saved_value)
+            try:
+                self.value_baseline.load_state_dict(saved_value)
+            except RuntimeError as error:  # torch's size-mismatch message names no setting
+                raise ValueError(
+                    "checkpoint's value network does not match this config's "
+                    "advantages.value_hidden / value_task_features (a run from before "
+                    "value_task_features existed resumes with "
+                    "--set advantages.value_task_features=false)") from error
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -93,6 +93,18 @@ def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_checkpoint_with_another_value_network_gives_a_clear_error(tmp_path):
+    saved = MetaTrainer(tiny_config("advantages.baseline=mlp"), tmp_path / "a", progress=False)
+    state = saved.state_dict()
+    saved.close()
+    other = MetaTrainer(tiny_config("advantages.baseline=mlp",
+                                    "advantages.value_task_features=false"),
+                        tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="value_task_features"):
+        other.load_state_dict(state)
+    other.close()
+
+
 @pytest.mark.parametrize("options", [[], ["advantages.baseline=mlp"]])
 def test_resume_matches_an_uninterrupted_run(tmp_path, options):
     straight = MetaTrainer(tiny_config(*options), tmp_path / "a", progress=False)
