@@ -166,6 +166,7 @@ def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
         if config.family != "walk":
             raise ValueError(f"{run}: need a walk run, got family {config.family!r}")
         env = gymnasium.make(env_id("walk"), **config.env_kwargs)
+        tasks = observed_eval_tasks()
         try:
             row: dict[str, Any] = {"run": str(run), "iteration": policy.trained.iteration,
                                    "training": training_summary(run),
@@ -173,7 +174,7 @@ def evaluate_meta_runs(runs: list[Path], episodes: int) -> list[dict[str, Any]]:
                                    "config": yaml.safe_load((run / "config.yaml").read_text())}
             for mode in ("deterministic", "stochastic"):
                 per_task = []
-                for i, task in enumerate(observed_eval_tasks()):
+                for i, task in enumerate(tasks):
                     stats = baselines.evaluate_on_task(policy, env, task, episodes, seed=7 + i,
                                                        deterministic=mode == "deterministic")
                     per_task.append({

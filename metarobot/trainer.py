@@ -236,6 +236,7 @@ class MetaTrainer:
             keep_graph=cfg.outer.algo == "ppo")
         pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
+        adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
         if self.value_baseline is not None:
             task_features = (torch.from_numpy(np.stack([t.params.features() for t in tasks]))
@@ -244,7 +245,6 @@ class MetaTrainer:
                 post.obs, post.rew, post.mask, self.model.obs_mean, self.model.obs_var,
                 cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize,
                 task_features)
-        adaptation_kl = self._adaptation_kl(rollouts)
         t_scored = time.perf_counter()
 
         # 3. Outer update.
