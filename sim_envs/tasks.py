@@ -59,6 +59,22 @@ class ParamSpec:
     doc: str = ""
     feature: bool = True
 
+    def encode(self, value: Any) -> list[float]:
+        """``value`` as numbers of order 1 (see :meth:`TaskParams.features`)."""
+        if self.choices is not None:
+            return [float(value == c) for c in self.choices]
+        if self.unit == "rad":
+            return [math.cos(value), math.sin(value)]
+        if math.isfinite(self.low) and math.isfinite(self.high) and self.high > self.low:
+            return [2.0 * (float(value) - self.low) / (self.high - self.low) - 1.0]
+        return [float(value)]
+
+    @property
+    def encoded_size(self) -> int:
+        """Length of :meth:`encode`'s list (the same for every admissible value)."""
+        example = self.choices[0] if self.choices is not None else 0.0
+        return len(self.encode(example))
+
 
 def param(spec: ParamSpec, default: Any = dataclasses.MISSING) -> Any:
     """Declare a :class:`TaskParams` field with its :class:`ParamSpec` attached."""
@@ -129,26 +145,14 @@ class TaskParams:
         "rad") is its cosine and sine, any other number is mapped from its range to
         [-1, 1]. Parameters with ``feature=False`` are left out.
         """
-        out: list[float] = []
-        for name, spec in self.specs().items():
-            if not spec.feature:
-                continue
-            value = getattr(self, name)
-            if spec.choices is not None:
-                out += [float(value == c) for c in spec.choices]
-            elif spec.unit == "rad":
-                out += [math.cos(value), math.sin(value)]
-            elif math.isfinite(spec.low) and math.isfinite(spec.high) and spec.high > spec.low:
-                out.append(2.0 * (float(value) - spec.low) / (spec.high - spec.low) - 1.0)
-            else:
-                out.append(float(value))
+        out = [x for name, spec in self.specs().items() if spec.feature
+               for x in spec.encode(getattr(self, name))]
         return np.asarray(out, dtype=np.float32)
 
     @classmethod
     def feature_size(cls) -> int:
         """Length of :meth:`features`."""
-        return sum(len(s.choices) if s.choices is not None else 2 if s.unit == "rad" else 1
-                   for s in cls.specs().values() if s.feature)
+        return sum(s.encoded_size for s in cls.specs().values() if s.feature)
 
 
 @dataclass(frozen=True)
