@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -108,7 +109,11 @@ kept under `runs/results/` (not committed).
 
 
 # ---------------------------------------------------------------------------- provenance
+@functools.cache
 def git_commit() -> str:
+    """HEAD (``+dirty`` with uncommitted code changes) when first called: ``main`` calls it
+    at start, so a result written hours later names the code the process loaded, not a
+    commit made while it ran."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()
@@ -956,6 +961,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    git_commit()  # fixed now, before a long run (see git_commit)
     # The README's table follows the committed results only (not --out elsewhere).
     readme = DEFAULT_README if args.report == DEFAULT_REPORT else None
     if not args.report_only:
