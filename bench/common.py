@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -14,6 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "pybullet", "gymnasium", "numpy", "onnxruntime")
 
 
+@functools.cache
+def git_head() -> str:
+    """The commit checked out when first called ("" outside git): a script that calls it
+    at start records the code it loaded, not a commit made while it ran."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
 def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
     """Host, CPU model, core count, Python, package versions and the git commit."""
     cpu = platform.processor()
@@ -24,11 +36,6 @@ def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
     versions = {}
     for name in packages:
         try:
@@ -37,4 +44,4 @@ def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
             versions[name] = None
     return {"hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions, "git_commit": commit}
+            "versions": versions, "git_commit": git_head()}

@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import baselines  # noqa: E402
 
-from bench.common import machine_info  # noqa: E402
+from bench.common import git_head, machine_info  # noqa: E402
 from metarobot.api import resolve_config  # noqa: E402
 from metarobot.config import TrainConfig, config_from_dict  # noqa: E402
 from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95  # noqa: E402
@@ -113,19 +113,20 @@ kept under `runs/results/` (not committed).
 def git_commit() -> str:
     """HEAD (``+dirty`` with uncommitted code changes) when first called: ``main`` calls it
     at start, so a result written hours later names the code the process loaded, not a
-    commit made while it ran."""
+    commit made while it ran (``machine_info``'s commit is the same ``git_head``)."""
+    head = git_head()
+    if not head:
+        return ""
+    # Changes to what the bench scripts write (results, this report) do not make the
+    # code that produced a result dirty.
+    outputs = (DEFAULT_OUT.parent, DEFAULT_REPORT, DEFAULT_README)  # + README table
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True).stdout.strip()
-        # Changes to what the bench scripts write (results, this report) do not make the
-        # code that produced a result dirty.
-        outputs = (DEFAULT_OUT.parent, DEFAULT_REPORT, DEFAULT_README)  # + README table
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
                                 ".", *(f":!{p.relative_to(REPO)}" for p in outputs)],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
-    return out + ("+dirty" if dirty else "")
+    return head + ("+dirty" if dirty else "")
 
 
 def command_line() -> str:
