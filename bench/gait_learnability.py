@@ -35,7 +35,6 @@ Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,10 +52,8 @@ import baselines  # noqa: E402
 
 from bench.results import provenance, write_json  # noqa: E402
 from metarobot.runlog import read_log  # noqa: E402
-from sim_envs.locomotion import TRACKING_SIGMA  # noqa: E402
 from sim_envs.registry import env_id, make_family  # noqa: E402
 from sim_envs.tasks import Task  # noqa: E402
-from sim_envs.walk import WALK_SPEED  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "gait"
 
@@ -67,9 +64,19 @@ def forward_task() -> Task:
     return next(t for t in tasks if t.params.heading == 0.0)
 
 
+class _StandStill:
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        return np.zeros(12, dtype=np.float32)
+
+
 def standing_return() -> float:
-    """Return of an episode standing still on a walk task: tracking reward only."""
-    return baselines.episode_length("walk") * math.exp(-WALK_SPEED ** 2 / TRACKING_SIGMA)
+    """Return of one episode standing still (the zero action) on :func:`forward_task`."""
+    env = baselines.make_env("walk")
+    try:
+        return float(baselines.evaluate_on_task(_StandStill(), env, forward_task(), 1,
+                                                seed=0).returns[0])
+    finally:
+        env.close()
 
 
 def evaluate(policy: baselines.SB3Policy, env: gymnasium.Env, task: Task, episodes: int,

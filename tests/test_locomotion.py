@@ -12,21 +12,28 @@ import pytest
 from envtools import trace
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
-from sim_envs.locomotion import (
+from sim_envs.legged import (
     CONTROL_DT,
     EPISODE_SECONDS,
-    FALL_PENALTY,
     GAIT_FREQUENCY,
     GAIT_LIFT,
     PHYSICS_DT,
     SPAWN_POSITION,
+    trot_offsets,
+)
+from sim_envs.locomotion import (
+    COMMAND_RANGES,
+    HELD_OUT_DIFFICULTY,
+    HELD_OUT_FACTORS,
+    HELD_OUT_LEG_STRENGTH,
+    HELD_OUT_PAYLOAD,
+    REWARD_WEIGHTS,
     SUCCESS_FRACTION,
     TRACKING_SIGMA,
     LocomotionEnv,
     LocomotionFamily,
     LocomotionParams,
-    heading_held_out,
-    trot_offsets,
+    held_out_factors,
 )
 from sim_envs.robots.a1 import ACTION_SCALE, STANDING_POSE, TRUNK_MASS
 from sim_envs.terrain import (
@@ -40,7 +47,8 @@ from sim_envs.terrain import (
 )
 
 BASE = LocomotionParams(terrain="flat", difficulty=0.0, terrain_seed=0, friction=1.0,
-                        payload=0.0, motor_strength=1.0, heading=0.0, speed=0.5)
+                        payload=0.0, payload_x=0.0, payload_y=0.0, motor_strength=1.0,
+                        damaged_leg="none", leg_strength=1.0)
 
 
 def make_task(family: LocomotionFamily, **changes):
@@ -130,14 +138,17 @@ def test_heightfield_is_replaced_in_place_and_matches_the_map(env):
     assert env.terrain.height_at(2.51, 2.04) > 0.3 or env.terrain.height_at(2.51, 2.04) < -0.3
 
 
-def test_friction_payload_and_motor_strength_are_applied(env):
-    task = make_task(env.family, friction=0.42, payload=2.5, motor_strength=0.8)
+def test_friction_payload_motor_strength_and_leg_damage_are_applied(env):
+    task = make_task(env.family, friction=0.42, payload=2.5, motor_strength=0.8,
+                     damaged_leg="RR", leg_strength=0.5)
     env.set_task(task)
     env.reset(seed=0)
     c = env.client
     assert c.getDynamicsInfo(env.terrain.body_id, -1)[1] == pytest.approx(0.42)
     assert c.getDynamicsInfo(env.robot.body_id, -1)[0] == pytest.approx(TRUNK_MASS + 2.5)
-    limits = 0.8 * env.robot.effort_limits
+    factors = np.full(12, 0.8)
+    factors[6:9] *= 0.5  # RR is the third leg
+    limits = factors * env.robot.effort_limits
     assert np.allclose(env.robot.max_forces, limits)
     # A full-scale action saturates some motors: torques reach but never exceed the limit.
     _, _, _, _, _ = env.step(np.ones(12, dtype=np.float32))
@@ -175,19 +186,44 @@ def test_friction_and_payload_change_the_motion(env):
     assert torques[3.0] > 1.1 * torques[0.0]
 
 
+def _leg_loads_after(env, steps, **changes):
+    """Sum of |torque| (N m) of each leg (FR, FL, RR, RL) after standing ``steps`` steps."""
+    env.set_task(make_task(env.family, **changes))
+    env.reset(seed=0)
+    _settle(env, steps)
+    return np.abs(env.robot.joint_states()[2]).reshape(4, 3).sum(axis=1)
+
+
+def test_payload_offset_moves_the_load_onto_the_legs_under_it(env):
+    def rear_minus_front(loads):
+        return loads[2] + loads[3] - loads[0] - loads[1]
+
+    def left_minus_right(loads):
+        return loads[1] + loads[3] - loads[0] - loads[2]
+
+    centred = _leg_loads_after(env, 25, payload=5.0)
+    ahead = _leg_loads_after(env, 25, payload=5.0, payload_x=0.1)
+    behind = _leg_loads_after(env, 25, payload=5.0, payload_x=-0.1)
+    left = _leg_loads_after(env, 25, payload=5.0, payload_y=0.05)
+    assert rear_minus_front(ahead) < rear_minus_front(centred) - 5.0
+    assert rear_minus_front(behind) > rear_minus_front(centred) + 5.0
+    assert left_minus_right(left) > left_minus_right(centred) + 3.0
+
+
 # ----------------------------------------------------------------------------- dynamics
 def test_reset_observation_layout(env):
     env.set_task(make_task(env.family))
     obs, info = env.reset(seed=3)
-    assert obs.shape == (45,) and obs.dtype == np.float32
+    assert obs.shape == (48,) and obs.dtype == np.float32
     assert np.allclose(obs[0:3], [0.0, 0.0, -1.0], atol=1e-6)  # gravity in base frame
     assert np.allclose(obs[3:9], 0.0)  # at rest
     assert np.all(np.abs(obs[9:21]) <= 0.05 + 1e-6) and np.any(obs[9:21] != 0.0)
     assert np.all(obs[33:45] == 0.0)  # no previous action
+    assert np.array_equal(obs[45:48], env.command.astype(np.float32))
     assert info["success"] is False
 
 
-def test_falling_terminates_with_penalty(env):
+def test_falling_terminates(env):
     env.set_task(make_task(env.family))
     env.reset(seed=0)
     upside_down = pybullet.getQuaternionFromEuler([math.pi, 0.0, 0.0])
@@ -198,7 +234,7 @@ def test_falling_terminates_with_penalty(env):
             break
     assert terminated and not truncated
     assert info["fall"] is True and not info["success"]
-    assert reward <= 1.0 - FALL_PENALTY
+    assert reward >= 0.0  # clipped at 0: a fall costs the rewards it forgoes
 
     # Collapsed upright (legs folded, base 7 cm high, trunk off the ground): a fall too.
     env.reset(seed=0)
@@ -216,46 +252,94 @@ def test_falling_terminates_with_penalty(env):
         assert not terminated and not info["fall"]
 
 
-def _reward_with_base_velocity(env, velocity):
-    env.reset(seed=0)
+def _reward_with_base_velocity(env, command, velocity, yaw_rate=0.0):
+    env.reset(seed=0, options={"command": command})
     # In the air, so no contact slows the base down within the step.
     env.client.resetBasePositionAndOrientation(env.robot.body_id, [0, 0, 1.5], [0, 0, 0, 1])
-    env.client.resetBaseVelocity(env.robot.body_id, list(velocity), [0, 0, 0])
+    env.client.resetBaseVelocity(env.robot.body_id, list(velocity), [0, 0, yaw_rate])
     _, reward, terminated, _, info = env.step(np.zeros(12, dtype=np.float32))
     assert not terminated
     return reward, info
 
 
 def test_reward_prefers_commanded_velocity_over_standing(env):
-    heading, speed = 2.0, 0.7
-    env.set_task(make_task(env.family, heading=heading, speed=speed))
-    command = (speed * math.cos(heading), speed * math.sin(heading), 0.0)
-    moving, moving_info = _reward_with_base_velocity(env, command)
-    still, still_info = _reward_with_base_velocity(env, (0.0, 0.0, 0.0))
-    wrong, _ = _reward_with_base_velocity(env, (-command[0], -command[1], 0.0))
-    assert moving > still > wrong
+    env.set_task(make_task(env.family))
+    command = (0.7, -0.2, 0.4)
+    moving, moving_info = _reward_with_base_velocity(env, command, (0.7, -0.2, 0.0), 0.4)
+    still, still_info = _reward_with_base_velocity(env, command, (0.0, 0.0, 0.0))
+    turning, _ = _reward_with_base_velocity(env, command, (0.0, 0.0, 0.0), 0.4)
+    wrong, _ = _reward_with_base_velocity(env, command, (-0.7, 0.2, 0.0))
+    assert moving > 1.0 and moving > 5 * max(still, turning)
+    assert still >= wrong >= 0.0  # clipped at 0
     assert moving_info["tracking_reward"] > 0.95
     assert still_info["tracking_reward"] == pytest.approx(
-        math.exp(-(speed**2) / TRACKING_SIGMA), abs=0.02)
+        math.exp(-(0.7**2 + 0.2**2) / TRACKING_SIGMA), abs=0.02)
+    # Turning on the spot at the commanded rate earns little: the yaw term is gated.
+    assert turning < still + REWARD_WEIGHTS["tracking_yaw"] * still_info["tracking_reward"]
+
+
+def test_commands_are_drawn_per_episode_in_range_and_observed(env):
+    env.set_task(make_task(env.family))
+    commands = []
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        assert obs.shape == (48,)
+        assert np.array_equal(obs[45:48], env.command.astype(np.float32))
+        commands.append(env.command)
+    commands = np.array(commands)
+    for k, (lo, hi) in enumerate(COMMAND_RANGES):
+        assert np.all((commands[:, k] >= lo) & (commands[:, k] <= hi))
+        assert commands[:, k].std() > 0.1 * (hi - lo)
+    env.reset(seed=0)
+    first = env.command
+    env.reset(seed=0)
+    assert np.array_equal(env.command, first)  # seeded
+    env.reset(seed=3, options={"command": (0.5, 0.1, -0.2)})
+    assert np.allclose(env.command, (0.5, 0.1, -0.2))
+    with pytest.raises(ValueError, match="command"):
+        env.reset(options={"command": (0.5, float("nan"), 0.0)})
+
+
+def test_feet_air_time_pays_at_touchdown_only_when_walking_is_commanded(env):
+    env.set_task(make_task(env.family))
+    for command, paid in (((0.8, 0.0, 0.0), True), ((0.05, 0.0, 0.0), False)):
+        env.reset(seed=0, options={"command": command})
+        env.robot.reset_pose((0.0, 0.0, 0.45), STANDING_POSE)  # dropped: 0.3 s in the air
+        infos = []
+        for _ in range(30):
+            *_, info = env.step(np.zeros(12, dtype=np.float32))
+            infos.append(info)
+        base = env.unwrapped if hasattr(env, "unwrapped") else env
+        assert not infos[-1]["fall"]
+        assert (base._air_time == 0.0).any()  # the feet came down
+        landed = [i for i in infos if i["feet_air_time"] != 0.0]
+        assert bool(landed) is paid
 
 
 def test_success_latches_at_half_the_commanded_distance(env):
-    heading, speed = -2.5, 0.6
-    env.set_task(make_task(env.family, heading=heading, speed=speed))
+    env.set_task(make_task(env.family))
+    command = (0.6, 0.2, 0.0)
+    speed = math.hypot(0.6, 0.2)
     needed = SUCCESS_FRACTION * speed * EPISODE_SECONDS
-    for distance, expected in [(needed - 0.1, False), (needed + 0.1, True)]:
-        env.reset(seed=0)
-        position = [SPAWN_POSITION[0] + distance * math.cos(heading),
-                    SPAWN_POSITION[1] + distance * math.sin(heading), SPAWN_POSITION[2]]
-        env.client.resetBasePositionAndOrientation(env.robot.body_id, position, [0, 0, 0, 1])
+    env.reset(seed=0, options={"command": command})
+    # Walk the commanded velocity exactly (teleport along it): success once half-way.
+    direction = np.array(command[:2]) / speed
+    steps_needed = needed / (speed * CONTROL_DT)
+    successes = []
+    for step in range(1, int(steps_needed) + 3):
+        x, y = direction * speed * CONTROL_DT * step
+        env.client.resetBasePositionAndOrientation(
+            env.robot.body_id, [x, y, SPAWN_POSITION[2]], [0, 0, 0, 1])
+        env.client.resetBaseVelocity(env.robot.body_id, [*(direction * speed), 0.0],
+                                     [0, 0, 0])
         _, _, terminated, _, info = env.step(np.zeros(12, dtype=np.float32))
         assert not terminated
-        assert info["success"] is expected
-        if expected:  # latched: walking back does not revoke it
-            env.client.resetBasePositionAndOrientation(
-                env.robot.body_id, list(SPAWN_POSITION), [0, 0, 0, 1])
-            _, _, _, _, info = env.step(np.zeros(12, dtype=np.float32))
-            assert info["success"] and info["progress"] < needed
+        successes.append(info["success"])
+    assert not successes[int(steps_needed) - 3]
+    assert successes[-1]
+    # Latched: standing still afterwards does not revoke it.
+    *_, info = env.step(np.zeros(12, dtype=np.float32))
+    assert info["success"]
 
 
 def test_trajectories_are_identical_across_terrain_switches():
@@ -281,23 +365,14 @@ def test_success_duration_matches_the_registered_time_limit():
     assert LocomotionEnv.substeps * PHYSICS_DT == pytest.approx(CONTROL_DT) == 0.02
 
 
-def test_observe_command_option_changes_the_observation():
-    hidden = gym.make("sim_envs/Locomotion-v0")
-    shown = gym.make("sim_envs/Locomotion-v0", observe_command=True)
+def test_gait_generator_adds_the_phase_after_the_command():
+    env = gym.make("sim_envs/Locomotion-v0", gait_generator=True)
     try:
-        assert hidden.observation_space.shape == (45,)
-        assert shown.observation_space.shape == (47,)
-        task = make_task(shown.unwrapped.family, heading=1.0, speed=0.8)
-        shown.unwrapped.set_task(task)
-        obs, _ = shown.reset(seed=0)
-        assert shown.observation_space.contains(obs)
-        # Yaw is 0 at reset, so the command in the base frame is the world command.
-        assert np.allclose(obs[45:], [0.8 * math.cos(1.0), 0.8 * math.sin(1.0)], atol=1e-5)
+        assert env.observation_space.shape == (50,)
+        obs, _ = env.reset(seed=0, options={"command": (0.8, 0.0, 0.1)})
+        assert np.allclose(obs[45:48], [0.8, 0.0, 0.1]) and np.allclose(obs[48:], [0, 1])
     finally:
-        hidden.close()
-        shown.close()
-    with pytest.raises(ValueError, match="observe_command"):
-        LocomotionEnv(observe_command="yes")
+        env.close()
 
 
 def test_trot_offsets_swing_diagonal_pairs_in_turn_and_lift_the_foot_straight_up():
@@ -313,9 +388,8 @@ def test_trot_offsets_swing_diagonal_pairs_in_turn_and_lift_the_foot_straight_up
 def _walk_with_generator(forward: float, steps: int = 200) -> tuple[float, bool, np.ndarray]:
     """Drive the generator with a thigh offset of ``forward`` rad following each leg's
     cos(phase + offset), read from the observed phase; return (x travelled, fell, obs)."""
-    env = gym.make("sim_envs/Locomotion-v0", gait_generator=True)
+    env = gym.make("sim_envs/Walk-v0", gait_generator=True)
     try:
-        env.unwrapped.set_task(make_task(env.unwrapped.family))
         obs, _ = env.reset(seed=0)
         x0 = float(env.unwrapped._pos[0])
         fell = False
@@ -336,7 +410,7 @@ def _walk_with_generator(forward: float, steps: int = 200) -> tuple[float, bool,
 
 def test_gait_generator_steps_in_place_and_a_phase_locked_thigh_offset_walks():
     in_place, fell, obs = _walk_with_generator(0.0)
-    assert obs.shape == (47,) and not fell
+    assert obs.shape == (47,) and not fell  # walk: proprioception and the phase
     assert abs(in_place) < 0.1
     forward, fell_forward, _ = _walk_with_generator(0.3)
     backward, fell_backward, _ = _walk_with_generator(-0.3)
@@ -367,30 +441,34 @@ def test_gait_phase_advances_one_stride_per_period_from_zero_at_reset():
 # ----------------------------------------------------------------------------- split
 def test_split_membership_and_sampling():
     family = LocomotionFamily()
-    train = family.sample_tasks(60, "train", seed=0)
-    test = family.sample_tasks(60, "test", seed=0)
-    assert family.sample_tasks(60, "train", seed=0) == train
+    train = family.sample_tasks(90, "train", seed=0)
+    test = family.sample_tasks(90, "test", seed=0)
+    assert family.sample_tasks(90, "train", seed=0) == train
     for task in train:
         p = task.params
-        assert not heading_held_out(p.heading)
-        assert p.terrain == "flat" or p.difficulty <= 0.8
+        assert p.terrain == "flat" or p.difficulty <= HELD_OUT_DIFFICULTY
+        assert p.payload <= HELD_OUT_PAYLOAD
+        assert p.damaged_leg == "none" or p.leg_strength >= HELD_OUT_LEG_STRENGTH
     for task in test:
-        p = task.params
-        assert heading_held_out(p.heading) or (p.terrain != "flat" and p.difficulty > 0.8)
+        assert len(held_out_factors(task.params)) == 1  # one held-out factor each
     assert not {t.params for t in train} & {t.params for t in test}
     assert {t.params.terrain for t in train} == set(TERRAIN_TYPES)
-    # Both reasons for being a test task occur.
-    assert any(heading_held_out(t.params.heading) for t in test)
-    assert any(not heading_held_out(t.params.heading) for t in test)
+    assert {t.params.damaged_leg for t in train} == {"none", "FR", "FL", "RR", "RL"}
+    assert {held_out_factors(t.params)[0] for t in test} == set(HELD_OUT_FACTORS)
+    # No training task has a payload, damage or terrain difficulty of any test task.
+    assert max(t.params.payload for t in train) < min(
+        t.params.payload for t in test if "payload" in held_out_factors(t.params))
 
-    assert family.split_of(dataclasses.replace(BASE, heading=math.pi / 4)) == "test"
-    assert family.split_of(dataclasses.replace(BASE, heading=-3 * math.pi / 4 + 0.1)) == "test"
-    assert family.split_of(dataclasses.replace(BASE, heading=math.pi / 4 + 0.3)) == "train"
+    assert family.split_of(dataclasses.replace(BASE, payload=3.2)) == "test"
+    assert family.split_of(dataclasses.replace(BASE, payload=3.0)) == "train"
+    assert family.split_of(dataclasses.replace(BASE, damaged_leg="RL",
+                                               leg_strength=0.25)) == "test"
+    assert family.split_of(dataclasses.replace(BASE, damaged_leg="RL",
+                                               leg_strength=0.3)) == "train"
     assert family.split_of(dataclasses.replace(BASE, terrain="stairs", difficulty=0.9)) == "test"
     assert family.split_of(dataclasses.replace(BASE, terrain="stairs", difficulty=0.8)) == "train"
-    assert family.split_of(dataclasses.replace(BASE, terrain="flat", difficulty=0.9)) == "train"
     with pytest.raises(ValueError, match="split"):
-        family.make_task(dataclasses.replace(BASE, heading=math.pi / 4), split="train")
+        family.make_task(dataclasses.replace(BASE, payload=4.0), split="train")
 
 
 def test_params_reject_bad_values():
@@ -400,4 +478,14 @@ def test_params_reject_bad_values():
         dataclasses.replace(BASE, terrain_seed=1.5)
     with pytest.raises(ValueError, match="terrain"):
         dataclasses.replace(BASE, terrain="ice")
+    with pytest.raises(ValueError, match="difficulty"):
+        dataclasses.replace(BASE, difficulty=0.5)  # flat
+    with pytest.raises(ValueError, match="leg_strength"):
+        dataclasses.replace(BASE, leg_strength=0.5)  # no damaged leg
+    with pytest.raises(ValueError, match="damaged_leg"):
+        dataclasses.replace(BASE, damaged_leg="tail", leg_strength=0.5)
+    with pytest.raises(ValueError, match="payload"):
+        dataclasses.replace(BASE, payload=6.0)
     assert dataclasses.replace(BASE, terrain_seed=3.0).terrain_seed == 3
+
+

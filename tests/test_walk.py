@@ -1,4 +1,4 @@
-"""Walk family: the locomotion env restricted to flat ground and two hidden headings."""
+"""Walk family: the A1 on flat ground, walking along a hidden direction (AntDir-style)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-from envtools import trace
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
 from sim_envs import Task
-from sim_envs.locomotion import LocomotionEnv, LocomotionFamily, LocomotionParams
-from sim_envs.walk import HEADINGS, HELD_OUT_PAYLOAD, WALK_SPEED, WalkEnv, WalkFamily
+from sim_envs.locomotion import LocomotionFamily, LocomotionParams
+from sim_envs.robots.a1 import TRUNK_MASS
+from sim_envs.walk import (
+    CONTROL_COST,
+    HEADINGS,
+    HELD_OUT_PAYLOAD,
+    SUCCESS_DISTANCE,
+    WalkEnv,
+    WalkFamily,
+    WalkParams,
+)
 
-BASE = LocomotionParams(terrain="flat", difficulty=0.0, terrain_seed=0, friction=1.0,
-                        payload=1.0, motor_strength=1.0, heading=0.0, speed=WALK_SPEED)
+BASE = WalkParams(heading=0.0, friction=1.0, payload=1.0, motor_strength=1.0)
 
 
 def test_split_by_payload_with_both_headings_in_both_splits():
@@ -28,27 +35,24 @@ def test_split_by_payload_with_both_headings_in_both_splits():
     assert all(t.params.payload > HELD_OUT_PAYLOAD for t in test)
     for tasks in (train, test):
         assert {t.params.heading for t in tasks} == set(HEADINGS)
-        assert {(t.params.terrain, t.params.speed) for t in tasks} == {("flat", WALK_SPEED)}
         assert all(t.family == "walk" for t in tasks)
     assert family.split_of(dataclasses.replace(BASE, payload=HELD_OUT_PAYLOAD)) == "train"
     assert family.split_of(dataclasses.replace(BASE, payload=2.3, heading=math.pi)) == "test"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"terrain": "rough", "difficulty": 0.2}, "flat"),
-    ({"heading": 1.0}, "heading"),
-    ({"speed": 0.8}, "speed"),
-])
-def test_parameters_outside_the_walk_space_are_rejected(change, message):
-    with pytest.raises(ValueError, match=message):
-        WalkFamily().make_task(dataclasses.replace(BASE, **change))
-    with pytest.raises(ValueError, match=message):
+def test_parameters_outside_the_walk_space_are_rejected():
+    with pytest.raises(ValueError, match="heading"):
+        dataclasses.replace(BASE, heading=1.0)
+    with pytest.raises(ValueError, match="heading"):
         Task.from_dict({"family": "walk", "split": "train",
-                        "params": dataclasses.replace(BASE, **change).to_dict()})
+                        "params": {**BASE.to_dict(), "heading": 1.0}})
+    with pytest.raises(ValueError, match="payload"):
+        dataclasses.replace(BASE, payload=3.5)
 
 
 def test_a_locomotion_task_is_refused_by_the_walk_env():
-    locomotion_task = LocomotionFamily().make_task(BASE)
+    locomotion_task = LocomotionFamily().sample_tasks(1, "train", seed=0)[0]
+    assert isinstance(locomotion_task.params, LocomotionParams)
     env = WalkEnv()
     try:
         with pytest.raises(ValueError, match="walk"):
@@ -57,16 +61,85 @@ def test_a_locomotion_task_is_refused_by_the_walk_env():
         env.close()
 
 
-def test_walk_runs_the_locomotion_physics_unchanged():
-    """Same parameters, seed and actions: the walk and locomotion envs agree bit for bit."""
-    actions = np.random.default_rng(0).uniform(-1, 1, (30, 12)).astype(np.float32)
-    params = dataclasses.replace(BASE, heading=math.pi, payload=2.5)
+def _reward_with_base_velocity(env, vx):
+    env.reset(seed=0)
+    env.client.resetBasePositionAndOrientation(env.robot.body_id, [0, 0, 1.5], [0, 0, 0, 1])
+    env.client.resetBaseVelocity(env.robot.body_id, [vx, 0.0, 0.0], [0, 0, 0])
+    _, reward, terminated, _, info = env.step(np.zeros(12, dtype=np.float32))
+    assert not terminated
+    return reward, info
 
-    walk = gym.make("sim_envs/Walk-v0")
-    locomotion = LocomotionEnv(task=LocomotionFamily().make_task(params))
+
+def test_reward_is_the_velocity_along_the_hidden_direction():
+    env = WalkEnv()
     try:
-        walk.unwrapped.set_task(WalkFamily().make_task(params))
-        assert np.array_equal(trace(walk, actions, seed=5), trace(locomotion, actions, seed=5))
+        for heading, sign in ((0.0, 1.0), (math.pi, -1.0)):
+            env.set_task(WalkFamily().make_task(dataclasses.replace(BASE, heading=heading)))
+            assert env.observation_space.shape == (45,)  # the direction is hidden
+            right, info = _reward_with_base_velocity(env, 0.5 * sign)
+            still, _ = _reward_with_base_velocity(env, 0.0)
+            wrong, _ = _reward_with_base_velocity(env, -0.5 * sign)
+            assert right == pytest.approx(info["velocity"], abs=1e-9)
+            assert 0.4 < right < 0.6 and abs(still) < 0.05 and -0.6 < wrong < -0.4
+        # The control cost is CONTROL_COST per unit of squared action.
+        env.reset(seed=0)
+        *_, info = env.step(np.ones(12, dtype=np.float32))
+        env.reset(seed=0)
+        _, reward, *_ = env.step(np.ones(12, dtype=np.float32))
+        assert reward == pytest.approx(info["velocity"] - 12 * CONTROL_COST)
     finally:
-        walk.close()
-        locomotion.close()
+        env.close()
+
+
+def test_standing_still_earns_about_zero_and_never_succeeds():
+    env = gym.make("sim_envs/Walk-v0")
+    try:
+        for heading in HEADINGS:
+            env.unwrapped.set_task(WalkFamily().make_task(dataclasses.replace(BASE,
+                                                                              heading=heading)))
+            env.reset(seed=0)
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, info = env.step(np.zeros(12, np.float32))
+                total += reward
+                done = terminated or truncated
+            assert abs(total) < 2.0 and not info["success"] and not info["fall"]
+    finally:
+        env.close()
+
+
+def test_success_after_one_metre_along_the_direction():
+    env = WalkEnv(task=WalkFamily().make_task(dataclasses.replace(BASE, heading=math.pi)))
+    try:
+        for distance, expected in ((SUCCESS_DISTANCE - 0.1, False), (SUCCESS_DISTANCE + 0.1,
+                                                                     True)):
+            env.reset(seed=0)
+            env.client.resetBasePositionAndOrientation(env.robot.body_id,
+                                                       [-distance, 0.0, 0.28], [0, 0, 0, 1])
+            *_, info = env.step(np.zeros(12, dtype=np.float32))
+            assert info["success"] is expected
+    finally:
+        env.close()
+
+
+def test_payload_and_friction_are_applied():
+    env = WalkEnv(task=WalkFamily().make_task(dataclasses.replace(BASE, payload=2.0,
+                                                                  friction=0.6)))
+    try:
+        assert env.client.getDynamicsInfo(env.robot.body_id, -1)[0] == pytest.approx(
+            TRUNK_MASS + 2.0)
+        assert env.client.getDynamicsInfo(env.terrain.body_id, -1)[1] == pytest.approx(0.6)
+    finally:
+        env.close()
+
+
+def test_observe_command_shows_the_direction():
+    env = WalkEnv(task=WalkFamily().make_task(dataclasses.replace(BASE, heading=math.pi)),
+                  observe_command=True)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (47,) and np.allclose(obs[45:], [-0.5, 0.0], atol=1e-6)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="observe_command"):
+        WalkEnv(observe_command="yes")

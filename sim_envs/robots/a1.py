@@ -9,8 +9,8 @@ Joint order (12 actuated joints): ``FR, FL, RR, RL`` legs, each ``hip`` (abducti
 
 Actuation: PyBullet position motors, one per joint, tracking
 ``target = STANDING_POSE + ACTION_SCALE * action`` (rad, within the URDF joint limits)
-with the motor's maximum torque ``motor_strength * URDF effort limit`` (20 N·m hip,
-55 N·m thigh and calf, so 16-24 and 44-66 N·m over the strength range 0.8-1.2).
+with the motor's maximum torque ``factor * URDF effort limit`` (20 N·m hip, 55 N·m thigh
+and calf), one factor per joint (:meth:`A1.set_torque_factors`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ LINK_FRICTION = 1.0
 POSITION_GAIN = 0.1
 VELOCITY_GAIN = 1.0
 
-_LEGS = ("FR", "FL", "RR", "RL")
+#: Leg names in joint order.
+LEG_NAMES: tuple[str, ...] = ("FR", "FL", "RR", "RL")
+_LEGS = LEG_NAMES
 _PARTS = ("hip", "upper", "lower")
 
 
@@ -77,6 +79,9 @@ class A1:
         self.joint_ids: list[int] = [by_name[n][0] for n in names]
         #: Link indices of the four feet (spheres of radius 0.02 m), FR, FL, RR, RL.
         self.foot_ids: list[int] = [toes[f"{leg}_toe"] for leg in _LEGS]
+        #: Link indices of the thighs and calves (a link's index is its joint's).
+        self.leg_link_ids: frozenset[int] = frozenset(
+            by_name[f"{leg}_{part}_joint"][0] for leg in _LEGS for part in ("upper", "lower"))
         self.joint_lower = np.array([by_name[n][8] for n in names])
         self.joint_upper = np.array([by_name[n][9] for n in names])
         if np.any(STANDING_POSE - ACTION_SCALE < self.joint_lower) or np.any(
@@ -101,11 +106,18 @@ class A1:
             raise ValueError(f"payload must be a finite mass >= 0 kg, got {payload_kg!r}")
         self.client.changeDynamics(self.body_id, -1, mass=TRUNK_MASS + payload_kg)
 
-    def set_motor_strength(self, strength: float) -> None:
-        """Scale every joint's maximum torque to ``strength`` x its URDF effort limit."""
-        if not math.isfinite(strength) or strength <= 0:
-            raise ValueError(f"motor strength must be a finite factor > 0, got {strength!r}")
-        self._max_forces = (self.effort_limits * strength).tolist()
+    def set_torque_factors(self, factors: np.ndarray) -> None:
+        """Set each joint's maximum torque to ``factors[j]`` x its URDF effort limit.
+
+        Args:
+            factors: ``(12,)`` finite factors >= 0 (0: a limp joint).
+        """
+        factors = np.asarray(factors, dtype=np.float64)
+        if factors.shape != (NUM_JOINTS,) or not np.all(np.isfinite(factors)) or np.any(
+                factors < 0):
+            raise ValueError(f"torque factors must be {NUM_JOINTS} finite values >= 0, "
+                             f"got {factors!r}")
+        self._max_forces = (self.effort_limits * factors).tolist()
 
     @property
     def max_forces(self) -> np.ndarray:
