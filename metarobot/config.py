@@ -1,13 +1,16 @@
 """Training configuration: typed dataclasses, YAML files, ``--set key=value`` overrides.
 
 Every family ships a YAML file under ``assets/configs/<family>.yaml``. Loading validates
-it: an unknown key or a value of the wrong type raises ``ValueError`` naming the key.
-Overrides use dotted keys with YAML-parsed values, e.g. ``--set inner.lr=0.05``.
+it: an unknown key, a value of the wrong type or out of range raises ``ValueError``
+naming the key (and the allowed range). Overrides use dotted keys with YAML-parsed
+values, e.g. ``--set inner.lr=0.05``; a resumed run takes only those of
+:data:`RESUME_SAFE_KEYS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -18,6 +21,13 @@ from typing import Any
 
 import yaml
 
+#: Allowed values of the string keys.
+DEVICES = ("auto", "cpu", "cuda")
+INNER_LOSSES = ("lvc", "dice", "vpg")
+OUTER_ALGOS = ("ppo", "reptile")
+BASELINES = ("linear", "mlp")
+#: The largest seed torch's generators take as a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
 
 @dataclass
 class PolicyConfig:
@@ -98,44 +108,83 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> TrainConfig:
-        """Check values (types are checked on construction from a dict). Returns self."""
+        """Check every value's range (types are checked on construction from a dict).
+
+        Raises ``ValueError`` naming the first key out of range and its allowed range;
+        returns self. ``env_kwargs`` is only checked to be a mapping with string keys here:
+        :func:`metarobot.trainer.env_spaces` checks that the env accepts it by building it.
+        """
+        _from_dict(type(self), self.to_dict())  # types, also of a config built in Python
+        for key, value, ok, allowed in self._range_checks():
+            if not ok:
+                raise ValueError(f"invalid config: {key} = {value!r} is out of range; "
+                                 f"allowed: {allowed}")
+        return self
+
+    def _range_checks(self) -> list[tuple[str, Any, bool, str]]:
+        """``(key, value, in range, allowed range)`` for every key of the config."""
+        from metarobot.policy import LOG_STD_MAX, LOG_STD_MIN
         from sim_envs.registry import FAMILY_NAMES
 
-        checks = [
-            (self.family in FAMILY_NAMES, f"family must be one of {list(FAMILY_NAMES)}"),
-            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-            (self.iterations >= 0, "iterations must be >= 0"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
-            (self.meta_batch.tasks >= 1, "meta_batch.tasks must be >= 1"),
-            (self.meta_batch.episodes >= 1, "meta_batch.episodes must be >= 1"),
-            (self.inner.steps >= 1, "inner.steps must be >= 1"),
-            (self.inner.lr > 0, "inner.lr must be > 0"),
-            (self.inner.loss in ("lvc", "dice", "vpg"), "inner.loss must be lvc, dice or vpg"),
-            (self.inner.clip > 0, "inner.clip must be > 0"),
-            (self.outer.algo in ("ppo", "reptile"), "outer.algo must be ppo or reptile"),
-            (self.outer.lr > 0, "outer.lr must be > 0"),
-            (self.outer.epochs >= 1, "outer.epochs must be >= 1"),
-            (0 < self.outer.clip < 1, "outer.clip must be in (0, 1)"),
-            (self.outer.kl_target > 0, "outer.kl_target must be > 0"),
-            (self.outer.eta > 0 if self.outer.adaptive_eta else self.outer.eta >= 0,
-             "outer.eta must be > 0 with adaptive_eta (it is doubled and halved), else >= 0"),
-            (0 < self.advantages.gamma <= 1, "advantages.gamma must be in (0, 1]"),
-            (0 <= self.advantages.lam <= 1, "advantages.lam must be in [0, 1]"),
-            (self.advantages.baseline in ("linear", "mlp"),
-             "advantages.baseline must be linear or mlp"),
-            (self.advantages.value_lr > 0, "advantages.value_lr must be > 0"),
-            (self.advantages.value_epochs >= 1, "advantages.value_epochs must be >= 1"),
-            (self.advantages.value_minibatch >= 1, "advantages.value_minibatch must be >= 1"),
-            (all(h >= 1 for h in self.advantages.value_hidden),
-             "advantages.value_hidden widths must be >= 1"),
-            (self.sampler.num_workers >= 0, "sampler.num_workers must be >= 0"),
-            (self.sampler.envs_per_worker >= 1, "sampler.envs_per_worker must be >= 1"),
-            (all(h >= 1 for h in self.policy.hidden), "policy.hidden widths must be >= 1"),
+        p, mb, inner, outer = self.policy, self.meta_batch, self.inner, self.outer
+        adv, smp = self.advantages, self.sampler
+        eta_ok = math.isfinite(outer.eta) and (
+            outer.eta > 0 if outer.adaptive_eta else outer.eta >= 0)
+        return [
+            ("family", self.family, self.family in FAMILY_NAMES, f"one of {list(FAMILY_NAMES)}"),
+            ("env_kwargs", self.env_kwargs, all(isinstance(k, str) for k in self.env_kwargs),
+             "a mapping with string keys (keyword arguments of the env)"),
+            ("seed", self.seed, 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+            ("device", self.device, self.device in DEVICES, f"one of {list(DEVICES)}"),
+            ("iterations", self.iterations, self.iterations >= 0, "an integer >= 0"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1,
+             "an integer >= 1"),
+            ("max_nonfinite_updates", self.max_nonfinite_updates,
+             self.max_nonfinite_updates >= 0, "an integer >= 0"),
+            ("policy.hidden", p.hidden, all(h >= 1 for h in p.hidden),
+             "a list of layer widths, each an integer >= 1"),
+            ("policy.init_log_std", p.init_log_std,
+             LOG_STD_MIN <= p.init_log_std <= LOG_STD_MAX,
+             f"a number in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the policy's log-std clamp)"),
+            ("meta_batch.tasks", mb.tasks, mb.tasks >= 1, "an integer >= 1"),
+            ("meta_batch.episodes", mb.episodes, mb.episodes >= 1, "an integer >= 1"),
+            ("inner.steps", inner.steps, inner.steps >= 1, "an integer >= 1"),
+            ("inner.lr", inner.lr, _positive(inner.lr), "a finite number > 0"),
+            ("inner.loss", inner.loss, inner.loss in INNER_LOSSES, f"one of {list(INNER_LOSSES)}"),
+            ("inner.clip", inner.clip, inner.clip > 0, "a number > 0 (inf: no clipping)"),
+            ("outer.algo", outer.algo, outer.algo in OUTER_ALGOS, f"one of {list(OUTER_ALGOS)}"),
+            ("outer.lr", outer.lr, _positive(outer.lr), "a finite number > 0"),
+            ("outer.epochs", outer.epochs, outer.epochs >= 1, "an integer >= 1"),
+            ("outer.clip", outer.clip, 0 < outer.clip < 1, "a number in (0, 1)"),
+            ("outer.kl_target", outer.kl_target, _positive(outer.kl_target),
+             "a finite number > 0"),
+            ("outer.eta", outer.eta, eta_ok, "a finite number > 0 with outer.adaptive_eta "
+             "(it is doubled and halved), else >= 0"),
+            ("outer.reptile_lr", outer.reptile_lr, 0 < outer.reptile_lr <= 1,
+             "a number in (0, 1] (the fraction of the way toward the adapted parameters)"),
+            ("outer.max_grad_norm", outer.max_grad_norm, outer.max_grad_norm > 0,
+             "a number > 0 (inf: no clipping)"),
+            ("advantages.gamma", adv.gamma, 0 < adv.gamma <= 1, "a number in (0, 1]"),
+            ("advantages.lam", adv.lam, 0 <= adv.lam <= 1, "a number in [0, 1]"),
+            ("advantages.baseline", adv.baseline, adv.baseline in BASELINES,
+             f"one of {list(BASELINES)}"),
+            ("advantages.value_hidden", adv.value_hidden, all(h >= 1 for h in adv.value_hidden),
+             "a list of layer widths, each an integer >= 1"),
+            ("advantages.value_lr", adv.value_lr, _positive(adv.value_lr), "a finite number > 0"),
+            ("advantages.value_epochs", adv.value_epochs, adv.value_epochs >= 1,
+             "an integer >= 1"),
+            ("advantages.value_minibatch", adv.value_minibatch, adv.value_minibatch >= 1,
+             "an integer >= 1"),
+            ("sampler.num_workers", smp.num_workers, smp.num_workers >= 0,
+             "an integer >= 0 (0: envs in the trainer process)"),
+            ("sampler.envs_per_worker", smp.envs_per_worker, smp.envs_per_worker >= 1,
+             "an integer >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid config: {message}")
-        return self
+
+
+def _positive(x: float) -> bool:
+    """A finite number > 0."""
+    return 0 < x < math.inf
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -149,10 +198,16 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
                 value = math.inf if text in (".inf", "+.inf") else float(text)
             except ValueError:
                 pass
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or math.isnan(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise ValueError(f"config key {key!r} must be a number within float range, "
+                             f"got {value!r}") from None
+        if math.isnan(number):
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return number
     if annotation is int or annotation is bool or annotation is str:
         if type(value) is not annotation:
             raise ValueError(
@@ -179,7 +234,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in data if k not in names)  # YAML keys may be any type
     if unknown:
         raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; "
                          f"known in this section: {sorted(names)}")
@@ -192,29 +247,90 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _from_dict(TrainConfig, data).validate()
 
 
-def default_config_path(family: str) -> Path:
-    """The shipped YAML config of ``family``."""
-    path = Path(str(resources.files("assets") / "configs" / f"{family}.yaml"))
-    if not path.exists():
-        raise ValueError(f"no shipped config for family {family!r} ({path})")
+def shipped_config_names() -> list[str]:
+    """The names of the configs under ``assets/configs/``."""
+    folder = Path(str(resources.files("assets") / "configs"))
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def default_config_path(name: str) -> Path:
+    """The shipped YAML config ``name`` (a family, or e.g. ``reach-cpu``)."""
+    path = Path(str(resources.files("assets") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ValueError(f"no shipped config named {name!r} and no such file; shipped: "
+                         f"{shipped_config_names()}")
     return path
+
+
+def _override_key_and_value(item: str) -> tuple[list[str], Any]:
+    """``"a.b=1"`` -> ``(["a", "b"], 1)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {item!r}: {key!r} is not a key (like inner.lr)")
+    try:
+        return parts, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({reason})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict copy."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
+        parts, value = _override_key_and_value(item)
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
     return data
+
+
+#: The keys ``metarobot train --resume`` may change. They decide how long, where and
+#: how fast a run goes, not what it computes: the sampler gives the same episodes for
+#: any worker layout (see :mod:`metarobot.sampler`), and a checkpoint loads on either
+#: device. Every other key is fixed by the run's saved config.
+RESUME_SAFE_KEYS = ("iterations", "checkpoint_every", "max_nonfinite_updates", "device",
+                    "sampler.num_workers", "sampler.envs_per_worker")
+
+
+def resume_config(saved: dict[str, Any], overrides: list[str]) -> TrainConfig:
+    """The saved config of a run with ``overrides`` of :data:`RESUME_SAFE_KEYS` applied.
+
+    An override of any other key raises ``ValueError`` naming it: a resumed run never
+    silently ignores one, nor changes what it computes.
+    """
+    for item in overrides:
+        key = ".".join(_override_key_and_value(item)[0])
+        if key not in RESUME_SAFE_KEYS:
+            raise ValueError(f"--resume cannot change {key!r} (the run continues with its "
+                             f"saved config); keys it can change: {list(RESUME_SAFE_KEYS)}. "
+                             "Start a new run with --run-dir to change others")
+    return config_from_dict(apply_overrides(saved, overrides))
+
+
+def flat_items(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"inner": {"lr": 0.1}}`` -> ``{"inner.lr": 0.1}`` (sections only, not
+    ``env_kwargs``' own keys)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "env_kwargs":
+            out.update(flat_items(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def overrides_between(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The ``key=value`` overrides that turn ``saved`` into ``wanted`` (for
+    :func:`resume_config`, which refuses the keys a resume may not change)."""
+    old, new = flat_items(saved.to_dict()), flat_items(wanted.to_dict())
+    return [f"{key}={json.dumps(value)}" for key, value in new.items() if old[key] != value]
 
 
 def load_config(path: str | Path | None = None, family: str | None = None,
@@ -224,13 +340,23 @@ def load_config(path: str | Path | None = None, family: str | None = None,
         path = default_config_path(family or "reach")
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"cannot read config {path}: {reason}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a YAML mapping of keys to values "
+                         f"(like 'family: reach'), not a {type(data).__name__}")
     if family is not None:
         data["family"] = family
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the config as YAML, atomically (a temporary file renamed into place)."""
+    from metarobot.checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
