@@ -25,6 +25,8 @@ def resolve_config(config: str | Path | None = None, family: str | None = None,
                    overrides: list[str] | None = None) -> TrainConfig:
     """A shipped config name (``reach``, ``reach-cpu``, ...), a YAML path, or the family's
     default, with ``key=value`` overrides applied and validated."""
+    if family is not None and family not in FAMILY_NAMES:
+        raise ValueError(f"unknown family {family!r}; known: {list(FAMILY_NAMES)}")
     path: Path | None = None
     if config is not None:
         path = Path(config)
@@ -43,18 +45,25 @@ def default_run_dir(family: str) -> Path:
 
 def train(config: str | Path | TrainConfig | None = None, family: str | None = None,
           overrides: list[str] | None = None, run_dir: str | Path | None = None,
-          progress: bool = True) -> Path:
-    """Meta-train and return the run directory (holds ``checkpoint.pt``, logs, config)."""
+          progress: bool = True, overwrite: bool = False) -> Path:
+    """Meta-train and return the run directory (holds ``checkpoint.pt``, logs, config).
+
+    A ``run_dir`` that already holds a run raises ``ValueError`` unless ``overwrite``
+    (which replaces only a recognisable run); use :func:`resume` to continue one.
+    """
     cfg = config if isinstance(config, TrainConfig) else resolve_config(config, family,
                                                                          overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.family)
-    MetaTrainer(cfg, run_dir, progress=progress).train()
+    MetaTrainer(cfg, run_dir, progress=progress, overwrite=overwrite).train()
     return run_dir
 
 
-def resume(run_dir: str | Path, iterations: int | None = None, progress: bool = True) -> Path:
-    """Continue a run from its last checkpoint."""
-    MetaTrainer.resume(run_dir, progress=progress, iterations=iterations).train()
+def resume(run_dir: str | Path, iterations: int | None = None, progress: bool = True,
+           overrides: list[str] | None = None) -> Path:
+    """Continue a run from its last checkpoint. ``overrides`` (``key=value``) may change
+    only :data:`metarobot.config.RESUME_SAFE_KEYS`; others raise ``ValueError``."""
+    MetaTrainer.resume(run_dir, progress=progress, iterations=iterations,
+                       overrides=overrides).train()
     return Path(run_dir)
 
 

@@ -29,6 +29,24 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
+def temporary_files(directory: Path, name: str) -> list[Path]:
+    """The temporary files :func:`atomic_write_bytes` leaves for ``directory/name`` when
+    it is killed before its rename (``.NAME.*.tmp``)."""
+    return sorted(p for p in Path(directory).glob(f".{name}.*.tmp") if p.is_file())
+
+
+def remove_orphan_temporaries(directory: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the leftover temporary files of ``names`` in ``directory``; returns them.
+
+    Only for a directory this process owns (a run being started or resumed): another
+    writer's temporary file would be taken from under it.
+    """
+    removed = [tmp for name in names for tmp in temporary_files(directory, name)]
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save a checkpoint dict atomically (see :data:`REQUIRED_KEYS`)."""
     missing = [k for k in REQUIRED_KEYS if k not in state]

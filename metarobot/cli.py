@@ -1,11 +1,26 @@
-"""The ``metarobot`` command line: train, evaluate, export, envs, demo, quickstart."""
+"""The ``metarobot`` command line: train, evaluate, export, envs, demo, quickstart.
+
+Exit codes: 0 done; 2 a failure the user can cause (a bad config, path, permission, a
+full disk, a diverged training), reported as one line on stderr; 128 + N a training
+stopped by signal N after saving its checkpoint (130 Ctrl-C, 143 SIGTERM); 1 with a
+traceback: a bug.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
+
+#: ``OSError`` numbers that come from the user's paths, permissions or disk, not from a
+#: bug: reported as one line with exit code 2.
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                         errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                         errno.ENOTEMPTY, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG,
+                         errno.EXDEV, errno.EBUSY, errno.ETXTBSY})
 
 EPILOG = """examples:
   metarobot quickstart                       # train on reach, evaluate, export, adapt on device
@@ -36,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="number of meta-iterations")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<family>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue this run from its last checkpoint")
+                   help="continue this run from its last checkpoint (with --set, --device, "
+                   "--iterations only for: iterations, checkpoint_every, "
+                   "max_nonfinite_updates, device, sampler.num_workers, "
+                   "sampler.envs_per_worker)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (only a metarobot run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="return and success before/after adaptation",
@@ -81,29 +101,95 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _import_pybullet_quietly()
+    from metarobot.trainer import TrainingDiverged, TrainingStopped
+
     try:
         return _dispatch(args)
-    except (ValueError, FileExistsError) as err:
-        print(f"metarobot {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except TrainingStopped as stop:
+        return _report(args.command, str(stop), 128 + stop.signum, prefix="")
+    except KeyboardInterrupt:
+        return _report(args.command, "interrupted; the last checkpoint written stays", 130,
+                       prefix="")
+    except (ValueError, TrainingDiverged) as err:
+        return _report(args.command, str(err), 2)
+    except OSError as err:
+        if not is_user_os_error(err):
+            raise  # not the user's path, permission or disk: a bug, with its traceback
+        return _report(args.command, describe_os_error(err), 2)
+
+
+def is_user_os_error(err: OSError) -> bool:
+    """A filesystem error about the user's paths, permissions or disk (:data:`USER_ERRNOS`),
+    or one the code raised with a message about a path (no errno, e.g. an existing
+    output directory)."""
+    if err.errno is None:
+        return isinstance(err, (FileExistsError, FileNotFoundError, IsADirectoryError,
+                                NotADirectoryError, PermissionError))
+    return err.errno in USER_ERRNOS
+
+
+def _import_pybullet_quietly() -> None:
+    """Import pybullet with its build-time banner (printed on stderr by its C code)
+    silenced, so that an error is the only line the user sees. An import error is still
+    raised."""
+    if "pybullet" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import pybullet  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def describe_os_error(err: OSError) -> str:
+    """``"<what went wrong>: <path>"`` for a filesystem error."""
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    return ": ".join([err.strerror or str(err), *paths])
+
+
+def _report(command: str, message: str, code: int, prefix: str = "error: ") -> int:
+    """Print ``message`` as one line on stderr; returns ``code``."""
+    one_line = " ".join(message.split())
+    print(f"metarobot {command}: {prefix}{one_line}", file=sys.stderr)
+    return code
+
+
+def _train(args: argparse.Namespace) -> Path:
+    """``metarobot train``: a new run, or ``--resume`` with the keys it may change."""
+    from metarobot import api
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.resume is None:
+        if args.iterations is not None:
+            overrides.append(f"iterations={args.iterations}")
+        return api.train(args.config, args.family, overrides, args.run_dir,
+                         progress=not args.no_progress, overwrite=args.overwrite)
+    fixed = [flag for flag, value in (("--config", args.config), ("--family", args.family),
+                                      ("--overwrite", args.overwrite)) if value]
+    if fixed:
+        raise ValueError(f"--resume continues a run with its saved config and cannot take "
+                         f"{', '.join(fixed)}; start a new run with --run-dir instead")
+    if args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
+        raise ValueError(f"--run-dir {args.run_dir} and --resume {args.resume} name different "
+                         "directories; give only --resume RUN_DIR")
+    return api.resume(args.resume, iterations=args.iterations, progress=not args.no_progress,
+                      overrides=overrides)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     from metarobot import api
 
     if args.command == "train":
-        if args.resume is not None:
-            run = api.resume(args.resume, iterations=args.iterations,
-                             progress=not args.no_progress)
-        else:
-            overrides = list(args.overrides)
-            if args.device:
-                overrides.append(f"device={args.device}")
-            if args.iterations is not None:
-                overrides.append(f"iterations={args.iterations}")
-            run = api.train(args.config, args.family, overrides, args.run_dir,
-                            progress=not args.no_progress)
-        print(f"run directory: {run}")
+        print(f"run directory: {_train(args)}")
     elif args.command == "evaluate":
         result = api.evaluate(args.run, args.split, args.adapt_steps, args.tasks, args.episodes,
                               args.seed, args.out)

@@ -135,6 +135,15 @@ class EvaluationResult:
         return json_path, png_path
 
 
+def _check_counts(**counts: tuple[int | None, int]) -> None:
+    """Raise ``ValueError`` unless each ``name=(value, minimum)`` is None or an int
+    >= minimum."""
+    for name, (value, minimum) in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < minimum):
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: int = 3,
                     num_tasks: int = 20, episodes: int | None = None, seed: int = 0,
                     num_workers: int | None = None) -> EvaluationResult:
@@ -145,10 +154,10 @@ def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: i
     """
     from metarobot.sampler import MultiTaskSampler
 
-    if adapt_steps < 0 or num_tasks < 1:
-        raise ValueError("adapt_steps must be >= 0 and num_tasks >= 1")
+    _check_counts(adapt_steps=(adapt_steps, 0), num_tasks=(num_tasks, 1),
+                  episodes=(episodes, 1))
     cfg = policy.config
-    episodes = episodes or cfg.meta_batch.episodes
+    episodes = cfg.meta_batch.episodes if episodes is None else episodes
     tasks = make_family(cfg.family).sample_tasks(num_tasks, split, seed=seed)
     device = next(iter(policy.params.values())).device
     workers = cfg.sampler.num_workers if num_workers is None else num_workers

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from metarobot import api
+from metarobot.checkpoint import load_checkpoint
+from metarobot.config import config_from_dict, overrides_between
 from metarobot.evaluate import EvaluationResult, mean_ci95
 from metarobot.runlog import read_log
 from metarobot.trainer import CHECKPOINT_NAME, MetaTrainer
@@ -137,7 +139,9 @@ def run_quickstart(config: str = "quickstart", overrides: list[str] | None = Non
           f"{cfg.meta_batch.tasks} tasks x {cfg.meta_batch.episodes} episodes -> {run_dir}")
     if (run_dir / CHECKPOINT_NAME).exists():
         print("      resuming the existing run in that directory")
-        MetaTrainer.resume(run_dir, progress=progress, iterations=cfg.iterations).train()
+        saved = config_from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
+        MetaTrainer.resume(run_dir, progress=progress,
+                           overrides=overrides_between(saved, cfg)).train()
     else:
         api.train(cfg, run_dir=run_dir, progress=progress)
     wall["meta-training"] = time.perf_counter() - t0

@@ -31,10 +31,13 @@ class RunLogger:
 
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        self.torn_record_dropped = drop_torn_record(self.run_dir / "log.jsonl")
         self.jsonl = (self.run_dir / "log.jsonl").open("a")
         self.bar = tqdm(total=total_iterations, initial=start_iteration, unit="it",
                         desc="meta-train", disable=not progress, file=sys.stderr,
                         dynamic_ncols=True)
+        if self.torn_record_dropped:
+            self.event("dropped the torn last record of log.jsonl (a write cut by a kill)")
 
     def log(self, iteration: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():
@@ -61,17 +64,37 @@ class RunLogger:
         self.jsonl.close()
 
 
+def drop_torn_record(path: Path) -> bool:
+    """Cut a last line without its newline (a record whose write a kill interrupted) off
+    the log at ``path``, so that appended records start on a line of their own. Returns
+    whether there was one."""
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with path.open("r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def read_log(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     """The iteration records of ``run_dir/log.jsonl``, by iteration, in order.
 
     Event records are left out; of an iteration logged twice (redone after an
-    interruption and a resume) the last record is kept. A missing log gives ``{}``.
+    interruption and a resume) the last record is kept. A last line without its newline
+    (being written, or torn by a kill) is left out; any other line that is not a JSON
+    record raises ``ValueError`` naming the file and line. A missing log gives ``{}``.
     """
     path = Path(run_dir) / "log.jsonl"
     rows: dict[int, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
+        lines = path.read_text().split("\n")[:-1]  # the part after the last newline: torn
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number} is not a JSON record: {err}") from None
             if "iteration" in record and "event" not in record:
                 rows[int(record["iteration"])] = record
     return dict(sorted(rows.items()))

@@ -14,12 +14,16 @@ One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
 
 A non-finite loss or gradient skips the update (logged); ``max_nonfinite_updates`` in a
 row stops training with :class:`TrainingDiverged`, leaving the last good checkpoint.
+
+The run directory is protected: a new run refuses a directory that already holds one
+(unless ``overwrite``, and then only a recognisable run is replaced), and everything the
+config decides, the env's kwargs included, is checked before anything is written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import shutil
 import signal
 import threading
 import time
@@ -30,8 +34,14 @@ import numpy as np
 import torch
 
 from metarobot import maml
-from metarobot.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from metarobot.config import TrainConfig, config_from_dict, save_config
+from metarobot.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    remove_orphan_temporaries,
+    save_checkpoint,
+    temporary_files,
+)
+from metarobot.config import TrainConfig, resume_config, save_config
 from metarobot.inner import inner_loss
 from metarobot.normalizer import RunningMeanStd
 from metarobot.policy import GaussianMLPPolicy, Params
@@ -41,10 +51,30 @@ from metarobot.value import LearnedBaseline
 from sim_envs.registry import env_id, make_family
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.yaml"
+#: Files that make a directory a run (any one of them: a new run refuses to start there).
+RUN_MARKERS = (CHECKPOINT_NAME, CONFIG_NAME, "log.jsonl")
+#: Everything a run writes into its directory (trainer, ``evaluate``, ``quickstart``):
+#: what ``overwrite`` removes. Other files in the directory are left alone.
+RUN_ENTRIES = (*RUN_MARKERS, "tb", "episodes", "eval", "bundle", "report.md",
+               "training_curve.png")
+#: Files written atomically through a temporary file (``.NAME.*.tmp``).
+ATOMIC_FILES = (CHECKPOINT_NAME, CONFIG_NAME)
 
 
 class TrainingDiverged(RuntimeError):
     """Raised after too many consecutive non-finite updates."""
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by :meth:`MetaTrainer.train` after a SIGINT/SIGTERM, once the checkpoint
+    is saved. ``signum`` is the signal; the CLI exits with ``128 + signum``."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at iteration {iteration}; "
+                         f"checkpoint saved at {checkpoint}; continue with "
+                         f"metarobot train --resume {checkpoint.parent}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,14 +87,81 @@ def resolve_device(name: str) -> torch.device:
 
 
 def env_spaces(family: str, env_kwargs: dict[str, Any]) -> tuple[Any, Any]:
-    """The observation and action spaces of a family's env."""
+    """The observation and action spaces of a family's env, built once with
+    ``env_kwargs``; kwargs the env does not accept raise ``ValueError`` naming
+    ``env_kwargs``."""
     import gymnasium
 
-    env = gymnasium.make(env_id(family), **env_kwargs)
+    try:
+        env = gymnasium.make(env_id(family), **env_kwargs)
+    except Exception as err:  # the env's constructor may raise anything on bad kwargs
+        reason = " ".join(str(err).split())
+        raise ValueError(f"invalid config: env_kwargs = {env_kwargs!r} is not accepted by "
+                         f"{env_id(family)}: {type(err).__name__}: {reason}") from err
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def run_entries(run_dir: Path) -> list[str]:
+    """The names of :data:`RUN_ENTRIES` and of leftover temporary files in ``run_dir``."""
+    present = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+    return present + [p.name for name in ATOMIC_FILES for p in temporary_files(run_dir, name)]
+
+
+def is_recognisable_run(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds a run this package wrote: a complete saved config (every
+    top-level key, as :func:`save_config` writes it) or a loadable checkpoint."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if isinstance(saved, dict) and set(saved) == set(TrainConfig().to_dict()):
+        return True
+    try:
+        load_checkpoint(run_dir / CHECKPOINT_NAME)
+    except ValueError:
+        return False
+    return True
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Raise ``ValueError`` if a new run may not start in ``run_dir``; writes nothing.
+
+    A directory holding any run file is refused, unless ``overwrite`` and it is
+    recognisably a run (:func:`is_recognisable_run`).
+    """
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} exists and is not a directory")
+    found = run_entries(run_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(f"run directory {run_dir} already holds a run ({', '.join(found)}); "
+                         f"continue it with --resume {run_dir}, replace it with --overwrite "
+                         "(Python: overwrite=True), or choose another --run-dir")
+    if not is_recognisable_run(run_dir):
+        raise ValueError(f"--overwrite refused: {run_dir} holds {', '.join(found)} but is not "
+                         "recognisably a metarobot run (no complete config.yaml, no loadable "
+                         "checkpoint.pt); remove those files yourself or choose another "
+                         "--run-dir")
+
+
+def clear_run_dir(run_dir: Path) -> list[str]:
+    """Remove what a run wrote into ``run_dir`` (:func:`run_entries`); returns the names."""
+    found = run_entries(run_dir)
+    for name in found:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def make_sampler(config: TrainConfig, device: torch.device) -> Any:
@@ -82,14 +179,22 @@ class MetaTrainer:
         config: a validated :class:`TrainConfig`.
         run_dir: where config, checkpoint, logs and episode records go.
         progress: show a progress bar.
+        overwrite: replace the run already in ``run_dir`` (only a recognisable run;
+            files that are not a run's are kept). Without it, a directory holding a run
+            raises ``ValueError``.
+        resuming: ``run_dir`` holds the run being continued (set by :meth:`resume`).
 
-    Use :meth:`resume` to continue a run from its last checkpoint.
+    Nothing is written until the config is validated and the env has been built once
+    with ``config.env_kwargs``. Use :meth:`resume` to continue a run from its last
+    checkpoint.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True, *,
+                 overwrite: bool = False, resuming: bool = False) -> None:
         self.config = config.validate()
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            check_new_run_dir(self.run_dir, overwrite)
         self.progress = progress
         self.device = resolve_device(config.device)
         if config.deterministic:
@@ -126,7 +231,28 @@ class MetaTrainer:
         self._stop_requested = False
         self._logger: RunLogger | None = None
         self._events_seen = 0
-        save_config(config, self.run_dir / "config.yaml")
+        self._stop_signal: int | None = None
+        self._setup_notes = self._prepare_run_dir(overwrite and not resuming)
+        save_config(config, self.run_dir / CONFIG_NAME)
+
+    def _prepare_run_dir(self, overwrite: bool) -> list[str]:
+        """Create the run directory, clear the old run (``overwrite``) and remove leftover
+        temporary files; returns notes for the run's log."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot create the run directory ({err.strerror})",
+                          str(self.run_dir)) from err
+        notes = []
+        if overwrite:
+            removed = clear_run_dir(self.run_dir)
+            if removed:
+                notes.append(f"--overwrite: removed the previous run's {', '.join(removed)}")
+        orphans = remove_orphan_temporaries(self.run_dir, ATOMIC_FILES)
+        if orphans:
+            notes.append("removed leftover temporary files of an interrupted write: "
+                         + ", ".join(p.name for p in orphans))
+        return notes
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -153,10 +279,19 @@ class MetaTrainer:
         }
 
     def save(self) -> Path:
-        """Write the checkpoint atomically (only ever with finite parameters)."""
+        """Write the checkpoint atomically (only ever with finite parameters). A failed
+        write (disk full, permissions) raises ``OSError`` and leaves the previous
+        checkpoint as it was."""
         if not all(torch.isfinite(v).all() for v in self.params.values()):
             raise TrainingDiverged("refusing to checkpoint non-finite parameters")
-        save_checkpoint(self.checkpoint_path, self.state_dict())
+        try:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        except OSError as err:
+            previous = ("the previous checkpoint is intact" if self.checkpoint_path.exists()
+                        else "there is no earlier checkpoint")
+            raise OSError(err.errno, f"cannot write the checkpoint at iteration "
+                          f"{self.iteration} ({err.strerror or err}); {previous}",
+                          str(self.checkpoint_path)) from err
         return self.checkpoint_path
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -201,14 +336,20 @@ class MetaTrainer:
         self.iteration = int(state["iteration"])
 
     @classmethod
-    def resume(cls, run_dir: str | Path, progress: bool = True,
-               iterations: int | None = None) -> MetaTrainer:
-        """Continue the run in ``run_dir`` from its last checkpoint."""
-        state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-        config = config_from_dict(state["config"])
-        if iterations is not None:
-            config = dataclasses.replace(config, iterations=iterations).validate()
-        trainer = cls(config, run_dir, progress=progress)
+    def resume(cls, run_dir: str | Path, progress: bool = True, iterations: int | None = None,
+               overrides: list[str] | None = None) -> MetaTrainer:
+        """Continue the run in ``run_dir`` from its last checkpoint.
+
+        ``overrides`` (``key=value``) may change only
+        :data:`~metarobot.config.RESUME_SAFE_KEYS`; any other key raises ``ValueError``.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ValueError(f"no run to resume: {run_dir} is not a directory")
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        extra = [] if iterations is None else [f"iterations={iterations}"]
+        config = resume_config(state["config"], list(overrides or []) + extra)
+        trainer = cls(config, run_dir, progress=progress, resuming=True)
         trainer.load_state_dict(state)
         return trainer
 
@@ -363,9 +504,16 @@ class MetaTrainer:
 
     def train(self) -> Path:
         """Run until ``config.iterations``; checkpoint every ``checkpoint_every`` iterations,
-        at the end and on SIGINT/SIGTERM. Returns the checkpoint path."""
+        at the end and on SIGINT/SIGTERM. Returns the checkpoint path.
+
+        Raises :class:`TrainingStopped` after a signal (once the checkpoint is saved),
+        :class:`TrainingDiverged` after too many non-finite updates and ``OSError`` if a
+        checkpoint cannot be written; in each case the last checkpoint written stays.
+        """
         cfg = self.config
         self._logger = RunLogger(self.run_dir, cfg.iterations, self.iteration, self.progress)
+        for note in self._setup_notes:
+            self._logger.event(note)
         restore = self._install_signal_handlers()
         try:
             if self.iteration == 0 and not self.checkpoint_path.exists():
@@ -386,6 +534,8 @@ class MetaTrainer:
             restore()
             self._logger.close()
             self.close()
+        if self._stop_signal is not None:
+            raise TrainingStopped(self._stop_signal, self.iteration, self.checkpoint_path)
         return self.checkpoint_path
 
     def _install_signal_handlers(self) -> Any:
@@ -397,6 +547,7 @@ class MetaTrainer:
             if self._stop_requested:
                 raise KeyboardInterrupt  # second signal: abort now, last checkpoint stays
             self._stop_requested = True
+            self._stop_signal = signum
             self._event(f"signal {signal.Signals(signum).name}: finishing this iteration, "
                         "then saving a checkpoint (send again to abort)")
 

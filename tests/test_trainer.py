@@ -192,8 +192,9 @@ def test_sigterm_checkpoints_and_sigkill_resumes(tmp_path):
     _wait_for_iteration(run_dir, 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # stopped, not finished: non-zero
     assert "stopped by signal" in out
+    assert "metarobot train: stopped by SIGTERM" in out and "--resume" in out
     stopped_at = load_checkpoint(run_dir / "checkpoint.pt")["iteration"]
     assert 1 <= stopped_at < 50
 
