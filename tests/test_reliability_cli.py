@@ -281,6 +281,10 @@ def test_a_diverged_training_is_one_line(tmp_path, capsys, monkeypatch):
 def test_evaluate_rejects_zero_episodes_and_a_missing_run(run, capsys):
     assert cli_main(["evaluate", str(run), "--episodes", "0"]) == 2
     assert "episodes must be an integer >= 1, got 0" in one_line_error(capsys, "evaluate")
+    assert cli_main(["evaluate", str(run), "--tasks", "0"]) == 2
+    assert "num_tasks must be an integer >= 1" in one_line_error(capsys, "evaluate")
+    assert cli_main(["evaluate", str(run), "--adapt-steps", "-1"]) == 2
+    assert "adapt_steps must be an integer >= 0" in one_line_error(capsys, "evaluate")
     assert cli_main(["evaluate", str(run.parent / "nothing")]) == 2
     assert "no checkpoint at" in one_line_error(capsys, "evaluate")
     assert not (run / "eval").exists()
