@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=3, help="episodes per test task")
     parser.add_argument("--gait-generator", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="start no chunk that the last chunk's duration says would end "
+                        "after this many seconds (for time-boxed machines)")
     parser.add_argument("--out", type=Path,
                         default=Path("bench/results/locomotion_learnability"))
     args = parser.parse_args(argv)
@@ -160,7 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         "curve": []}
     tasks = baselines.held_out_tasks("locomotion", args.tasks, seed=args.seed)
     done = data["curve"][-1]["env_steps"] if data["curve"] else 0
+    began, last_chunk_s = time.time(), 0.0
     while done < args.steps:
+        if args.time_limit and time.time() - began + 1.1 * last_chunk_s > args.time_limit:
+            print(f"stopping at {done} env steps: the next chunk would pass --time-limit")
+            break
         target = min(done + args.chunk, args.steps)
         start = time.time()
         policy = baselines.train_multitask_ppo(
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         data.update(provenance())
         write_json(json_path, data)
         plot(data, args.out / "learnability.png")
+        last_chunk_s = time.time() - start
         print(f"--- {done} env steps, {train_s:.0f} s training")
         print_summary(summary)
 
