@@ -95,12 +95,14 @@ _device_setup() (
     export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     res=$("$PYTHON" - <<'EOF' 2>&1
 import importlib.metadata as md
-import pybullet, gymnasium, stable_baselines3, pybullet_data, sim_envs, metarobot, deploy  # noqa
+# torch first: on the lent H200 machine (2026-12-04) importing torch after pybullet died
+# inside torch's import (segfault); the other order works.
 try:
     import torch
     t = f"torch {torch.__version__} (cuda {torch.cuda.is_available()})"
 except Exception as err:
     t = f"torch missing ({err})"
+import pybullet, gymnasium, stable_baselines3, pybullet_data, sim_envs, metarobot, deploy  # noqa
 print(f"{t}, pybullet {md.version('pybullet')}, gymnasium {gymnasium.__version__}, "
       f"sb3 {stable_baselines3.__version__}, numpy {md.version('numpy')}")
 EOF
