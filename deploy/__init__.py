@@ -8,7 +8,8 @@ numpy + onnxruntime only. See ``docs/deploy.md``::
 
 from deploy.bundle import Bundle, BundleError, load_bundle
 from deploy.controller import GymController, LoopReport, RobotController, run_control_loop
-from deploy.runtime import AdaptivePolicy, AdaptReport, SafetyConfig
+from deploy.runtime import AdaptivePolicy, AdaptReport, SafetyConfig, TrialReport
 
 __all__ = ["AdaptReport", "AdaptivePolicy", "Bundle", "BundleError", "GymController",
-           "LoopReport", "RobotController", "SafetyConfig", "load_bundle", "run_control_loop"]
+           "LoopReport", "RobotController", "SafetyConfig", "TrialReport", "load_bundle",
+           "run_control_loop"]

@@ -48,6 +48,15 @@ ADAPT_OUTPUTS = ("new_params", "loss", "approx_kl")
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
+#: Safety rules a bundle may record in ``metadata["safety"]`` (defaults for the runtime's
+#: :class:`deploy.SafetyConfig`): name -> (type, lower bound, bound excluded).
+SAFETY_RULES: dict[str, tuple[type, float, bool]] = {
+    "max_kl": (float, 0.0, True),
+    "max_update_norm": (float, 0.0, True),
+    "trial_episodes": (int, 0, False),
+    "worse_margin": (float, 0.0, False),
+}
+
 
 class BundleError(ValueError):
     """A bundle (or a parameter file) is missing, corrupt, or does not fit this runtime."""
@@ -116,26 +125,37 @@ class Layout:
     size: int
 
     @staticmethod
-    def from_dict(layout: Mapping[str, Any]) -> Layout:
-        """Parse and check a layout dict (``names``, ``shapes``, ``offsets``, ``size``)."""
-        try:
-            names = tuple(str(n) for n in layout["names"])
-            shapes = tuple(tuple(int(d) for d in s) for s in layout["shapes"])
-            offsets = tuple(int(o) for o in layout["offsets"])
-            size = int(layout["size"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"malformed parameter layout: {err!r}") from err
+    def from_dict(layout: Any) -> Layout:
+        """Parse and check a layout dict (``names``, ``shapes``, ``offsets``, ``size``).
+
+        Raises:
+            BundleError: not a mapping, a missing key, a non-string name, a non-integer
+                or negative dim, offset or size, or a layout that is not contiguous or
+                does not sum to ``size``.
+        """
+        layout = _mapping(layout, "parameter layout", ("names", "shapes", "offsets", "size"))
+        names, shapes, offsets = layout["names"], layout["shapes"], layout["offsets"]
+        if not all(isinstance(v, list) for v in (names, shapes, offsets)):
+            raise BundleError("parameter layout: names, shapes and offsets must be lists")
         if not (len(names) == len(shapes) == len(offsets)):
             raise BundleError("parameter layout: names, shapes and offsets differ in length")
+        size = _integer(layout["size"], "parameter layout size", 1)
+        for name in names:
+            _string(name, "parameter layout name")
+        for shape in shapes:
+            if not isinstance(shape, list):
+                raise BundleError(f"parameter layout shapes must be lists, got {_kind(shape)}")
+        parsed = tuple(tuple(_integer(d, "parameter layout dim", 0) for d in s)
+                       for s in shapes)
         total = 0
-        for name, shape, offset in zip(names, shapes, offsets):
-            if offset != total:
+        for name, shape, offset in zip(names, parsed, offsets):
+            if _integer(offset, "parameter layout offset", 0) != total:
                 raise BundleError(f"parameter layout: {name!r} starts at {offset}, "
                                   f"expected {total} (layout is not contiguous)")
             total += math.prod(shape)
         if total != size:
             raise BundleError(f"parameter layout sums to {total} parameters, but P = {size}")
-        return Layout(names, shapes, offsets, size)
+        return Layout(tuple(names), parsed, tuple(offsets), size)
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes],
@@ -197,22 +217,253 @@ class Bundle:
         return dict(self.metadata["inner"])
 
     @property
-    def safety_defaults(self) -> dict[str, float]:
-        """Default safety rules recorded at export (e.g. ``max_kl`` from training)."""
-        return {k: float(v) for k, v in self.metadata.get("safety", {}).items()}
+    def safety_defaults(self) -> dict[str, float | int]:
+        """Default safety rules recorded at export (e.g. ``max_kl`` from training,
+        ``worse_margin``, ``trial_episodes``), typed; see :data:`SAFETY_RULES`."""
+        return check_safety(self.metadata.get("safety", {}))
 
     @property
     def policy_file(self) -> Path:
         return self.path / self.metadata["models"]["policy"]
 
 
+# ---------------------------------------------------------------- typed JSON checks
+def _kind(value: Any) -> str:
+    """A short description of a JSON value's type, for error messages."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _mapping(value: Any, what: str, required: tuple[str, ...] = (),
+             optional: tuple[str, ...] = (), *, closed: bool = True) -> dict[str, Any]:
+    """``value`` as a JSON object holding every ``required`` key and, when ``closed``,
+    no key outside ``required + optional``."""
+    if not isinstance(value, dict):
+        raise BundleError(f"{what} must be a JSON object, got {_kind(value)}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise BundleError(f"{what} lacks {missing}")
+    extra = sorted(str(k) for k in value if k not in required and k not in optional)
+    if closed and extra:
+        raise BundleError(f"{what} has unknown keys {extra}")
+    return value
+
+
+def _integer(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
+    """A JSON integer (not a boolean, not a float) within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"{what} must be an integer, got {_kind(value)} {value!r:.40}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise BundleError(f"{what} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _number(value: Any, what: str, *, low: float = -math.inf, high: float = math.inf,
+            low_open: bool = False, finite: bool = True) -> float:
+    """A JSON number (or ``"inf"``/``"-inf"`` when not ``finite``), never NaN, within
+    ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    try:
+        number = decode_float(value)
+    except BundleError as err:
+        raise BundleError(f"{what}: {err}") from None
+    if math.isnan(number) or (finite and math.isinf(number)):
+        raise BundleError(f"{what} must be a {'finite ' if finite else ''}number, got {value!r}")
+    if number < low or number > high or (low_open and number == low):
+        bracket = "(" if low_open else "["
+        raise BundleError(f"{what} must be in {bracket}{low}, {high}], got {number}")
+    return number
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"{what} must be a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _file_name(value: Any, what: str) -> str:
+    """A plain file name inside the bundle (no directory part, not the manifest)."""
+    name = _string(value, what)
+    if Path(name).name != name or name in (".", "..", MANIFEST_NAME) or "\x00" in name:
+        raise BundleError(f"{what} must be a plain file name in the bundle, got {name!r}")
+    return name
+
+
+def _sha256_hex(value: Any, what: str) -> str:
+    if not (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value)):
+        raise BundleError(f"{what} must be a SHA-256 hex digest, got {value!r:.80}")
+    return value
+
+
+def _vector(value: Any, length: int, what: str, *, finite: bool = True) -> np.ndarray:
+    """A flat JSON list of ``length`` numbers (non-finite strings allowed unless
+    ``finite``; NaN never) as float64."""
+    if not isinstance(value, list) or len(value) != length:
+        got = f"{len(value)} values" if isinstance(value, list) else _kind(value)
+        raise BundleError(f"{what} must be a list of {length} numbers, got {got}")
+    return np.array([_number(v, f"{what}[{i}]", finite=finite) for i, v in enumerate(value)],
+                    dtype=np.float64)
+
+
+# ---------------------------------------------------------------- manifest sections
+_MANIFEST_KEYS = ("format", "format_version", "files", "metadata")
+_METADATA_KEYS = ("format", "format_version", "package", "versions", "opset", "family",
+                  "env_id", "observation_space", "action_space", "normalizer", "policy",
+                  "params", "inner", "models")
+_METADATA_OPTIONAL = ("env_kwargs", "safety")
+_INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam", "baseline")
+#: Largest number of unrolled inner steps a bundle may hold.
+MAX_UNROLLED_STEPS = 64
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise BundleError(f"{path} is unreadable or not valid JSON: {err}") from err
 
 
+def _check_header(manifest: Any, where: str) -> None:
+    """Format and version of a manifest (or of its metadata)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{where} is not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise BundleError(f"{where} has format version {version!r}; this runtime reads "
+                          f"version {FORMAT_VERSION} (re-export it with a matching metarobot)")
+
+
+def _check_files(files: Any, where: str) -> dict[str, tuple[int, str]]:
+    """The manifest's ``files``: plain name -> (size, SHA-256)."""
+    _mapping(files, f"{where} 'files'", closed=False)
+    checked = {}
+    for name, entry in files.items():
+        what = f"{where} file entry {name!r:.80}"
+        _file_name(name, what)
+        entry = _mapping(entry, what, ("size", "sha256"))
+        checked[name] = (_integer(entry["size"], f"{what} size", 0),
+                         _sha256_hex(entry["sha256"], f"{what} sha256"))
+    return checked
+
+
+def _check_space(metadata: Mapping[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds ``[D]`` of a flat Box space (may be infinite, never NaN, low <= high)."""
+    space = _mapping(metadata[key], f"metadata {key!r}", ("shape", "low", "high"), ("dtype",))
+    shape = space["shape"]
+    if not isinstance(shape, list) or len(shape) != 1:
+        raise BundleError(f"metadata {key!r} shape must be [D] (a flat Box), got {shape!r:.80}")
+    dim = _integer(shape[0], f"metadata {key!r} shape[0]", 1)
+    low = _vector(space["low"], dim, f"metadata {key!r} low", finite=False)
+    high = _vector(space["high"], dim, f"metadata {key!r} high", finite=False)
+    if np.any(low > high):
+        raise BundleError(f"metadata {key!r}: low exceeds high")
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def _check_normalizer(metadata: Mapping[str, Any], obs_dim: int) -> None:
+    norm = _mapping(metadata["normalizer"], "metadata 'normalizer'",
+                    ("mean", "var", "eps", "clip", "folded"))
+    _vector(norm["mean"], obs_dim, "normalizer mean (one per observation dim)")
+    var = _vector(norm["var"], obs_dim, "normalizer var (one per observation dim)")
+    if np.any(var < 0):
+        raise BundleError("normalizer var must be >= 0")
+    _number(norm["eps"], "normalizer eps", low=0.0)
+    _number(norm["clip"], "normalizer clip", low=0.0, low_open=True, finite=False)
+    if norm["folded"] is not True:
+        raise BundleError("normalizer folded must be true: this runtime feeds raw observations "
+                          "to a graph with the normaliser inside")
+
+
+def _check_inner(inner: Any, layout: Layout) -> tuple[Any, float]:
+    """Range-check the inner-step settings; returns the lr spec and the clip."""
+    inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
+    if inner["loss"] != "lvc":
+        raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got {inner['loss']!r:.40}")
+    lr = inner["lr"]
+    if isinstance(lr, dict):
+        lr = _mapping(lr, "inner lr", ("kind", "file", "sha256"))
+        if lr["kind"] != "per_parameter":
+            raise BundleError(f"inner lr kind must be 'per_parameter', got {lr['kind']!r:.40}")
+        _file_name(lr["file"], "inner lr file")
+        _sha256_hex(lr["sha256"], "inner lr sha256")
+    else:
+        _number(lr, "inner lr", low=0.0, low_open=True)
+    clip = _number(inner["clip"], "inner clip", low=0.0, low_open=True, finite=False)
+    _integer(inner["steps"], "inner steps", 1, MAX_UNROLLED_STEPS)
+    _number(inner["gamma"], "inner gamma", low=0.0, high=1.0, low_open=True)
+    _number(inner["lam"], "inner lam", low=0.0, high=1.0)
+    _string(inner["baseline"], "inner baseline")
+    if not isinstance(inner.get("normalize", True), bool):
+        raise BundleError(f"inner normalize must be a boolean, got {_kind(inner['normalize'])}")
+    del layout  # the per-parameter rates are checked against P when lr.npy is read
+    return lr, clip
+
+
+def _check_models(models: Any) -> tuple[str, dict[int, str]]:
+    """The policy file and the unrolled-step count K -> adapt file map (with K = 1)."""
+    models = _mapping(models, "metadata 'models'", ("policy", "adapt"))
+    policy = _file_name(models["policy"], "models policy")
+    adapt = _mapping(models["adapt"], "models adapt", closed=False)
+    files = {}
+    for key, name in adapt.items():
+        if not (key.isdigit() and str(int(key)) == key
+                and 1 <= int(key) <= MAX_UNROLLED_STEPS):
+            raise BundleError(f"models adapt keys must be step counts 1..{MAX_UNROLLED_STEPS}, "
+                              f"got {key!r:.40}")
+        files[int(key)] = _file_name(name, f"models adapt {key}")
+    if 1 not in files:
+        raise BundleError("the bundle has no one-step adapt graph (models adapt '1')")
+    return policy, files
+
+
+def check_safety(safety: Any) -> dict[str, float | int]:
+    """The recorded safety rules (``metadata["safety"]``), typed and range-checked.
+
+    Raises:
+        BundleError: not a mapping, an unknown rule, or a value of the wrong type or range.
+    """
+    safety = _mapping(safety, "metadata 'safety'", optional=tuple(SAFETY_RULES))
+    checked: dict[str, float | int] = {}
+    for key, value in safety.items():
+        kind, low, low_open = SAFETY_RULES[key]
+        if kind is int:
+            checked[key] = _integer(value, f"safety {key}", int(low), 1_000_000)
+        else:
+            checked[key] = _number(value, f"safety {key}", low=low, low_open=low_open)
+    return checked
+
+
+def _check_metadata(metadata: Any, where: str) -> dict[str, Any]:
+    """Every metadata section, typed and range-checked (see :func:`load_bundle`)."""
+    _check_header(metadata, f"{where} metadata")
+    _mapping(metadata, f"{where} metadata", _METADATA_KEYS, _METADATA_OPTIONAL)
+    _string(metadata["family"], "metadata family")
+    _string(metadata["env_id"], "metadata env_id")
+    _string(metadata["package"], "metadata package")
+    _mapping(metadata["versions"], "metadata versions", closed=False)
+    _mapping(metadata["policy"], "metadata policy", closed=False)
+    _integer(metadata["opset"], "metadata opset", 1, 1000)
+    if metadata.get("env_kwargs") is not None:
+        _mapping(metadata["env_kwargs"], "metadata env_kwargs", closed=False)
+    params = _mapping(metadata["params"], "metadata 'params'",
+                      ("layout", "sha256", "dtype", "file"))
+    layout = Layout.from_dict(params["layout"])
+    _sha256_hex(params["sha256"], "params sha256")
+    _file_name(params["file"], "params file")
+    if params["dtype"] != "float32":
+        raise BundleError(f"params dtype must be 'float32', got {params['dtype']!r:.40}")
+    obs_low, obs_high = _check_space(metadata, "observation_space")
+    act_low, act_high = _check_space(metadata, "action_space")
+    _check_normalizer(metadata, obs_low.shape[0])
+    lr_spec, clip = _check_inner(metadata["inner"], layout)
+    policy_file, adapt_files = _check_models(metadata["models"])
+    safety = check_safety(metadata.get("safety", {}))
+    return {"layout": layout, "obs": (obs_low, obs_high), "act": (act_low, act_high),
+            "lr_spec": lr_spec, "clip": clip, "policy_file": policy_file,
+            "adapt_files": adapt_files, "safety": safety}
+
+
+# ---------------------------------------------------------------- files and graphs
 def read_model_metadata(path: Path) -> dict[str, Any]:
     """The bundle metadata stored in an ONNX model's ``metadata_props`` (read with ORT)."""
     return session_metadata(open_session(path), path)
@@ -241,15 +492,62 @@ def session_metadata(session: Any, path: Path) -> dict[str, Any]:
         raise BundleError(f"{path} has no {METADATA_KEY!r} metadata: not a metarobot model")
     try:
         return json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise BundleError(f"{path}: metadata {METADATA_KEY!r} is not valid JSON") from err
+
+
+def _signature(args: Any) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """``(name, type, shape)`` of ORT NodeArgs; a dynamic dim (a name or None) is ``None``."""
+    return [(a.name, a.type, tuple(d if isinstance(d, int) else None for d in (a.shape or ())))
+            for a in args]
+
+
+def _expect(path: Path, what: str, got: list[tuple[str, str, tuple[Any, ...]]],
+            want: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Names, float32 type and shapes of a graph's inputs or outputs (``None`` = dynamic)."""
+    expected = [(name, "tensor(float)", shape) for name, shape in want]
+    if got != expected:
+        def show(sig: list[tuple[str, str, tuple[Any, ...]]]) -> str:
+            return ", ".join(f"{n}: {t} {['N' if d is None else d for d in s]}"
+                             for n, t, s in sig)
+        raise BundleError(f"{path}: {what} are [{show(got)}], the metadata implies "
+                          f"[{show(expected)}]")
+
+
+def check_graph_signatures(bundle: Bundle, policy: Any, adapt: Mapping[int, Any]) -> None:
+    """The graphs' input and output names, dtypes and shapes against the metadata.
+
+    Args:
+        bundle: the loaded bundle (its dims O, A, P and lr kind).
+        policy: an ORT session of ``policy.onnx``; adapt: K -> session of its adapt graph.
+
+    Raises:
+        BundleError: naming the graph, what it has and what the metadata implies.
+    """
+    o, a, p = bundle.obs_dim, bundle.act_dim, bundle.layout.size
+    _expect(bundle.policy_file, "inputs", _signature(policy.get_inputs()), [("obs", (None, o))])
+    params = [s for s in _signature(policy.get_overridable_initializers()) if s[0] == "params"]
+    _expect(bundle.policy_file, "overridable 'params' initializers", params,
+            [("params", (p,))])
+    _expect(bundle.policy_file, "outputs", _signature(policy.get_outputs()),
+            [("action_mean", (None, a)), ("log_std", (None, a))])
+    lr_shape = tuple(bundle.lr.shape)
+    for steps, session in adapt.items():
+        path = bundle.adapt_files[steps]
+        _expect(path, "inputs", _signature(session.get_inputs()),
+                [("params", (p,)), ("obs", (None, o)), ("act", (None, a)), ("adv", (None,)),
+                 ("old_logp", (None,)), ("weight", (None,)), ("lr", lr_shape), ("clip", ())])
+        _expect(path, "outputs", _signature(session.get_outputs()),
+                [("new_params", (p,)), ("loss", ()), ("approx_kl", ())])
 
 
 def _load_npy(path: Path, size: int, what: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # numpy raises several types for a malformed file
         raise BundleError(f"{path} is not a readable .npy file: {err}") from err
+    if not isinstance(array, np.ndarray):  # e.g. an .npz archive under a .npy name
+        raise BundleError(f"{path} is not a .npy array file")
     if array.dtype != np.float32 or array.shape != (size,):
         raise BundleError(f"{what} in {path} must be float32 [{size}], "
                           f"got {array.dtype} {list(array.shape)}")
@@ -259,129 +557,122 @@ def _load_npy(path: Path, size: int, what: str) -> np.ndarray:
     return array
 
 
-def _space_bounds(metadata: Mapping[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        space = metadata[key]
-        shape = tuple(int(d) for d in space["shape"])
-        low, high = decode_array(space["low"]), decode_array(space["high"])
-    except (KeyError, TypeError) as err:
-        raise BundleError(f"metadata {key!r} is malformed: {err!r}") from err
-    if len(shape) != 1 or low.shape != shape or high.shape != shape:
-        raise BundleError(f"metadata {key!r}: expected a flat Box with low/high of its shape, "
-                          f"got shape {list(shape)}, low {list(low.shape)}, "
-                          f"high {list(high.shape)}")
-    if np.any(low > high):
-        raise BundleError(f"metadata {key!r}: low exceeds high")
-    return low, high
+def _verify_files(root: Path, files: Mapping[str, tuple[int, str]]) -> None:
+    """Every listed file exists with its listed size and SHA-256."""
+    for name, (size, sha256) in files.items():
+        file = root / name
+        try:
+            if not file.is_file():
+                raise BundleError(f"bundle file {file} listed in the manifest is missing")
+            actual = file.stat().st_size
+            if actual != size:
+                raise BundleError(f"bundle file {file} has {actual} bytes, the manifest says "
+                                  f"{size} (truncated or replaced)")
+            digest = file_sha256(file)
+        except OSError as err:
+            raise BundleError(f"bundle file {file} is unreadable: {err}") from err
+        if digest != sha256:
+            raise BundleError(f"bundle file {file} does not match its SHA-256 in the "
+                              "manifest (corrupt or tampered)")
 
 
-def load_bundle(path: str | Path, *, family: str | None = None,
-                check_models: bool = True) -> Bundle:
-    """Load and validate a bundle directory.
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's ``manifest.json`` if it is one of this format and version.
 
-    Checks: the manifest is present and of this format and version; every listed file
-    exists with the listed size and SHA-256 (a tampered or truncated file fails); the
-    layout sums to P; ``params.npy`` hashes to the metadata's ``params.sha256``; every
-    model's embedded metadata equals the manifest's; the family matches ``family`` when
-    given.
-
-    Args:
-        path: the bundle directory.
-        family: the task family the caller expects (e.g. ``"reach"``); ``None`` accepts any.
-        check_models: also compare each model's embedded metadata (opens every model once).
+    Only the header is checked (``format``, ``format_version``, a ``files`` object):
+    enough to tell a bundle from another directory (used before replacing one).
 
     Raises:
-        BundleError: naming the file and the problem.
+        BundleError: no manifest, unreadable, or not a bundle manifest of this version.
     """
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"{root} is not a metarobot bundle: {MANIFEST_NAME} is missing")
     manifest = _read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path} is not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"bundle {root} has format version {version!r}; this runtime "
-                          f"reads version {FORMAT_VERSION} (re-export it with a matching "
-                          "metarobot)")
-    metadata = manifest.get("metadata")
-    files = manifest.get("files")
-    if not isinstance(metadata, dict) or not isinstance(files, dict):
-        raise BundleError(f"{manifest_path} lacks 'metadata' or 'files'")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: metadata format version "
-                          f"{metadata.get('format_version')!r} != {FORMAT_VERSION}")
-    if family is not None and metadata.get("family") != family:
-        raise BundleError(f"bundle {root} is for task family {metadata.get('family')!r}, "
+    _check_header(manifest, str(manifest_path))
+    _check_files(manifest.get("files"), str(manifest_path))
+    return manifest
+
+
+def load_bundle(path: str | Path, *, family: str | None = None,
+                check_models: bool = True) -> Bundle:
+    """Load and validate a bundle directory.
+
+    Checks: the manifest is present and of this format and version, with no unknown or
+    missing keys; every metadata value has its type and range (spaces, normaliser,
+    layout, inner-step settings, models, safety rules); every listed file exists with the
+    listed size and SHA-256 (a tampered or truncated file fails); every file the metadata
+    names is listed; ``params.npy`` (and ``lr.npy``) are float32 ``[P]``, finite, and hash
+    to the metadata; the family matches ``family`` when given; with ``check_models``,
+    every model opens, embeds metadata equal to the manifest's, and has the input and
+    output names, dtypes and shapes the metadata implies.
+
+    Args:
+        path: the bundle directory.
+        family: the task family the caller expects (e.g. ``"reach"``); ``None`` accepts any.
+        check_models: also open every model and check its metadata and signature.
+
+    Raises:
+        BundleError: naming the file and the problem; never another exception for a
+            malformed bundle.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    where = str(root / MANIFEST_NAME)
+    _mapping(manifest, where, _MANIFEST_KEYS)
+    files = _check_files(manifest["files"], where)
+    metadata = manifest["metadata"]
+    checked = _check_metadata(metadata, where)
+    if family is not None and metadata["family"] != family:
+        raise BundleError(f"bundle {root} is for task family {metadata['family']!r}, "
                           f"expected {family!r}")
-
-    for name, entry in files.items():
-        file = root / name
-        if Path(name).name != name or not isinstance(entry, dict):
-            raise BundleError(f"{manifest_path}: bad file entry {name!r}: {entry!r}")
-        if not file.is_file():
-            raise BundleError(f"bundle file {file} listed in the manifest is missing")
-        if file.stat().st_size != entry.get("size"):
-            raise BundleError(f"bundle file {file} has {file.stat().st_size} bytes, the "
-                              f"manifest says {entry.get('size')} (truncated or replaced)")
-        if file_sha256(file) != entry.get("sha256"):
-            raise BundleError(f"bundle file {file} does not match its SHA-256 in the "
-                              "manifest (corrupt or tampered)")
-
-    try:
-        models = metadata["models"]
-        layout = Layout.from_dict(metadata["params"]["layout"])
-        inner = metadata["inner"]
-        adapt_files = {int(k): root / v for k, v in models["adapt"].items()}
-        listed = {models["policy"], metadata["params"]["file"], *models["adapt"].values()}
-        lr_spec = inner["lr"]
-        clip = decode_float(inner["clip"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise BundleError(f"{manifest_path}: metadata is malformed: {err!r}") from err
+    lr_spec = checked["lr_spec"]
+    named = {checked["policy_file"], metadata["params"]["file"],
+             *checked["adapt_files"].values()}
     if isinstance(lr_spec, dict):
-        listed.add(lr_spec.get("file"))
-    unlisted = sorted(str(n) for n in listed if n not in files)
+        named.add(lr_spec["file"])
+    unlisted = sorted(n for n in named if n not in files)
     if unlisted:
-        raise BundleError(f"{manifest_path}: files {unlisted} are not in the manifest")
-    if 1 not in adapt_files:
-        raise BundleError(f"{manifest_path}: the bundle has no one-step adapt graph")
-    safety = metadata.get("safety", {})
-    if not isinstance(safety, dict) or any(
-            k not in ("max_kl", "max_update_norm") or not isinstance(v, (int, float))
-            or not (math.isfinite(v) and v > 0) for k, v in safety.items()):
-        raise BundleError(f"{manifest_path}: metadata 'safety' must map max_kl/"
-                          f"max_update_norm to finite positive numbers, got {safety!r}")
+        raise BundleError(f"{where}: files {unlisted} are not in the manifest")
+    _verify_files(root, files)
 
+    layout = checked["layout"]
     params = _load_npy(root / metadata["params"]["file"], layout.size, "meta-learned params")
     if params_sha256(params) != metadata["params"]["sha256"]:
         raise BundleError(f"{root}: the meta-learned parameters do not match the metadata's "
                           "SHA-256")
     if isinstance(lr_spec, dict):
         lr = _load_npy(root / lr_spec["file"], layout.size, "per-parameter learning rates")
-        if params_sha256(lr) != lr_spec.get("sha256"):
+        if params_sha256(lr) != lr_spec["sha256"]:
             raise BundleError(f"{root}: {lr_spec['file']} does not match its metadata SHA-256")
     else:
         lr = np.asarray(decode_float(lr_spec), dtype=np.float32)
-        if not np.isfinite(lr):
-            raise BundleError(f"{manifest_path}: inner lr {lr_spec!r} is not finite")
+        if not (np.isfinite(lr) and lr > 0):  # also a float64 lr that overflows float32
+            raise BundleError(f"{where}: inner lr {lr_spec!r} is not a finite float32 > 0")
         lr.setflags(write=False)
-    if not clip > 0:
-        raise BundleError(f"{manifest_path}: inner clip must be > 0, got {clip}")
-
-    obs_low, obs_high = _space_bounds(metadata, "observation_space")
-    act_low, act_high = _space_bounds(metadata, "action_space")
-    norm = metadata.get("normalizer", {})
-    if len(norm.get("mean", ())) != obs_low.shape[0]:
-        raise BundleError(f"{manifest_path}: normaliser size does not match the observation "
-                          "space")
-
+    bundle = Bundle(root, metadata, layout, params, lr, checked["clip"], *checked["obs"],
+                    *checked["act"],
+                    {k: root / v for k, v in checked["adapt_files"].items()})
     if check_models:
-        for model in [root / models["policy"], *adapt_files.values()]:
-            if read_model_metadata(model) != metadata:
-                raise BundleError(f"{model}: embedded metadata differs from the manifest")
-    return Bundle(root, metadata, layout, params, lr, clip, obs_low, obs_high, act_low,
-                  act_high, adapt_files)
+        policy = open_session(bundle.policy_file)
+        adapt = {k: open_session(p) for k, p in bundle.adapt_files.items()}
+        check_embedded_metadata(bundle, policy, adapt)
+        check_graph_signatures(bundle, policy, adapt)
+    return bundle
+
+
+def check_embedded_metadata(bundle: Bundle, policy: Any, adapt: Mapping[int, Any]) -> None:
+    """Every model's embedded metadata equals the manifest's.
+
+    Raises:
+        BundleError: naming the model that differs.
+    """
+    sessions = {bundle.policy_file: policy,
+                **{bundle.adapt_files[k]: s for k, s in adapt.items()}}
+    for path, session in sessions.items():
+        if session_metadata(session, path) != bundle.metadata:
+            raise BundleError(f"{path}: embedded metadata differs from the manifest")
 
 
 def write_manifest(root: Path, file_names: list[str], metadata: Mapping[str, Any]) -> Path:

@@ -10,15 +10,21 @@ For each of ``--tasks`` held-out tasks: reset to the meta-learned parameters, ru
 ``--adapt-steps`` inner steps, run ``--episodes`` more with the adapted parameters, and
 print mean return and success rate before and after. The core runtime never imports
 torch; this command also imports gymnasium and ``sim_envs`` for the simulator.
+
+Every failure a user can cause (a bad bundle, an unknown or mismatched env, bad
+arguments, an unreadable path) is one line on stderr and exit status 2; a traceback
+(exit 1) means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,18 +33,63 @@ from deploy.controller import GymController
 from deploy.runtime import AdaptivePolicy
 
 
+class UsageError(Exception):
+    """A failure the user caused: printed as one line, exit status 2."""
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (ORT and gymnasium messages span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="episodes E before and after adaptation, per task")
     adapt.add_argument("--adapt-steps", type=_positive_int, default=1,
                        help="inner gradient steps K")
-    adapt.add_argument("--seed", type=int, default=0,
+    adapt.add_argument("--seed", type=_seed, default=0,
                        help="seed of task sampling, env resets and action noise")
     adapt.add_argument("--max-kl", type=_positive_float, default=None,
-                       help="reject an adaptation above this KL (nats; default: the bundle's "
-                            "rule, set at export from the KL seen in training)")
+                       help="trust region: halve the step until its KL is at most this "
+                            "(nats; default: the bundle's rule, set at export from the KL "
+                            "seen in training)")
     adapt.add_argument("--max-update-norm", type=_positive_float, default=None,
                        help="scale down updates with a larger L2 norm (default: the bundle's "
                             "rule, else 10)")
+    adapt.add_argument("--trial-episodes", type=_non_negative_int, default=None,
+                       help="episodes an adapted update is on trial before it is kept or "
+                            "rolled back (0: no trial; default: the bundle's rule)")
+    adapt.add_argument("--worse-margin", type=_non_negative_float, default=None,
+                       help="roll back an update whose trial mean return is below the "
+                            "before mean by more than this many standard errors (default: "
+                            "the bundle's rule)")
     return parser
 
 
@@ -94,32 +153,60 @@ def run_episodes(controller: GymController, policy: AdaptivePolicy,
     return returns, successes
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
+def make_env(env_id: str, env_kwargs: dict[str, Any], policy: AdaptivePolicy) -> Any:
+    """The simulator env ``env_id`` built with the bundle's env options, checked to fit
+    the bundle (family, observation and action shapes, task sampling).
+
+    Raises:
+        UsageError: an unknown id, options the env refuses, or an env that does not fit.
+    """
     import gymnasium
 
     import sim_envs  # noqa: F401  (registers the sim_envs/* ids)
 
-    given = {"max_kl": args.max_kl, "max_update_norm": args.max_update_norm}
+    try:
+        env = gymnasium.make(env_id, **env_kwargs)
+    except gymnasium.error.Error as err:  # unknown id, namespace or version
+        raise UsageError(f"cannot make env {env_id!r}: {_one_line(err)}") from err
+    except TypeError as err:  # options the env's constructor does not take
+        raise UsageError(f"env {env_id!r} refuses the bundle's env options "
+                         f"{env_kwargs}: {_one_line(err)}") from err
+    family = getattr(getattr(env.unwrapped, "family", None), "name", None)
+    problem = None
+    if not hasattr(env.unwrapped, "sample_tasks"):
+        problem = "is not a metarobot task family (no sample_tasks)"
+    elif family is not None and family != policy.bundle.family:
+        problem = f"simulates family {family!r}, the bundle is for {policy.bundle.family!r}"
+    elif env.observation_space.shape != (policy.obs_dim,):
+        problem = (f"observations are {env.observation_space.shape}, the bundle expects "
+                   f"({policy.obs_dim},)")
+    elif getattr(env.action_space, "shape", None) != (policy.act_dim,):
+        problem = (f"actions are {getattr(env.action_space, 'shape', None)}, the bundle "
+                   f"expects ({policy.act_dim},)")
+    if problem is not None:
+        env.close()
+        raise UsageError(f"{env_id} {problem}")
+    return env
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    given = {"max_kl": args.max_kl, "max_update_norm": args.max_update_norm,
+             "trial_episodes": args.trial_episodes, "worse_margin": args.worse_margin}
     try:
         policy = AdaptivePolicy.load(args.bundle, seed=args.seed)
         # The bundle's recorded rules (e.g. max_kl from training), overridden by flags given.
         policy.safety = dataclasses.replace(
             policy.safety, **{k: v for k, v in given.items() if v is not None})
     except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(_one_line(err)) from err
     env_id = args.env or policy.bundle.env_id
-    env = gymnasium.make(env_id, **policy.bundle.env_kwargs)
-    family = getattr(getattr(env.unwrapped, "family", None), "name", None)
-    if family is not None and family != policy.bundle.family:
-        print(f"error: {env_id} simulates family {family!r}, the bundle is for "
-              f"{policy.bundle.family!r}", file=sys.stderr)
-        return 2
-    if env.observation_space.shape != (policy.obs_dim,):
-        print(f"error: {env_id} observations are {env.observation_space.shape}, the bundle "
-              f"expects ({policy.obs_dim},)", file=sys.stderr)
-        return 2
-    tasks = env.unwrapped.sample_tasks(args.tasks, split=args.split, seed=args.seed)
+    env = make_env(env_id, policy.bundle.env_kwargs, policy)
+    try:
+        tasks = env.unwrapped.sample_tasks(args.tasks, split=args.split, seed=args.seed)
+    except ValueError as err:  # e.g. more tasks than a finite split holds
+        env.close()
+        raise UsageError(f"cannot sample {args.tasks} {args.split} tasks of {env_id}: "
+                         f"{_one_line(err)}") from err
     header = (f"{'task':<28} {'return before':>13} {'return after':>12} {'success before':>14} "
               f"{'success after':>13}  adaptation")
     print(f"bundle {args.bundle} ({policy.bundle.family}), env {env_id}, split {args.split}, "
@@ -139,6 +226,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             rows.append(row)
             status = (f"accepted, kl {report.kl:.3g}" if report.accepted
                       else f"rejected: {report.reason}")
+            trial = policy.trial_report
+            if report.accepted and trial is not None and trial.state != "on_trial":
+                status += f", {trial.state.replace('_', ' ')}"
             print(f"{task.task_id:<28} {row[0]:>13.2f} {row[1]:>12.2f} {row[2]:>14.2f} "
                   f"{row[3]:>13.2f}  {status}")
     mean = np.mean(rows, axis=0)
@@ -149,10 +239,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``metarobot-deploy``; returns the process exit status."""
+    """Entry point of ``metarobot-deploy``; returns the process exit status (2: a
+    failure the user caused, printed as one line)."""
     args = build_parser().parse_args(argv)
-    if args.command == "adapt":
-        return cmd_adapt(args)
+    try:
+        if args.command == "adapt":
+            return cmd_adapt(args)
+    except UsageError as err:
+        print(f"metarobot-deploy {args.command}: error: {err}", file=sys.stderr)
+        return 2
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts choices
 
 

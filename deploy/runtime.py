@@ -30,6 +30,7 @@ nothing from BLAS threads, and spinning BLAS threads steal the control thread's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -48,16 +49,14 @@ import numpy as np
 
 from deploy.advantages import compute_advantages
 from deploy.bundle import (
-    ADAPT_INPUTS,
-    ADAPT_OUTPUTS,
-    POLICY_OUTPUTS,
     Bundle,
     BundleError,
     Layout,
+    check_embedded_metadata,
+    check_graph_signatures,
     load_bundle,
     open_session,
     params_sha256,
-    session_metadata,
 )
 
 PARAMS_FORMAT = "metarobot.params"
@@ -65,29 +64,55 @@ PARAMS_FORMAT_VERSION = 1
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_float(value: Any, name: str, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                         f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class SafetyConfig:
-    """Rules an adaptation must pass before its parameters are used.
+    """Rules an adaptation must pass before its parameters are used, and kept.
 
     Attributes:
         max_update_norm: largest L2 norm of ``new_params - params``; a larger update is
             scaled down to this norm (not rejected).
-        max_kl: largest approximate KL(pre-update || post-update) on the adaptation data
-            (nats, estimator ``E[(r - 1) - log r]``); above it the update is rejected.
+        max_kl: trust region: largest approximate KL(pre-update || post-update) on the
+            adaptation data (nats, estimator ``E[(r - 1) - log r]``). A step above it is
+            halved (backtracking line search on the step size) until it is within;
+            rejected only if ``max_backtracks`` halvings do not get there.
+        max_backtracks: most halvings of the step in that line search (0: reject a step
+            above ``max_kl`` at once).
         min_episodes: fewest completed episodes an adaptation needs.
+        trial_episodes: episodes an applied update is on trial for (0: no trial). After
+            them the update is kept only if their mean return is not below the mean
+            return of the episodes it was adapted on (those of the parameters before it)
+            by more than the margin; otherwise the runtime rolls back to the parameters
+            before it.
+        worse_margin: that margin, in standard errors of the before-episodes' mean
+            return (their sample standard deviation / sqrt(count); 0 with one episode).
     """
 
     max_update_norm: float = 10.0
     max_kl: float = 1.0
+    max_backtracks: int = 10
     min_episodes: int = 1
+    trial_episodes: int = 3
+    worse_margin: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.max_update_norm > 0:
-            raise ValueError(f"max_update_norm must be > 0, got {self.max_update_norm}")
-        if not self.max_kl > 0:
-            raise ValueError(f"max_kl must be > 0, got {self.max_kl}")
-        if self.min_episodes < 1:
-            raise ValueError(f"min_episodes must be >= 1, got {self.min_episodes}")
+        _check_float(self.max_update_norm, "max_update_norm", positive=True)
+        _check_float(self.max_kl, "max_kl", positive=True)
+        _check_float(self.worse_margin, "worse_margin", positive=False)
+        _check_int(self.max_backtracks, "max_backtracks", 0)
+        _check_int(self.min_episodes, "min_episodes", 1)
+        _check_int(self.trial_episodes, "trial_episodes", 0)
 
 
 @dataclass(frozen=True)
@@ -104,7 +129,9 @@ class AdaptReport:
         loss: inner loss of the last step (before it), from the adapt graph.
         kl: approximate KL(pre || post) on the adaptation data (nats), or NaN.
         update_norm: L2 norm of the raw update ``||new - old||`` (before scaling).
-        update_scale: factor applied to the update (1.0 unless the norm was clipped).
+        update_scale: factor applied to the update (1.0 unless the norm was clipped or
+            the trust-region line search halved it).
+        backtracks: halvings of the step by the trust-region line search.
         seconds: wall time of the adaptation.
     """
 
@@ -118,7 +145,39 @@ class AdaptReport:
     kl: float = math.nan
     update_norm: float = math.nan
     update_scale: float = 1.0
+    backtracks: int = 0
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """The trial of an applied update: is it doing worse than the parameters before it?
+
+    Attributes:
+        state: ``"on_trial"`` (collecting its episodes), ``"kept"``, ``"rolled_back"``
+            (it did worse: the parameters before it are back in use), or ``"cancelled"``
+            (``reset_adaptation``, ``load_params`` or a non-finite action ended it).
+        episodes_needed: trial length (``SafetyConfig.trial_episodes``).
+        before_returns: returns of the episodes the update was adapted on.
+        trial_returns: returns of the completed episodes with the update so far.
+        margin: how far (in return) the trial mean may fall below the before mean.
+        reason: the verdict in words.
+    """
+
+    state: str
+    episodes_needed: int
+    before_returns: tuple[float, ...]
+    trial_returns: tuple[float, ...] = ()
+    margin: float = 0.0
+    reason: str = ""
+
+    @property
+    def before_mean(self) -> float:
+        return float(np.mean(self.before_returns))
+
+    @property
+    def trial_mean(self) -> float:
+        return float(np.mean(self.trial_returns)) if self.trial_returns else math.nan
 
 
 @dataclass
@@ -127,6 +186,33 @@ class _Episode:
     act: list[np.ndarray] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
     rew: list[float] = field(default_factory=list)
+    refused: bool = False  # a transition was refused: the episode has a gap, drop it
+
+    @property
+    def total(self) -> float:
+        return float(np.sum(self.rew, dtype=np.float64))
+
+
+@dataclass
+class _Trial:
+    """An applied update on trial, and what to restore if it does worse."""
+
+    previous: np.ndarray
+    previous_last_good: np.ndarray
+    before_returns: tuple[float, ...]
+    trial_returns: list[float] = field(default_factory=list)
+
+
+def _as_float32(value: Any) -> np.ndarray:
+    """``value`` cast to float32 (what the graphs see); overflow gives inf, not a warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(value, dtype=np.float32)
+
+
+def standard_error(values: Any) -> float:
+    """Standard error of the mean: sample std (ddof 1) / sqrt(n); 0 for fewer than 2."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else 0.0
 
 
 def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) -> np.ndarray:
@@ -165,9 +251,14 @@ class AdaptivePolicy:
         self._current = _Episode()
         self._episode_open = False
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        self._next_before: tuple[float, ...] = ()  # before-returns of the waiting update
+        self._trial: _Trial | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.rollbacks = 0
+        self.rollbacks = 0  #: roll-backs: non-finite actions and updates that did worse
+        self.dropped_episodes = 0  #: episodes not kept for adaptation (a refused value)
         self.last_report: AdaptReport | None = None
+        #: The latest applied update's trial (see :class:`TrialReport`), None before one.
+        self.trial_report: TrialReport | None = None
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, family: str | None = None,
@@ -192,34 +283,25 @@ class AdaptivePolicy:
 
     def _check_sessions(self) -> None:
         b = self.bundle
-        sessions = {b.policy_file: self._policy,
-                    **{b.adapt_files[k]: s for k, s in self._adapt.items()}}
-        for path, session in sessions.items():
-            if session_metadata(session, path) != b.metadata:
-                raise BundleError(f"{path}: embedded metadata differs from the manifest")
-        inputs = [i.name for i in self._policy.get_inputs()]
-        overridable = [i.name for i in self._policy.get_overridable_initializers()]
-        outputs = [o.name for o in self._policy.get_outputs()]
-        if inputs != ["obs"] or "params" not in overridable or outputs != list(POLICY_OUTPUTS):
-            raise BundleError(f"{b.policy_file}: unexpected signature {inputs} "
-                              f"(+{overridable}) -> {outputs}")
-        for steps, session in self._adapt.items():
-            names = [i.name for i in session.get_inputs()]
-            lr_shape = session.get_inputs()[ADAPT_INPUTS.index("lr")].shape
-            if (names != list(ADAPT_INPUTS)
-                    or [o.name for o in session.get_outputs()] != list(ADAPT_OUTPUTS)
-                    or list(lr_shape) != list(b.lr.shape)):
-                raise BundleError(f"{b.adapt_files[steps]}: unexpected signature {names} "
-                                  f"(lr shape {lr_shape}, bundle lr shape {list(b.lr.shape)})")
+        check_embedded_metadata(b, self._policy, self._adapt)
+        check_graph_signatures(b, self._policy, self._adapt)
         # The policy's default params initializer must be the bundle's meta-learned params.
         probe = np.linspace(-1.0, 1.0, b.obs_dim, dtype=np.float32)[None]
-        default = self._policy.run(None, {"obs": probe})
-        explicit = self._policy.run(None, {"obs": probe, "params": b.params})
+        try:
+            default = self._policy.run(None, {"obs": probe})
+            explicit = self._policy.run(None, {"obs": probe, "params": b.params})
+        except Exception as err:  # a graph that loads but cannot run (ORT's own types)
+            raise BundleError(f"{b.policy_file} fails to run: {err}") from err
         if not all(np.array_equal(x, y) for x, y in zip(default, explicit)):
             raise BundleError(f"{b.policy_file}: its default parameters differ from "
                               f"{b.metadata['params']['file']}")
 
     # ------------------------------------------------------------------ acting
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the action-noise RNG (e.g. to replay the same noise when comparing two
+        parameter vectors on the same episodes)."""
+        self._rng = np.random.default_rng(seed)
+
     @property
     def params(self) -> np.ndarray:
         """A read-only copy of the parameters in use, float32 ``[P]``."""
@@ -246,6 +328,8 @@ class AdaptivePolicy:
         return len(self._episodes)
 
     def _check_obs(self, obs: Any) -> np.ndarray:
+        """``obs`` as the graph's float32, checked after the cast (1e39 is finite in
+        float64 but inf in float32)."""
         if not isinstance(obs, np.ndarray):
             obs = np.asarray(obs)
         if not np.issubdtype(obs.dtype, np.floating):
@@ -253,10 +337,11 @@ class AdaptivePolicy:
                              f"got {obs.dtype}")
         if obs.shape != (self._obs_dim,):
             raise ValueError(f"observation must have shape ({self._obs_dim},), got {obs.shape}")
-        if not np.isfinite(obs).all():
-            raise ValueError(f"observation contains NaN or inf at indices "
-                             f"{np.flatnonzero(~np.isfinite(obs)).tolist()}")
-        return obs
+        cast = _as_float32(obs)
+        if not np.isfinite(cast).all():
+            raise ValueError(f"observation contains NaN or inf (in float32, the policy's "
+                             f"dtype) at indices {np.flatnonzero(~np.isfinite(cast)).tolist()}")
+        return cast
 
     def forward(self, obs: np.ndarray, params: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -319,6 +404,7 @@ class AdaptivePolicy:
             self._version += 1
             self._episodes.clear()
             self._current = _Episode()
+            self._end_trial_locked("cancelled", f"{why}: rolled back")
             params = self._params
         warnings.warn(f"{why}: rolled back to the last good parameters", RuntimeWarning,
                       stacklevel=3)
@@ -337,18 +423,28 @@ class AdaptivePolicy:
 
         Raises:
             ValueError: no preceding act, or obs/action are not the ones it saw/returned,
-                or a non-finite reward.
+                or a reward that is not a finite float32. A refused reward drops the
+                episode from the adaptation data (it would have a gap); the episode
+                still ends at ``terminated``/``truncated``.
         """
         if self._pending is None:
             raise ValueError("observe() must follow act() for the same observation")
         seen_obs, raw, returned, logp = self._pending
-        if not np.array_equal(np.asarray(obs, dtype=np.float32), seen_obs):
+        if not np.array_equal(_as_float32(obs), seen_obs):
             raise ValueError("observe(): obs is not the observation passed to the last act()")
-        if not np.array_equal(np.asarray(action, dtype=np.float32), returned):
+        if not np.array_equal(_as_float32(action), returned):
             raise ValueError("observe(): action is not the action returned by the last act()")
-        reward = float(reward)
-        if not math.isfinite(reward):
-            raise ValueError(f"observe(): reward must be finite, got {reward}")
+        try:
+            reward = float(reward)
+        except (TypeError, ValueError):
+            reward = math.nan
+        if not np.isfinite(_as_float32(reward)):
+            self._pending = None
+            self._current.refused = True
+            if terminated or truncated:
+                self.end_episode()
+            raise ValueError(f"observe(): reward must be finite in float32, got {reward}; "
+                             "this episode will not be used for adaptation")
         self._pending = None
         episode = self._current
         episode.obs.append(seen_obs)
@@ -359,22 +455,98 @@ class AdaptivePolicy:
             self.end_episode()
 
     def end_episode(self) -> None:
-        """Close the current episode (kept for adaptation if it has transitions) and swap
-        in an accepted update if one is waiting."""
+        """Close the current episode and swap in an accepted update if one is waiting.
+
+        The episode is kept for adaptation if it has transitions, none was refused, and
+        its rewards sum to a finite float32; otherwise it is dropped (counted in
+        ``dropped_episodes``), and later episodes are unaffected. A kept episode also
+        counts towards the trial of the update in use (see :class:`TrialReport`).
+        """
+        verdict = None
         with self._lock:
-            if self._current.rew:
-                self._episodes.append(self._current)
+            episode = self._current
+            if episode.rew:
+                if episode.refused or not self._episode_is_finite(episode):
+                    self.dropped_episodes += 1
+                else:
+                    self._episodes.append(episode)
+                    verdict = self._count_trial_episode_locked(episode.total)
             self._current = _Episode()
             self._pending = None
             self._episode_open = False
             if self._next_params is not None:
-                self._swap_locked(self._next_params)
+                self._swap_locked(self._next_params, self._next_before)
+        if verdict is not None and verdict.state == "rolled_back":
+            warnings.warn(verdict.reason, RuntimeWarning, stacklevel=2)
 
-    def _swap_locked(self, params: np.ndarray) -> None:
+    @staticmethod
+    def _episode_is_finite(episode: _Episode) -> bool:
+        """Every value, and the sum of absolute rewards (which bounds every discounted
+        return the advantages compute), is finite in float32."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(np.sum(np.abs(_as_float32(episode.rew)), dtype=np.float32))
+                        and np.isfinite(_as_float32(episode.logp)).all()
+                        and np.isfinite(np.asarray(episode.act)).all())
+
+    def _swap_locked(self, params: np.ndarray, before_returns: tuple[float, ...] = ()) -> None:
+        """Use ``params`` from now on; an adapted update (``before_returns`` given: the
+        returns of the episodes it was adapted on) goes on trial."""
+        self._end_trial_locked("cancelled", "replaced by other parameters")
+        if before_returns and self.safety.trial_episodes > 0:
+            self._trial = _Trial(self._params, self._last_good, before_returns)
+            self.trial_report = TrialReport(
+                "on_trial", self.safety.trial_episodes, before_returns,
+                margin=self._margin(before_returns),
+                reason=f"on trial for {self.safety.trial_episodes} episodes")
         self._last_good, self._params = self._params, params
         self._next_params = None
+        self._next_before = ()
         self._version += 1
         self._episodes.clear()  # collected by the previous parameters
+
+    # ------------------------------------------------------------------ trial
+    def _margin(self, before_returns: tuple[float, ...]) -> float:
+        """How far the trial mean may fall below the before mean, in return."""
+        return self.safety.worse_margin * standard_error(before_returns)
+
+    def _end_trial_locked(self, state: str, reason: str) -> None:
+        """Close a running trial without a verdict (``state`` ``"cancelled"``)."""
+        if self._trial is not None and self.trial_report is not None:
+            self.trial_report = dataclasses.replace(self.trial_report, state=state,
+                                                    reason=reason)
+        self._trial = None
+
+    def _count_trial_episode_locked(self, episode_return: float) -> TrialReport | None:
+        """Add a kept episode's return to the trial; at its end, keep the update or roll
+        back to the parameters before it. Returns the verdict when one was reached."""
+        trial = self._trial
+        if trial is None:
+            return None
+        trial.trial_returns.append(episode_return)
+        report = dataclasses.replace(self.trial_report, trial_returns=tuple(trial.trial_returns))
+        self.trial_report = report
+        if len(trial.trial_returns) < report.episodes_needed:
+            return None
+        self._trial = None
+        worse_by = report.before_mean - report.trial_mean
+        if worse_by <= report.margin:
+            self.trial_report = dataclasses.replace(
+                report, state="kept",
+                reason=f"kept: mean return {report.trial_mean:.4g} over "
+                       f"{len(trial.trial_returns)} episodes vs {report.before_mean:.4g} "
+                       f"before (margin {report.margin:.3g})")
+            return self.trial_report
+        self.rollbacks += 1
+        self._params, self._last_good = trial.previous, trial.previous_last_good
+        self._version += 1
+        self._episodes.clear()  # collected by the update that was rolled back
+        self.trial_report = dataclasses.replace(
+            report, state="rolled_back",
+            reason=f"adapted parameters rolled back: mean return {report.trial_mean:.4g} "
+                   f"over {len(trial.trial_returns)} episodes is {worse_by:.4g} below the "
+                   f"{report.before_mean:.4g} of the parameters before them (margin "
+                   f"{report.margin:.3g})")
+        return self.trial_report
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self, steps: int = 1) -> AdaptReport:
@@ -410,6 +582,11 @@ class AdaptivePolicy:
             if self._next_params is not None:
                 return self._reject("an accepted update is still waiting for the episode "
                                     "boundary", steps, start)
+            if self._trial is not None:
+                return self._reject(f"the last update is on trial ("
+                                    f"{len(self._trial.trial_returns)} of "
+                                    f"{self.safety.trial_episodes} episodes); adapt after "
+                                    "its verdict", steps, start)
             episodes = list(self._episodes)
             params, version, generation = self._params, self._version, self._generation
         if len(episodes) < self.safety.min_episodes:
@@ -427,24 +604,33 @@ class AdaptivePolicy:
                                 "parameters", steps, start, **counts)
         delta = new.astype(np.float64) - params
         norm = float(np.linalg.norm(delta))
-        scale = min(1.0, self.safety.max_update_norm / norm) if norm > 0 else 1.0
-        if scale < 1.0:
-            new = (params + scale * delta).astype(np.float32)
-        kl = self._kl(new, data)
-        values = {**counts, "kl": kl, "update_norm": norm, "update_scale": scale}
+        norm_scale = min(1.0, self.safety.max_update_norm / norm) if norm > 0 else 1.0
+        try:
+            new, scale, kl, backtracks = self._line_search(params, delta, norm_scale, data)
+        except Exception as err:  # as above: reported, never raised
+            return self._reject(f"adaptation failed: {type(err).__name__}: {err}", steps, start,
+                                **counts, update_norm=norm)
+        values = {**counts, "kl": kl, "update_norm": norm, "update_scale": scale,
+                  "backtracks": backtracks}
         if not math.isfinite(kl) or kl > self.safety.max_kl:
-            return self._reject(f"KL {kl:.4g} exceeds max_kl {self.safety.max_kl:.4g}; keeping "
-                                "the last good parameters", steps, start, **values)
+            return self._reject(f"KL {kl:.4g} exceeds max_kl {self.safety.max_kl:.4g} after "
+                                f"{backtracks} halvings of the step; keeping the last good "
+                                "parameters", steps, start, **values)
         new.setflags(write=False)
+        before = tuple(e.total for e in episodes)
         with self._lock:
             if self._generation != generation or self._version != version:
                 return self._reject("the parameters changed while adapting (reset or load); "
                                     "result discarded", steps, start, **values)
-            self._next_params = new
+            self._next_params, self._next_before = new, before
             applied = not self._episode_open
             if applied:
-                self._swap_locked(new)
-        reason = "ok" if scale == 1.0 else "ok (update scaled to max_update_norm)"
+                self._swap_locked(new, before)
+        reason = "ok"
+        if norm_scale < 1.0:
+            reason += " (update scaled to max_update_norm)"
+        if backtracks:
+            reason += f" (step halved {backtracks} times to KL <= max_kl)"
         report = AdaptReport(True, applied, reason, steps,
                              seconds=time.perf_counter() - start, **values)
         self.last_report = report
@@ -502,6 +688,24 @@ class AdaptivePolicy:
             loss = float(loss_out)
         return new, loss, data
 
+    def _line_search(self, params: np.ndarray, delta: np.ndarray, scale: float,
+                     data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float, float, int]:
+        """Trust region: halve the step ``scale * delta`` until its KL on the adaptation
+        data is at most ``max_kl`` (at most ``max_backtracks`` times).
+
+        Returns:
+            ``(new_params, scale, kl, backtracks)`` of the last step tried.
+        """
+        backtracks = 0
+        while True:
+            new = (params + scale * delta).astype(np.float32)
+            kl = self._kl(new, data)
+            if (math.isfinite(kl) and kl <= self.safety.max_kl) or \
+                    backtracks >= self.safety.max_backtracks:
+                return new, scale, kl, backtracks
+            scale *= 0.5
+            backtracks += 1
+
     def _kl(self, new: np.ndarray, data: Mapping[str, np.ndarray]) -> float:
         """Approximate KL(pre-update || new) on the adaptation data, ``E[(r - 1) - log r]``
         (``old_logp`` was recorded under the pre-update parameters: they acted)."""
@@ -516,6 +720,7 @@ class AdaptivePolicy:
         with self._lock:
             self._generation += 1
             self._version += 1
+            self._end_trial_locked("cancelled", "reset_adaptation()")
             self._params = self._last_good = self.bundle.params
             self._next_params = None
             self._episodes.clear()
@@ -586,6 +791,7 @@ class AdaptivePolicy:
                 raise RuntimeError("load_params() during an episode; call end_episode() first")
             self._next_params = None
             self._generation += 1
+            self._end_trial_locked("cancelled", "load_params()")
             self._swap_locked(params)
 
     def close(self) -> None:

@@ -42,17 +42,22 @@ from deploy.bundle import (
     FORMAT,
     FORMAT_VERSION,
     LR_NAME,
+    MANIFEST_NAME,
     METADATA_KEY,
     PARAMS_NAME,
     POLICY_INPUTS,
     POLICY_NAME,
     POLICY_OUTPUTS,
+    BundleError,
     adapt_file_name,
+    check_safety,
     dumps_metadata,
     open_session,
     params_sha256,
+    read_manifest,
     write_manifest,
 )
+from deploy.runtime import SafetyConfig
 from metarobot.inner import InnerBatch, inner_steps_flat
 from metarobot.policy import (
     LOG_STD_MAX,
@@ -71,6 +76,14 @@ MODEL_LICENSE = "MIT"
 INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam", "baseline")
 #: Verification tolerance of the exported graphs against torch (float32).
 _VERIFY_ATOL = 1e-4
+#: Safety rules every bundle records unless the caller sets them: the adapted-update
+#: trial (episodes and the "not worse" margin, in standard errors). See docs/deploy.md.
+DEFAULT_SAFETY: dict[str, float | int] = {
+    "trial_episodes": SafetyConfig.trial_episodes,
+    "worse_margin": SafetyConfig.worse_margin,
+}
+#: Modes of a written bundle: readable by a controller running as another user.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequence[str],
@@ -238,6 +251,94 @@ def _verify(path: Path, feeds: dict[str, np.ndarray], expected: Sequence[Tensor]
                                f"{err:.3g} (> {_VERIFY_ATOL})")
 
 
+def _describe(path: Path, limit: int = 5) -> str:
+    """What a directory holds, for a refusal message: up to ``limit`` entry names."""
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if not names:
+        return "nothing"
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _bundle_files(path: Path) -> set[str]:
+    """The names a bundle directory may hold (its manifest and the files it lists).
+
+    Raises:
+        BundleError: ``path`` is not a bundle (no manifest of this format).
+    """
+    return {MANIFEST_NAME, *read_manifest(path)["files"]}
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` the export must not replace.
+
+    A missing or empty directory is fine. A non-empty one is replaced only with
+    ``overwrite``, and only if it is a bundle: its manifest says so and it holds nothing
+    but the manifest and the files it lists. A run directory, any other folder and a
+    bundle to which a user added files are never removed.
+
+    Raises:
+        FileExistsError: naming ``out_dir``, what it holds, and ``--overwrite``.
+    """
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory; choose another "
+                              "--out")
+    try:
+        empty = not any(out_dir.iterdir())
+    except OSError as err:
+        raise FileExistsError(f"{out_dir} exists and cannot be listed ({err.strerror}); "
+                              "choose another --out") from err
+    if empty:
+        return
+    holds = _describe(out_dir)
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (it holds {holds}); pass "
+                              "--overwrite (overwrite=True) to replace a bundle there")
+    try:
+        allowed = _bundle_files(out_dir)
+    except BundleError as err:
+        raise FileExistsError(f"--overwrite replaces only a metarobot bundle, and {out_dir} "
+                              f"is not one ({err}); it holds {holds}. Nothing was removed; "
+                              "choose another --out") from err
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name not in allowed or p.is_dir())
+    if extra:
+        raise FileExistsError(f"--overwrite replaces only a bundle's own files, and {out_dir} "
+                              f"also holds {extra[:5]}. Nothing was removed; move them away "
+                              "or choose another --out")
+
+
+def _make_readable(root: Path) -> None:
+    """Files 0644 and the directory 0755: a controller running as another user reads
+    the bundle (``mkdtemp`` creates 0700)."""
+    for path in root.iterdir():
+        path.chmod(FILE_MODE)
+    root.chmod(DIR_MODE)
+
+
+def _replace_dir(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move the finished bundle ``tmp`` to ``out_dir``: renames only, so ``out_dir`` is
+    always either the old complete bundle or the new one; the old one is checked again
+    (it may have changed during the export) and removed last."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    check_out_dir(out_dir, overwrite)
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    old.rmdir()
+    out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path, *,
                   family: str, env_id: str, observation_space: gymnasium.spaces.Box,
                   action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any],
@@ -261,22 +362,30 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
             advantage normalisation, default True).
         adapt_steps_options: unrolled step counts K to export; must include 1.
         opset: ONNX opset.
-        overwrite: replace an existing non-empty ``out_dir``.
-        safety: default safety rules for the runtime (``max_kl``, ``max_update_norm``,
-            positive floats), e.g. set from the adaptation KL measured in training; the
-            runtime uses them unless its caller passes its own :class:`deploy.SafetyConfig`.
+        overwrite: replace an existing non-empty ``out_dir`` if it is a bundle (its
+            manifest says so, and it holds only the files it lists); anything else is
+            refused (see :func:`check_out_dir`).
+        safety: default safety rules for the runtime (:data:`deploy.bundle.SAFETY_RULES`:
+            ``max_kl``, ``max_update_norm``, ``worse_margin``, ``trial_episodes``), e.g.
+            ``max_kl`` set from the adaptation KL measured in training; missing keys of
+            :data:`DEFAULT_SAFETY` are added. The runtime uses them unless its caller
+            passes its own :class:`deploy.SafetyConfig`.
         env_kwargs: the env options the policy was trained with (e.g.
             ``{"gait_generator": True}``, JSON values): a controller must reproduce them
             (the observation layout, a gait generator), and the simulator adapter passes
             them to ``gymnasium.make``.
 
     Returns:
-        The bundle directory. It is written to a temporary sibling and renamed at the end,
-        so a failed export leaves no partial bundle (and an existing one untouched).
+        The bundle directory (files mode 0644, directory 0755). It is written to a
+        temporary sibling and renamed at the end, so a failed export leaves no partial
+        bundle (and an existing one untouched).
+
+    Raises:
+        FileExistsError: ``out_dir`` may not be replaced (see :func:`check_out_dir`).
+        ValueError: bad arguments (names the problem).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True)")
+    check_out_dir(out_dir, overwrite)
     names = [n for n, _ in model.named_parameters()]
     if list(params) != names:
         raise ValueError(f"params must have the model's parameter names in order {names}, "
@@ -299,11 +408,10 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
     if not torch.all(torch.isfinite(flat)):
         raise ValueError("the meta-learned parameters contain NaN or inf")
     inner, lr_flat = _check_inner_config(inner_config, params, layout)
-    safety = dict(safety or {})
-    for key, value in safety.items():
-        if key not in ("max_kl", "max_update_norm") or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"safety must map max_kl/max_update_norm to finite positive "
-                             f"floats, got {key}={value!r}")
+    try:
+        safety = check_safety({**DEFAULT_SAFETY, **(safety or {})})
+    except BundleError as err:
+        raise ValueError(f"bad safety rules: {err}") from None
 
     metadata = {
         "format": FORMAT,
@@ -326,7 +434,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         "params": {"layout": layout.to_dict(), "sha256": params_sha256(flat.numpy()),
                    "dtype": "float32", "file": PARAMS_NAME},
         "inner": inner,
-        "safety": {k: float(v) for k, v in safety.items()},
+        "safety": safety,
         "models": {"policy": POLICY_NAME,
                    "adapt": {str(k): adapt_file_name(k) for k in options}},
     }
@@ -368,9 +476,8 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
             _verify(tmp / name, {k: v.numpy() for k, v in feeds.items()}, want)
 
         write_manifest(tmp, files, metadata)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _make_readable(tmp)
+        _replace_dir(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -131,7 +131,7 @@ def test_act_validates_observations(bundle):
         policy.act(np.zeros(dim, np.int64))
     bad = np.zeros(dim, np.float32)
     bad[3] = np.nan
-    with pytest.raises(ValueError, match=r"NaN or inf at indices \[3\]"):
+    with pytest.raises(ValueError, match=r"NaN or inf .*at indices \[3\]"):
         policy.act(bad)
     bad[3] = np.inf
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -164,10 +164,14 @@ def test_observe_checks_its_input(bundle):
         policy.observe(obs, action + 0.5, 0.0, False, False)
     with pytest.raises(ValueError, match="not the observation"):
         policy.observe(obs + 1, action, 0.0, False, False)
+    policy.observe(obs, action, 1.0, False, False)
     with pytest.raises(ValueError, match="reward must be finite"):
-        policy.observe(obs, action, math.nan, False, False)
-    policy.observe(obs, action, 1.0, False, True)
-    assert policy.num_episodes == 1
+        policy.observe(obs, policy.act(obs), math.nan, False, False)
+    # The episode has a gap now: it ends normally but is not kept for adaptation.
+    policy.observe(obs, policy.act(obs), 1.0, False, True)
+    assert policy.num_episodes == 0 and policy.dropped_episodes == 1
+    policy.observe(obs, policy.act(obs), 1.0, False, True)
+    assert policy.num_episodes == 1  # the next episode is
 
 
 # ---------------------------------------------------------------- adaptation = torch
@@ -273,12 +277,14 @@ def test_update_norm_is_clipped(bundle):
     assert moved == pytest.approx(1e-3, rel=1e-2)
 
 
-def test_kl_above_max_is_rejected(bundle):
-    policy = AdaptivePolicy.load(bundle[2], seed=0, safety=SafetyConfig(max_kl=1e-9))
+def test_kl_above_max_is_rejected_when_halving_cannot_reach_it(bundle):
+    policy = AdaptivePolicy.load(bundle[2], seed=0,
+                                 safety=SafetyConfig(max_kl=1e-12, max_backtracks=3))
     drive(policy, 2)
     before = policy.params
     report = policy.adapt()
-    assert not report.accepted and "KL" in report.reason and report.kl > 1e-9
+    assert not report.accepted and "KL" in report.reason and report.kl > 1e-12
+    assert report.backtracks == 3 and "after 3 halvings" in report.reason
     assert np.array_equal(policy.params, before)
 
 
@@ -527,8 +533,9 @@ class PointEnv(gymnasium.Env):
 
 
 def test_control_loop_keeps_running_while_adapting(bundle):
-    """GymController + 200 Hz loop; every episode end starts an async adaptation."""
-    policy = AdaptivePolicy.load(bundle[2], seed=0)
+    """GymController + 200 Hz loop; every episode end starts an async adaptation (no
+    trial: it would hold back the next adaptations, tested in test_adapt_safety)."""
+    policy = AdaptivePolicy.load(bundle[2], seed=0, safety=SafetyConfig(trial_episodes=0))
     futures = []
     report = run_control_loop(GymController(PointEnv(policy.obs_dim, policy.act_dim), seed=0),
                               policy, 200.0, 60,
@@ -565,6 +572,39 @@ def test_cli_rejects_bad_input(bundle, tmp_path, capsys):
         cli_main(["adapt", "--bundle", str(bundle[2]), "--tasks", "0"])
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "sim_envs/Nope-v0"], "cannot make env 'sim_envs/Nope-v0'"),
+    (["--env", "NoNamespaceAtAll-v3"], "cannot make env"),
+    (["--env", "sim_envs/Grasp-v0"], "simulates family 'grasp', the bundle is for 'reach'"),
+    (["--env", "CartPole-v1"], "not a metarobot task family"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(bundle, capsys, args, message):
+    """Issue 19, item 9: no gymnasium traceback for a bad --env."""
+    code = cli_main(["adapt", "--bundle", str(bundle[2]), "--tasks", "1", "--episodes", "1",
+                     *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("metarobot-deploy adapt: error:")
+
+
+def test_cli_bad_bundle_and_bad_numbers_exit_2(bundle, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle[2], broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["metadata"]["normalizer"] = [1, 2, 3]  # issue 19: an AttributeError before
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(["adapt", "--bundle", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "normalizer' must be a JSON object" in err and len(err.strip().splitlines()) == 1
+    for flag, value in (("--seed", "-1"), ("--max-kl", "nan"), ("--worse-margin", "-1"),
+                        ("--trial-episodes", "x")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["adapt", "--bundle", str(bundle[2]), flag, value])
+        assert exit_info.value.code == 2, flag
+        assert flag in capsys.readouterr().err
 
 
 def test_bundle_records_env_options_and_the_cli_simulates_with_them(bundle, tmp_path, capsys):
