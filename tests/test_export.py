@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import re
+import shutil
+import stat
 
 import gymnasium
 import numpy as np
@@ -318,7 +320,77 @@ def test_export_rejects_bad_input(tmp_path):
     assert not out.exists()  # nothing written by failed exports
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="not empty.*keep.txt.*--overwrite"):
         export()
     assert (out / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no temporary leftovers
+
+
+# ---------------------------------------------------------------- --overwrite (issue 19)
+def test_overwrite_never_removes_what_is_not_a_bundle(scalar_bundle, tmp_path):
+    """The issue's data-loss cases: --overwrite on a run directory and on an unrelated
+    folder with a user's file deleted them. Now both survive, byte for byte, and so does
+    a bundle to which a user added a file; the refusal names --overwrite and the contents.
+    The check runs before any export work (each refusal here is immediate)."""
+    model, params, _ = scalar_bundle
+    obs_space, act_space = spaces()
+    run = tmp_path / "run"
+    (run / "episodes").mkdir(parents=True)
+    for name, data in {"checkpoint.pt": b"\x80weights", "log.jsonl": b'{"iteration": 1}\n',
+                       "config.yaml": b"family: reach\n", "episodes/0.json": b"[]"}.items():
+        (run / name).write_bytes(data)
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("my thesis")
+    fake = tmp_path / "fake_bundle"  # a manifest that is not a bundle manifest
+    fake.mkdir()
+    (fake / "manifest.json").write_text('{"format": "npm", "files": {}}')
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes")
+
+    def snapshot(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    before = {d: snapshot(d) for d in (run, folder, fake)}
+    for target, message in ((run, r"not one .*checkpoint.pt, config.yaml, episodes/"),
+                            (folder, r"not one .*thesis.tex"),
+                            (fake, r"not one .*not a metarobot.bundle manifest")):
+        with pytest.raises(FileExistsError, match=r"--overwrite replaces only a metarobot "
+                                                  r"bundle.*" + message):
+            export_bundle(model, params, target, family="reach", env_id="sim_envs/Reach-v0",
+                          observation_space=obs_space, action_space=act_space,
+                          inner_config=inner_config(LR), overwrite=True)
+        assert snapshot(target) == before[target]
+    with pytest.raises(FileExistsError, match="not a directory"):
+        export_bundle(model, params, a_file, family="reach", env_id="sim_envs/Reach-v0",
+                      observation_space=obs_space, action_space=act_space,
+                      inner_config=inner_config(LR), overwrite=True)
+    assert a_file.read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_bundle", "notes.txt",
+                                                         "papers", "run"]
+
+
+def test_overwrite_replaces_a_bundle_readable_by_others(scalar_bundle, tmp_path):
+    model, params, existing = scalar_bundle
+    obs_space, act_space = spaces()
+    out = tmp_path / "bundle"
+    shutil.copytree(existing, out)
+    (out / "adapted.npz").write_bytes(b"a user's adapted parameters")
+    kwargs = {"family": "reach", "env_id": "sim_envs/Reach-v0", "observation_space": obs_space,
+              "action_space": act_space, "inner_config": inner_config(LR),
+              "adapt_steps_options": (1,), "overwrite": True}
+    other = {k: v + 1 for k, v in params.items()}
+    with pytest.raises(FileExistsError, match=r"also holds \['adapted.npz'\]"):
+        export_bundle(model, other, out, **kwargs)
+    assert (out / "adapted.npz").exists() and load_bundle(out).params.sum() == \
+        load_bundle(existing).params.sum()
+    (out / "adapted.npz").unlink()
+    export_bundle(model, other, out, **kwargs)
+    replaced = load_bundle(out)
+    assert np.array_equal(replaced.params, ParamLayout.of(other).flatten(other).numpy())
+    assert sorted(replaced.adapt_files) == [1]  # the old adapt_k2/k3 files went with it
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == \
+        {p.name: 0o644 for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no leftovers
