@@ -132,9 +132,14 @@ def is_user_os_error(err: OSError) -> bool:
 def _import_pybullet_quietly() -> None:
     """Import pybullet with its build-time banner (printed on stderr by its C code)
     silenced, so that an error is the only line the user sees. An import error is still
-    raised."""
+    raised.
+
+    torch is imported first: on a lent GPU machine (2026-12-04) importing torch after
+    pybullet crashed inside torch's import (segfault); the other order works.
+    """
     if "pybullet" in sys.modules:
         return
+    import torch  # noqa: F401
     sys.stderr.flush()
     saved = os.dup(2)
     try:
