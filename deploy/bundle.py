@@ -374,11 +374,12 @@ def _check_normalizer(metadata: Mapping[str, Any], obs_dim: int) -> None:
                           "to a graph with the normaliser inside")
 
 
-def _check_inner(inner: Any, layout: Layout) -> tuple[Any, float]:
+def _check_inner(inner: Any) -> tuple[Any, float]:
     """Range-check the inner-step settings; returns the lr spec and the clip."""
     inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
     if inner["loss"] != "lvc":
-        raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got {inner['loss']!r:.40}")
+        raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got "
+                          f"{inner['loss']!r:.40}")
     lr = inner["lr"]
     if isinstance(lr, dict):
         lr = _mapping(lr, "inner lr", ("kind", "file", "sha256"))
@@ -395,7 +396,6 @@ def _check_inner(inner: Any, layout: Layout) -> tuple[Any, float]:
     _string(inner["baseline"], "inner baseline")
     if not isinstance(inner.get("normalize", True), bool):
         raise BundleError(f"inner normalize must be a boolean, got {_kind(inner['normalize'])}")
-    del layout  # the per-parameter rates are checked against P when lr.npy is read
     return lr, clip
 
 
@@ -455,7 +455,7 @@ def _check_metadata(metadata: Any, where: str) -> dict[str, Any]:
     obs_low, obs_high = _check_space(metadata, "observation_space")
     act_low, act_high = _check_space(metadata, "action_space")
     _check_normalizer(metadata, obs_low.shape[0])
-    lr_spec, clip = _check_inner(metadata["inner"], layout)
+    lr_spec, clip = _check_inner(metadata["inner"])
     policy_file, adapt_files = _check_models(metadata["models"])
     safety = check_safety(metadata.get("safety", {}))
     return {"layout": layout, "obs": (obs_low, obs_high), "act": (act_low, act_high),
@@ -647,7 +647,8 @@ def load_bundle(path: str | Path, *, family: str | None = None,
         if params_sha256(lr) != lr_spec["sha256"]:
             raise BundleError(f"{root}: {lr_spec['file']} does not match its metadata SHA-256")
     else:
-        lr = np.asarray(decode_float(lr_spec), dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 lr beyond float32 becomes inf
+            lr = np.asarray(decode_float(lr_spec), dtype=np.float32)
         if not (np.isfinite(lr) and lr > 0):  # also a float64 lr that overflows float32
             raise BundleError(f"{where}: inner lr {lr_spec!r} is not a finite float32 > 0")
         lr.setflags(write=False)
