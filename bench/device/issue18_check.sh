@@ -11,6 +11,10 @@
 #     meta-update on the GPU), stopped by SIGTERM (the trainer checkpoints and stops).
 # Everything comes back as $OUT/issue18.tar.gz: results JSON/PNG, SB3 models, run
 # directories (resume them here with `metarobot train --resume`).
+#
+# First try (2026-12-04) came back empty: the SB3 chunks outlived T and the call hit the
+# tool's 600 s limit before the tar. Every job now runs under `timeout`, and the raw env
+# there ran at 9.7 ms per locomotion step (1.3 ms here): size the chunks for that.
 set -u
 T=${T:-500}
 source bench/device/setup.sh || exit 1
@@ -20,7 +24,8 @@ mkdir -p "$work"
 SECONDS=0
 for variant in plain gait; do
     flag=""; [ "$variant" = gait ] && flag="--gait-generator"
-    OMP_NUM_THREADS=1 python3 bench/locomotion_learnability.py --steps 4000000 --chunk 500000 \
+    OMP_NUM_THREADS=1 timeout -s KILL "$T" python3 bench/locomotion_learnability.py \
+        --steps 4000000 --chunk 100000 \
         --n-envs 6 $flag --time-limit $((T - 20)) --out "$work/learnability-$variant" \
         >"$work/learnability-$variant.log" 2>&1 &
 done
