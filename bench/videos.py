@@ -9,6 +9,11 @@ Run::
 
     python bench/videos.py runs/grasp --out docs/media --name grasp
     python bench/videos.py runs/locomotion --out docs/media --name locomotion --task-seed 3
+    python bench/videos.py runs/locomotion --name locomotion_stairs --where terrain=stairs
+    python bench/videos.py runs/locomotion --name locomotion_leg --held-out leg
+
+``--where KEY=VALUE`` (repeatable) and ``--held-out FACTOR`` (locomotion: terrain, payload,
+leg) take the first test task, from ``--task-seed`` on, whose parameters match.
 
 Writes ``<name>_before.gif``, ``<name>_after.gif`` and ``<name>_videos.json`` (task,
 returns, command, commit).
@@ -53,6 +58,27 @@ def record_episode(env: object, model: object, params: dict, seed: int,
     return frames, total, info
 
 
+def pick_task(family: str, first_seed: int, where: list[str],
+              held_out: str | None) -> tuple[int, object]:
+    """The first test task (and its sampling seed), from ``first_seed`` on, that matches
+    every ``KEY=VALUE`` of ``where`` and has the held-out factor ``held_out``."""
+    wanted = dict(item.split("=", 1) for item in where)
+    for seed in range(first_seed, first_seed + 1000):
+        task = make_family(family).sample_tasks(1, "test", seed=seed)[0]
+        values = task.params.to_dict()
+        unknown = set(wanted) - set(values)
+        if unknown:
+            raise SystemExit(f"--where: unknown parameter(s) {sorted(unknown)}")
+        if any(str(values[k]) != v for k, v in wanted.items()):
+            continue
+        if held_out is not None:
+            from sim_envs.locomotion import held_out_factors
+            if held_out not in held_out_factors(task.params):
+                continue
+        return seed, task
+    raise SystemExit("no test task matches --where/--held-out in 1000 seeds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +88,10 @@ def main() -> None:
     parser.add_argument("--task-seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, help="adaptation episodes (default: config's)")
     parser.add_argument("--every", type=int, default=2, help="keep every n-th frame")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="task parameter the task must have, e.g. terrain=stairs")
+    parser.add_argument("--held-out", help="locomotion: held-out factor the task must have "
+                        "(terrain, payload, leg)")
     args = parser.parse_args()
 
     import gymnasium
@@ -69,7 +99,7 @@ def main() -> None:
 
     policy = load_trained_policy(args.run)
     cfg = policy.config
-    task = make_family(cfg.family).sample_tasks(1, "test", seed=args.task_seed)[0]
+    args.task_seed, task = pick_task(cfg.family, args.task_seed, args.where, args.held_out)
     episodes = args.episodes or cfg.meta_batch.episodes
     with MultiTaskSampler(env_id(cfg.family), 0, min(episodes, 10),
                           env_kwargs=cfg.env_kwargs) as sampler:
@@ -84,7 +114,8 @@ def main() -> None:
     name = args.name or cfg.family
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "python bench/videos.py " + " ".join(sys.argv[1:]),
-               "run": str(args.run), "iteration": policy.iteration, "task": task.to_dict(),
+               "run": str(args.run), "iteration": policy.iteration, "task_seed": args.task_seed,
+               "task": task.to_dict(),
                "adaptation_episodes": episodes, "machine": machine_info()}
     fps = env.metadata.get("render_fps", 25) / args.every
     for label, params in (("before", policy.params), ("after", adapted)):
@@ -96,6 +127,8 @@ def main() -> None:
                      if isinstance(v, (int, float, np.number, np.bool_))}
         summary[label] = {"return": ret, "success": bool(info.get("success", False)),
                           "last_info": last_info}
+        if "command" in info:  # locomotion: this episode's joystick command
+            summary[label]["command"] = [float(c) for c in info["command"]]
         print(f"{label} adaptation: return {ret:.2f}, last info {last_info}")
     env.close()
     (args.out / f"{name}_videos.json").write_text(json.dumps(summary, indent=2))
