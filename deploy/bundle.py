@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,10 @@ MANIFEST_NAME = "manifest.json"
 POLICY_NAME = "policy.onnx"
 PARAMS_NAME = "params.npy"
 LR_NAME = "lr.npy"
+#: Shipped bundles live in ``<SHIPPED_PACKAGE>/<SHIPPED_FOLDER>/<name>/`` (package data of
+#: the installed ``assets`` package), one folder per task family.
+SHIPPED_PACKAGE = "assets"
+SHIPPED_FOLDER = "bundles"
 
 POLICY_INPUTS = ("obs", "params")
 POLICY_OUTPUTS = ("action_mean", "log_std")
@@ -576,6 +581,46 @@ def _verify_files(root: Path, files: Mapping[str, tuple[int, str]]) -> None:
                               "manifest (corrupt or tampered)")
 
 
+def shipped_bundles() -> dict[str, Path]:
+    """The bundles shipped with the package: name (e.g. ``"reach"``) -> directory.
+
+    A shipped bundle is a folder of ``assets/bundles/`` (installed package data) that
+    holds a ``manifest.json``; nothing is validated here. Empty when the ``assets``
+    package is not installed (e.g. a device install of ``deploy`` alone).
+    """
+    try:
+        root = Path(str(resources.files(SHIPPED_PACKAGE) / SHIPPED_FOLDER))
+        if not root.is_dir():
+            return {}
+        return {p.name: p for p in sorted(root.iterdir())
+                if p.is_dir() and (p / MANIFEST_NAME).is_file()}
+    except Exception:  # noqa: BLE001  no (or another, broken) assets package, unreadable
+        return {}  # folder: no shipped bundles, never a crash of the loader
+
+
+def resolve_bundle(bundle: str | Path) -> Path:
+    """The directory of ``bundle``: a path, or the name of a shipped bundle.
+
+    An existing path wins (``--bundle reach`` with a local ``reach/`` directory loads that
+    one; write ``./reach`` to be explicit); otherwise a plain name (no directory part) that
+    names a shipped bundle gives its installed directory (see :func:`shipped_bundles`).
+
+    Raises:
+        BundleError: ``bundle`` is neither an existing path nor a shipped name; the message
+            lists the shipped names.
+    """
+    path = Path(bundle)
+    if path.exists():
+        return path
+    shipped = shipped_bundles()
+    text = str(bundle)
+    if text in shipped:
+        return shipped[text]
+    names = ", ".join(shipped) if shipped else "none installed"
+    raise BundleError(f"no bundle {text!r}: not a directory, nor the name of a shipped bundle "
+                      f"(shipped: {names})")
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The bundle's ``manifest.json`` if it is one of this format and version.
 
@@ -609,7 +654,8 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     output names, dtypes and shapes the metadata implies.
 
     Args:
-        path: the bundle directory.
+        path: the bundle directory, or the name of a shipped bundle (``"reach"``; see
+            :func:`resolve_bundle`: an existing path wins).
         family: the task family the caller expects (e.g. ``"reach"``); ``None`` accepts any.
         check_models: also open every model and check its metadata and signature.
 
@@ -617,7 +663,7 @@ def load_bundle(path: str | Path, *, family: str | None = None,
         BundleError: naming the file and the problem; never another exception for a
             malformed bundle.
     """
-    root = Path(path)
+    root = resolve_bundle(path)
     manifest = read_manifest(root)
     where = str(root / MANIFEST_NAME)
     _mapping(manifest, where, _MANIFEST_KEYS)

@@ -4,6 +4,10 @@
 
     metarobot-deploy adapt --bundle BUNDLE --env sim_envs/Reach-v0 --split test \\
         --tasks 5 --episodes 10 --adapt-steps 1 --seed 0
+    metarobot-deploy adapt --bundle reach     # a bundle shipped in assets/bundles/
+
+``--bundle`` is a bundle directory or the name of a shipped bundle (an existing path
+wins); an unknown name is an error that lists the shipped names.
 
 For each of ``--tasks`` held-out tasks: reset to the meta-learned parameters, run
 ``--episodes`` episodes (stochastic actions; they are the adaptation data), adapt with
@@ -28,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.bundle import BundleError
+from deploy.bundle import BundleError, shipped_bundles
 from deploy.controller import GymController
 from deploy.runtime import AdaptivePolicy
 
@@ -102,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each task: E episodes with the meta-learned policy, K inner steps "
                     "on them, E episodes with the adapted policy. Prints a table of mean "
                     "return and success rate before and after adaptation.")
-    adapt.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    shipped = ", ".join(shipped_bundles()) or "none installed"
+    adapt.add_argument("--bundle", type=Path, required=True,
+                       help=f"bundle directory, or the name of a shipped bundle ({shipped})")
     adapt.add_argument("--env", default=None,
                        help="gymnasium env id (default: the bundle's env_id)")
     adapt.add_argument("--split", default="test", choices=("train", "test"),
@@ -209,8 +215,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                          f"{_one_line(err)}") from err
     header = (f"{'task':<28} {'return before':>13} {'return after':>12} {'success before':>14} "
               f"{'success after':>13}  adaptation")
-    print(f"bundle {args.bundle} ({policy.bundle.family}), env {env_id}, split {args.split}, "
-          f"{args.episodes} episodes before/after, {args.adapt_steps} inner step(s)")
+    print(f"bundle {policy.bundle.path} ({policy.bundle.family}), env {env_id}, "
+          f"split {args.split}, {args.episodes} episodes before/after, "
+          f"{args.adapt_steps} inner step(s)")
     print(header)
     print("-" * len(header))
     rows = []

@@ -267,7 +267,8 @@ class AdaptivePolicy:
         """Load and validate a bundle (see :func:`deploy.bundle.load_bundle`).
 
         Args:
-            bundle_dir: the bundle directory.
+            bundle_dir: the bundle directory, or the name of a shipped bundle (``"reach"``;
+                see :func:`deploy.bundle.resolve_bundle`).
             family: expected task family; a bundle of another family raises BundleError.
             safety: adaptation safety rules (default: the bundle's recorded rules, e.g. a
                 ``max_kl`` set from the adaptation KL seen in training, over the
