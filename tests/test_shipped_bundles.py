@@ -1,0 +1,143 @@
+"""The bundles shipped in ``assets/bundles/<family>/`` (issue 18, item 7).
+
+Every shipped bundle loads with the device runtime, its files match the manifest's sizes
+and SHA-256, it is at most 2 MB, and it fits its family's *current* env (observation and
+action spaces of ``gymnasium.make(env_id, **env_kwargs)``), so a change to an env cannot
+silently break a shipped bundle. ``metarobot-deploy adapt --bundle <name>`` takes a shipped
+name; an unknown name is one line and exit 2. No shipped bundle at all is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+
+import sim_envs  # noqa: F401  (registers the sim_envs/* ids)
+from deploy import AdaptivePolicy, BundleError, load_bundle, shipped_bundles
+from deploy.bundle import MANIFEST_NAME, decode_array, file_sha256
+from deploy.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "assets" / "bundles"
+MAX_BYTES = 2_000_000  # "at most 2 MB" per bundle, all its files together
+SHIPPED = sorted(p.name for p in BUNDLES.glob("*") if (p / MANIFEST_NAME).is_file())
+
+
+def test_at_least_one_bundle_ships():
+    assert SHIPPED, f"no bundle under {BUNDLES} (each needs a {MANIFEST_NAME})"
+
+
+def test_the_installed_assets_package_resolves_the_shipped_bundles():
+    """``deploy`` finds them through the installed ``assets`` package, not this checkout's
+    layout; with an editable install both are the same folders."""
+    found = shipped_bundles()
+    assert sorted(found) == SHIPPED
+    for name, path in found.items():
+        assert path.resolve() == (BUNDLES / name).resolve()
+
+
+def test_package_data_globs_cover_every_shipped_file():
+    """A wheel install carries every bundle file (pyproject's package-data for ``assets``;
+    setuptools expands these globs relative to the package like ``Path.glob``)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["assets"]
+    covered = {p.resolve() for pattern in patterns for p in (ROOT / "assets").glob(pattern)}
+    files = [p.resolve() for p in BUNDLES.rglob("*") if p.is_file()]
+    assert files and not [f for f in files if f not in covered]
+
+
+def _manifest(name: str) -> dict:
+    return json.loads((BUNDLES / name / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_files_match_the_manifest_and_fit_in_2_mb(name):
+    folder = BUNDLES / name
+    manifest = _manifest(name)
+    listed = manifest["files"]
+    on_disk = sorted(p.name for p in folder.iterdir())
+    # Nothing beside the manifest and the files it lists (so the hashes cover everything).
+    assert on_disk == sorted([MANIFEST_NAME, *listed])
+    for file_name, entry in listed.items():
+        path = folder / file_name
+        assert path.stat().st_size == entry["size"], file_name
+        assert file_sha256(path) == entry["sha256"], file_name
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    assert total <= MAX_BYTES, f"{name}: {total} bytes > {MAX_BYTES}"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_loads_and_fits_its_familys_current_env(name):
+    bundle = load_bundle(BUNDLES / name, family=name)  # opens and checks every model
+    meta = bundle.metadata
+    assert meta["family"] == name  # assets/bundles/<family>/
+    env = gymnasium.make(meta["env_id"], **meta.get("env_kwargs", {}))
+    try:
+        assert env.unwrapped.family.name == name
+        obs_space, act_space = meta["observation_space"], meta["action_space"]
+        assert env.observation_space.shape == tuple(obs_space["shape"])
+        assert env.action_space.shape == tuple(act_space["shape"])
+        assert str(env.observation_space.dtype) == obs_space["dtype"]
+        assert str(env.action_space.dtype) == act_space["dtype"]
+        np.testing.assert_array_equal(env.action_space.low, decode_array(act_space["low"]))
+        np.testing.assert_array_equal(env.action_space.high, decode_array(act_space["high"]))
+        np.testing.assert_array_equal(env.observation_space.low,
+                                      decode_array(obs_space["low"]))
+        np.testing.assert_array_equal(env.observation_space.high,
+                                      decode_array(obs_space["high"]))
+        # By name, as a user would: the runtime acts on a real observation of the env.
+        with AdaptivePolicy.load(name, seed=0) as policy:
+            assert policy.bundle.path.resolve() == (BUNDLES / name).resolve()
+            task = env.unwrapped.sample_tasks(1, split="test", seed=0)[0]
+            env.unwrapped.set_task(task)
+            obs, _ = env.reset(seed=0)
+            action = policy.act(obs)
+            assert env.action_space.contains(action)
+            env.step(action)
+    finally:
+        env.close()
+
+
+def test_cli_adapts_a_shipped_bundle_by_name(tmp_path):
+    """``metarobot-deploy adapt --bundle reach`` with no bundle directory around."""
+    name = "reach" if "reach" in SHIPPED else SHIPPED[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "adapt", "--bundle", name, "--tasks", "1",
+         "--episodes", "2"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"bundle {BUNDLES / name} ({name})")
+    assert len([ln for ln in lines if ln.startswith(f"{name}-test-")]) == 1
+    assert lines[-1].startswith("mean")
+
+
+def test_cli_unknown_bundle_name_is_one_line_listing_the_shipped_names(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["adapt", "--bundle", "no-such-family", "--tasks", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("metarobot-deploy adapt: error: no bundle 'no-such-family'")
+    assert f"(shipped: {', '.join(SHIPPED)})" in err
+    with pytest.raises(BundleError, match="not a directory, nor the name of a shipped"):
+        AdaptivePolicy.load("no-such-family")
+
+
+def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    """``--bundle reach`` next to a local ``reach/`` loads the local one (here: not a
+    bundle), so a user's own export is never shadowed by the shipped one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / SHIPPED[0]).mkdir()
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        load_bundle(SHIPPED[0])
