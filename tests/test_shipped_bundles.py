@@ -10,7 +10,6 @@ name; an unknown name is one line and exit 2. No shipped bundle at all is a fail
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +34,15 @@ def test_at_least_one_bundle_ships():
 
 
 def test_the_installed_assets_package_resolves_the_shipped_bundles():
-    """``deploy`` finds them through the installed ``assets`` package, not this checkout's
-    layout; with an editable install both are the same folders."""
+    """``deploy`` finds them through the installed ``assets`` package (this checkout with
+    an editable install, a copy in site-packages with ``pip install .``): the same names,
+    and the same files as this checkout's."""
     found = shipped_bundles()
     assert sorted(found) == SHIPPED
     for name, path in found.items():
-        assert path.resolve() == (BUNDLES / name).resolve()
+        assert (path / MANIFEST_NAME).read_bytes() == (BUNDLES / name / MANIFEST_NAME).read_bytes()
+        assert sorted(p.name for p in path.iterdir()) == sorted(
+            p.name for p in (BUNDLES / name).iterdir())
 
 
 def test_package_data_globs_cover_every_shipped_file():
@@ -95,7 +97,7 @@ def test_shipped_bundle_loads_and_fits_its_familys_current_env(name):
                                       decode_array(obs_space["high"]))
         # By name, as a user would: the runtime acts on a real observation of the env.
         with AdaptivePolicy.load(name, seed=0) as policy:
-            assert policy.bundle.path.resolve() == (BUNDLES / name).resolve()
+            assert policy.bundle.path == shipped_bundles()[name]
             task = env.unwrapped.sample_tasks(1, split="test", seed=0)[0]
             env.unwrapped.set_task(task)
             obs, _ = env.reset(seed=0)
@@ -109,14 +111,16 @@ def test_shipped_bundle_loads_and_fits_its_familys_current_env(name):
 def test_cli_adapts_a_shipped_bundle_by_name(tmp_path):
     """``metarobot-deploy adapt --bundle reach`` with no bundle directory around."""
     name = "reach" if "reach" in SHIPPED else SHIPPED[0]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The installed package (editable or not), run where no folder of that name exists.
     proc = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "adapt", "--bundle", name, "--tasks", "1",
          "--episodes", "2"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"bundle {BUNDLES / name} ({name})")
+    words = lines[0].split()
+    assert words[0] == "bundle" and words[2] == f"({name}),"
+    assert Path(words[1]).parts[-3:] == ("assets", "bundles", name)
     assert len([ln for ln in lines if ln.startswith(f"{name}-test-")]) == 1
     assert lines[-1].startswith("mean")
 
