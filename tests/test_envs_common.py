@@ -328,7 +328,7 @@ def test_task_features_leave_out_the_terrain_seed():
     reseeded = family.make_task({**task.params.to_dict(), "terrain_seed": 12345})
     assert reseeded.params != task.params
     np.testing.assert_array_equal(reseeded.params.features(), task.params.features())
-    # heading (rad) is its cosine and sine: -pi and pi are the same direction.
-    back = [family.make_task({**task.params.to_dict(), "heading": h}).params.features()
-            for h in (-math.pi, math.pi)]
-    np.testing.assert_allclose(back[0], back[1], atol=1e-6)
+    # An angle (unit "rad", e.g. walk's heading) is its cosine and sine: -pi and pi are
+    # the same direction.
+    angle = sim_envs.ParamSpec(unit="rad", low=-math.pi, high=math.pi)
+    np.testing.assert_allclose(angle.encode(-math.pi), angle.encode(math.pi), atol=1e-6)

@@ -52,8 +52,10 @@ def test_learned_baseline_state_round_trips():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("advantages.baseline=value", "advantages.baseline must be linear or mlp"),
-    ("advantages.value_epochs=0", "advantages.value_epochs must be >= 1"),
+    ("advantages.baseline=value",
+     r"advantages.baseline = 'value' is out of range; allowed: one of \['linear', 'mlp'\]"),
+    ("advantages.value_epochs=0",
+     "advantages.value_epochs = 0 is out of range; allowed: an integer >= 1"),
 ])
 def test_bad_value_baseline_settings_are_named(override, message):
     from metarobot import api
