@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,54 +41,26 @@ class UsageError(Exception):
     """A failure the user caused: printed as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number_parser(cast: Callable[[str], float], accepts: Callable[[float], bool],
+                   what: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that casts with ``cast`` and refuses values ``accepts`` rejects
+    (and NaN or inf), with the message "must be {what}"."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accepts(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+_positive_int = _number_parser(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number_parser(int, lambda v: v >= 0, "an integer >= 0")
+_non_negative_float = _number_parser(float, lambda v: v >= 0, "a finite number >= 0")
+_seed = _number_parser(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
+_positive_float = _number_parser(float, lambda v: v > 0, "a finite number > 0")
 
 
 def _one_line(err: BaseException) -> str:
