@@ -18,8 +18,10 @@ For one family and each seed, in stages (iterations ``--stages``):
    ``--scratch-target-step`` adaptation steps on that task, or ``--scratch-cap`` steps.
 
 Every stage writes its JSON under ``--out/<family>/seed<S>/`` and is skipped when that
-JSON exists; training resumes from checkpoints (meta) and saved stage models (baseline),
-kept under ``--runs-dir`` (not committed). Per seed and per family (over seeds) it writes
+JSON exists. Each stage's meta checkpoint and multi-task PPO model are kept beside the JSON
+(``--out/<family>/seed<S>/saved/``, committed: a few hundred KB each), so that a run whose
+``--runs-dir`` is gone (a new machine, a new session) continues from its latest saved stage
+instead of starting over; the run directory itself (logs, TensorBoard) is not committed. Per seed and per family (over seeds) it writes
 ``curves.png`` (return/success vs meta-training env steps) and ``meta_vs_baseline.png``
 (after 0..K steps, last stage), and regenerates the report (``docs/results.md`` when
 ``--out`` is the default) from all JSON found under ``--out``; a hand-written
@@ -63,7 +65,9 @@ import baselines  # noqa: E402
 
 from bench.common import git_head, machine_info  # noqa: E402
 from metarobot.api import resolve_config  # noqa: E402
-from metarobot.config import TrainConfig, config_from_dict  # noqa: E402
+from metarobot.trainer import CHECKPOINT_NAME  # noqa: E402
+from metarobot.config import (RESUME_SAFE_KEYS, TrainConfig, config_from_dict,  # noqa: E402
+                              flat_items)
 from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95  # noqa: E402
 from metarobot.runlog import read_log  # noqa: E402
 from sim_envs.registry import FAMILY_NAMES  # noqa: E402
@@ -182,22 +186,48 @@ def default_stages(iterations: int) -> list[int]:
 def checkpoint_iteration(run_dir: Path) -> int | None:
     from metarobot.checkpoint import load_checkpoint
 
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / CHECKPOINT_NAME
     return int(load_checkpoint(path)["iteration"]) if path.exists() else None
 
 
 def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run made with a different config (other than iterations)."""
+    """Refuse to resume a run made with a different config (other than the keys a resume
+    may change, :data:`~metarobot.config.RESUME_SAFE_KEYS`: they do not change results)."""
     from metarobot.checkpoint import load_checkpoint
 
-    saved = config_from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"]).to_dict()
-    wanted = cfg.to_dict()
-    saved.pop("iterations")
-    wanted.pop("iterations")
-    if saved != wanted:
-        diff = sorted(k for k in wanted if wanted[k] != saved.get(k))
-        raise SystemExit(f"{run_dir} was trained with a different config (sections {diff}); "
+    saved = flat_items(config_from_dict(
+        load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]).to_dict())
+    wanted = flat_items(cfg.to_dict())
+    diff = sorted(k for k in set(saved) | set(wanted)
+                  if k not in RESUME_SAFE_KEYS and saved.get(k) != wanted.get(k))
+    if diff:
+        raise SystemExit(f"{run_dir} was trained with a different config ({diff}); "
                          "use another --runs-dir/--out or delete it")
+
+
+def saved_dir(seed_out: Path, what: str, iteration: int) -> Path:
+    """Where a stage's meta checkpoint (``what="meta"``) or multi-task PPO model
+    (``what="baseline_multitask"``) is kept: beside the results JSON, committed."""
+    return seed_out / "saved" / what / stage_name(iteration)
+
+
+def copy_atomically(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copy2(src, tmp)
+    tmp.replace(dst)
+
+
+def restore_run_dir(run_dir: Path, seed_out: Path, iteration: int) -> None:
+    """Seed a missing run directory with the latest saved meta checkpoint below
+    ``iteration``, so training continues from it rather than from scratch."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        return
+    earlier = latest_saved_stage(seed_out / "saved" / "meta", CHECKPOINT_NAME, iteration)
+    if earlier is not None:
+        log(f"{run_dir} has no checkpoint: continuing from the saved stage {earlier}")
+        copy_atomically(saved_dir(seed_out, "meta", earlier) / CHECKPOINT_NAME,
+                        run_dir / CHECKPOINT_NAME)
 
 
 def train_meta_to(cfg: TrainConfig, run_dir: Path, iteration: int, progress: bool) -> float:
@@ -205,7 +235,7 @@ def train_meta_to(cfg: TrainConfig, run_dir: Path, iteration: int, progress: boo
     from metarobot.trainer import MetaTrainer
 
     t0 = time.perf_counter()
-    if (run_dir / "checkpoint.pt").exists():
+    if (run_dir / CHECKPOINT_NAME).exists():
         check_same_config(run_dir, cfg)
         MetaTrainer.resume(run_dir, progress=progress, iterations=iteration).train()
     else:
@@ -232,9 +262,10 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
         log(f"meta stage {iteration}: {path} exists, skipped")
         return read_json(path)
     cfg: TrainConfig = ctx["config"]
-    snapshot = run_dir / "stages" / stage_name(iteration)
+    snapshot = saved_dir(seed_out, "meta", iteration)
     train_wall = None
-    if not (snapshot / "checkpoint.pt").exists():
+    if not (snapshot / CHECKPOINT_NAME).exists():
+        restore_run_dir(run_dir, seed_out, iteration)
         current = checkpoint_iteration(run_dir)
         if current is not None and current > iteration:
             raise SystemExit(f"{run_dir} is already at iteration {current} > stage {iteration} "
@@ -245,13 +276,11 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
         if checkpoint_iteration(run_dir) != iteration:
             raise SystemExit(f"training stopped before iteration {iteration} (interrupted?); "
                              "run the same command again to resume")
-        snapshot.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run_dir / "checkpoint.pt", snapshot / "checkpoint.pt.tmp")
-        (snapshot / "checkpoint.pt.tmp").replace(snapshot / "checkpoint.pt")
+        copy_atomically(run_dir / CHECKPOINT_NAME, snapshot / CHECKPOINT_NAME)
     policy = load_trained_policy(snapshot)
     from metarobot.checkpoint import load_checkpoint
 
-    env_steps = int(load_checkpoint(snapshot / "checkpoint.pt")["algo_state"]["env_steps"])
+    env_steps = int(load_checkpoint(snapshot / CHECKPOINT_NAME)["algo_state"]["env_steps"])
     log(f"evaluating iteration {iteration} ({env_steps} env steps) on {ctx['eval_tasks']} "
         f"test tasks")
     t0 = time.perf_counter()
@@ -296,14 +325,13 @@ def run_baseline_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path,
         log(f"baseline stage {iteration}: {path} exists, skipped")
         return read_json(path)
     cfg: TrainConfig = ctx["config"]
-    model_dir = run_dir / "baseline_multitask" / stage_name(iteration)
+    model_dir = saved_dir(seed_out, "baseline_multitask", iteration)
     train_wall = None
     if (model_dir / "model.zip").exists():
         base = baselines.load_sb3_policy(model_dir, cfg.family, cfg.env_kwargs)
     else:
-        earlier = latest_saved_stage(run_dir / "baseline_multitask", "model.zip", iteration)
-        init = (None if earlier is None
-                else run_dir / "baseline_multitask" / stage_name(earlier))
+        earlier = latest_saved_stage(model_dir.parent, "model.zip", iteration)
+        init = None if earlier is None else model_dir.with_name(stage_name(earlier))
         log(f"multi-task PPO to {meta['env_steps']} env steps (from "
             f"{init.name if init else 'scratch'})")
         t0 = time.perf_counter()
@@ -893,7 +921,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
            "scratch_eval_every": args.scratch_eval_every, "scratch_tasks": args.scratch_tasks,
            "scratch_target_step": args.scratch_target_step}
     log(f"{args.family} seed {seed}: stages {stages}, results in {seed_out}, runs in {run_dir}")
-    prev = latest_saved_stage(run_dir / "stages", "checkpoint.pt", stages[0]) or 0
+    prev = latest_saved_stage(seed_out / "saved" / "meta", CHECKPOINT_NAME, stages[0]) or 0
     meta = None
     for iteration in stages:
         meta = run_meta_stage(ctx, seed_out, run_dir, iteration, prev)

@@ -182,3 +182,22 @@ def test_a_later_stage_continues_from_the_latest_saved_stage_not_only_those_aske
     assert results.latest_saved_stage(folder, "model.zip", 100) == 50
     assert results.latest_saved_stage(folder, "model.zip", 50) is None
     assert results.latest_saved_stage(tmp_path / "missing", "model.zip", 150) is None
+
+
+def test_a_lost_run_dir_continues_from_the_latest_saved_stage_beside_the_results(tmp_path):
+    seed_out, run_dir = tmp_path / "meta" / "walk" / "seed0", tmp_path / "runs" / "seed0"
+    for iteration in (40, 100):
+        saved = results.saved_dir(seed_out, "meta", iteration) / results.CHECKPOINT_NAME
+        saved.parent.mkdir(parents=True)
+        saved.write_bytes(f"checkpoint {iteration}".encode())
+    # training to 150 with no run directory starts from the saved stage 100, not scratch
+    results.restore_run_dir(run_dir, seed_out, 150)
+    assert (run_dir / results.CHECKPOINT_NAME).read_bytes() == b"checkpoint 100"
+    # a run directory that has a checkpoint is never overwritten
+    (run_dir / results.CHECKPOINT_NAME).write_bytes(b"newer")
+    results.restore_run_dir(run_dir, seed_out, 150)
+    assert (run_dir / results.CHECKPOINT_NAME).read_bytes() == b"newer"
+    # nothing saved below the target: nothing to restore
+    fresh = tmp_path / "runs" / "seed1"
+    results.restore_run_dir(fresh, seed_out, 40)
+    assert not (fresh / results.CHECKPOINT_NAME).exists()
