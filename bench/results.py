@@ -21,7 +21,8 @@ Every stage writes its JSON under ``--out/<family>/seed<S>/`` and is skipped whe
 JSON exists. Each stage's meta checkpoint and multi-task PPO model are kept beside the JSON
 (``--out/<family>/seed<S>/saved/``, committed: a few hundred KB each), so that a run whose
 ``--runs-dir`` is gone (a new machine, a new session) continues from its latest saved stage
-instead of starting over; the run directory itself (logs, TensorBoard) is not committed. Per seed and per family (over seeds) it writes
+instead of starting over; the run directory itself (logs, TensorBoard) is not committed.
+Per seed and per family (over seeds) it writes
 ``curves.png`` (return/success vs meta-training env steps) and ``meta_vs_baseline.png``
 (after 0..K steps, last stage), and regenerates the report (``docs/results.md`` when
 ``--out`` is the default) from all JSON found under ``--out``; a hand-written
@@ -65,9 +66,13 @@ import baselines  # noqa: E402
 
 from bench.common import git_head, machine_info  # noqa: E402
 from metarobot.api import resolve_config  # noqa: E402
-from metarobot.trainer import CHECKPOINT_NAME  # noqa: E402
-from metarobot.config import (RESUME_SAFE_KEYS, TrainConfig, config_from_dict,  # noqa: E402
-                              flat_items)
+from metarobot.checkpoint import CHECKPOINT_NAME, load_run  # noqa: E402
+from metarobot.config import (  # noqa: E402
+    RESUME_SAFE_KEYS,
+    TrainConfig,
+    config_from_dict,
+    flat_items,
+)
 from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95  # noqa: E402
 from metarobot.runlog import read_log  # noqa: E402
 from sim_envs.registry import FAMILY_NAMES  # noqa: E402
@@ -184,19 +189,13 @@ def default_stages(iterations: int) -> list[int]:
 
 
 def checkpoint_iteration(run_dir: Path) -> int | None:
-    from metarobot.checkpoint import load_checkpoint
-
-    path = run_dir / CHECKPOINT_NAME
-    return int(load_checkpoint(path)["iteration"]) if path.exists() else None
+    return load_run(run_dir).iteration if (run_dir / CHECKPOINT_NAME).exists() else None
 
 
 def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a run made with a different config (other than the keys a resume
     may change, :data:`~metarobot.config.RESUME_SAFE_KEYS`: they do not change results)."""
-    from metarobot.checkpoint import load_checkpoint
-
-    saved = flat_items(config_from_dict(
-        load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]).to_dict())
+    saved = flat_items(config_from_dict(load_run(run_dir).config).to_dict())
     wanted = flat_items(cfg.to_dict())
     diff = sorted(k for k in set(saved) | set(wanted)
                   if k not in RESUME_SAFE_KEYS and saved.get(k) != wanted.get(k))
@@ -278,9 +277,7 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
                              "run the same command again to resume")
         copy_atomically(run_dir / CHECKPOINT_NAME, snapshot / CHECKPOINT_NAME)
     policy = load_trained_policy(snapshot)
-    from metarobot.checkpoint import load_checkpoint
-
-    env_steps = int(load_checkpoint(snapshot / CHECKPOINT_NAME)["algo_state"]["env_steps"])
+    env_steps = load_run(snapshot).algo_state.env_steps
     log(f"evaluating iteration {iteration} ({env_steps} env steps) on {ctx['eval_tasks']} "
         f"test tasks")
     t0 = time.perf_counter()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The name bundles record for this baseline (``metadata["inner"]["baseline"]``).
+BASELINE_NAME = "linear_feature"
 FEATURE_OBS_CLIP = 10.0
 TIME_SCALE = 100.0
 BASELINE_REG, BASELINE_REG_GROWTH, BASELINE_REG_TRIES = 1e-5, 10.0, 5

@@ -21,6 +21,7 @@ hold, are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -173,7 +174,8 @@ class Bundle:
 
     Attributes:
         path: the bundle directory.
-        metadata: the metadata dict (as in the manifest and every model).
+        metadata: the metadata dict, as in the manifest and every model (JSON values).
+        spec: the same metadata, typed and validated (:class:`BundleMetadata`).
         layout: the flat-parameter layout.
         params: the meta-learned parameters, float32 ``[P]`` (read-only).
         lr: the inner learning rate: a float32 scalar array ``[]`` or ``[P]`` (Meta-SGD).
@@ -185,6 +187,7 @@ class Bundle:
 
     path: Path
     metadata: dict[str, Any]
+    spec: BundleMetadata
     layout: Layout
     params: np.ndarray
     lr: np.ndarray
@@ -197,16 +200,16 @@ class Bundle:
 
     @property
     def family(self) -> str:
-        return str(self.metadata["family"])
+        return self.spec.family
 
     @property
     def env_id(self) -> str:
-        return str(self.metadata["env_id"])
+        return self.spec.env_id
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
         """Env options the policy was trained with (``{}`` in bundles that predate them)."""
-        return dict(self.metadata.get("env_kwargs") or {})
+        return dict(self.spec.env_kwargs)
 
     @property
     def obs_dim(self) -> int:
@@ -217,19 +220,19 @@ class Bundle:
         return int(self.act_low.shape[0])
 
     @property
-    def inner(self) -> dict[str, Any]:
-        """The inner-loop configuration (loss, lr, clip, steps, gamma, lam, baseline, ...)."""
-        return dict(self.metadata["inner"])
+    def inner(self) -> InnerSpec:
+        """The inner step (loss, lr, clip, steps, gamma, lam, baseline, normalize)."""
+        return self.spec.inner
 
     @property
     def safety_defaults(self) -> dict[str, float | int]:
         """Default safety rules recorded at export (e.g. ``max_kl`` from training,
         ``worse_margin``, ``trial_episodes``), typed; see :data:`SAFETY_RULES`."""
-        return check_safety(self.metadata.get("safety", {}))
+        return self.spec.safety.to_dict()
 
     @property
     def policy_file(self) -> Path:
-        return self.path / self.metadata["models"]["policy"]
+        return self.path / self.spec.models.policy
 
 
 # ---------------------------------------------------------------- typed JSON checks
@@ -351,121 +354,339 @@ def _check_files(files: Any, where: str) -> dict[str, tuple[int, str]]:
     return checked
 
 
-def _check_space(metadata: Mapping[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds ``[D]`` of a flat Box space (may be infinite, never NaN, low <= high)."""
-    space = _mapping(metadata[key], f"metadata {key!r}", ("shape", "low", "high"), ("dtype",))
-    shape = space["shape"]
-    if not isinstance(shape, list) or len(shape) != 1:
-        raise BundleError(f"metadata {key!r} shape must be [D] (a flat Box), got {shape!r:.80}")
-    dim = _integer(shape[0], f"metadata {key!r} shape[0]", 1)
-    low = _vector(space["low"], dim, f"metadata {key!r} low", finite=False)
-    high = _vector(space["high"], dim, f"metadata {key!r} high", finite=False)
-    if np.any(low > high):
-        raise BundleError(f"metadata {key!r}: low exceeds high")
-    return low.astype(np.float32), high.astype(np.float32)
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A flat gymnasium ``Box`` space of ``D`` dims: ``metadata["observation_space"]`` and
+    ``metadata["action_space"]``.
+
+    Attributes:
+        low, high: the bounds ``[D]`` (may be infinite, never NaN, ``low <= high``).
+        dtype: the env's dtype name (e.g. ``"float32"``), or None if not recorded.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    dtype: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` as float32 arrays ``[D]`` (what the graphs see)."""
+        return (np.asarray(self.low, dtype=np.float32), np.asarray(self.high, dtype=np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"shape": [self.dim], "low": list(self.low),
+                               "high": list(self.high)}
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        return out
+
+    @staticmethod
+    def from_dict(space: Any, key: str) -> SpaceSpec:
+        """Parse and check the space ``key``; raises :class:`BundleError`."""
+        space = _mapping(space, f"metadata {key!r}", ("shape", "low", "high"), ("dtype",))
+        shape = space["shape"]
+        if not isinstance(shape, list) or len(shape) != 1:
+            raise BundleError(f"metadata {key!r} shape must be [D] (a flat Box), "
+                              f"got {shape!r:.80}")
+        dim = _integer(shape[0], f"metadata {key!r} shape[0]", 1)
+        low = _vector(space["low"], dim, f"metadata {key!r} low", finite=False)
+        high = _vector(space["high"], dim, f"metadata {key!r} high", finite=False)
+        if np.any(low > high):
+            raise BundleError(f"metadata {key!r}: low exceeds high")
+        dtype = space.get("dtype")
+        return SpaceSpec(tuple(low.tolist()), tuple(high.tolist()),
+                         None if dtype is None else str(dtype))
 
 
-def _check_normalizer(metadata: Mapping[str, Any], obs_dim: int) -> None:
-    norm = _mapping(metadata["normalizer"], "metadata 'normalizer'",
-                    ("mean", "var", "eps", "clip", "folded"))
-    _vector(norm["mean"], obs_dim, "normalizer mean (one per observation dim)")
-    var = _vector(norm["var"], obs_dim, "normalizer var (one per observation dim)")
-    if np.any(var < 0):
-        raise BundleError("normalizer var must be >= 0")
-    _number(norm["eps"], "normalizer eps", low=0.0)
-    _number(norm["clip"], "normalizer clip", low=0.0, low_open=True, finite=False)
-    if norm["folded"] is not True:
-        raise BundleError("normalizer folded must be true: this runtime feeds raw observations "
-                          "to a graph with the normaliser inside")
+@dataclass(frozen=True)
+class NormalizerSpec:
+    """The observation normaliser folded into the policy graph (``metadata["normalizer"]``):
+    ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``; recorded for reference, the
+    runtime feeds raw observations.
+
+    Attributes:
+        mean, var: per observation dim ``[O]`` (``var >= 0``).
+        eps: added to ``var`` (>= 0); clip: bound of the normalised value (> 0, inf: none).
+    """
+
+    mean: tuple[float, ...]
+    var: tuple[float, ...]
+    eps: float
+    clip: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "var": list(self.var), "eps": self.eps,
+                "clip": self.clip, "folded": True}
+
+    @staticmethod
+    def from_dict(norm: Any, obs_dim: int) -> NormalizerSpec:
+        """Parse and check; raises :class:`BundleError`."""
+        norm = _mapping(norm, "metadata 'normalizer'", ("mean", "var", "eps", "clip", "folded"))
+        mean = _vector(norm["mean"], obs_dim, "normalizer mean (one per observation dim)")
+        var = _vector(norm["var"], obs_dim, "normalizer var (one per observation dim)")
+        if np.any(var < 0):
+            raise BundleError("normalizer var must be >= 0")
+        eps = _number(norm["eps"], "normalizer eps", low=0.0)
+        clip = _number(norm["clip"], "normalizer clip", low=0.0, low_open=True, finite=False)
+        if norm["folded"] is not True:
+            raise BundleError("normalizer folded must be true: this runtime feeds raw "
+                              "observations to a graph with the normaliser inside")
+        return NormalizerSpec(tuple(mean.tolist()), tuple(var.tolist()), eps, clip)
 
 
-def _check_inner(inner: Any) -> tuple[Any, float]:
-    """Range-check the inner-step settings; returns the lr spec and the clip."""
-    inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
-    if inner["loss"] != "lvc":
-        raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got "
-                          f"{inner['loss']!r:.40}")
-    lr = inner["lr"]
-    if isinstance(lr, dict):
-        lr = _mapping(lr, "inner lr", ("kind", "file", "sha256"))
-        if lr["kind"] != "per_parameter":
-            raise BundleError(f"inner lr kind must be 'per_parameter', got {lr['kind']!r:.40}")
-        _file_name(lr["file"], "inner lr file")
-        _sha256_hex(lr["sha256"], "inner lr sha256")
-    else:
-        _number(lr, "inner lr", low=0.0, low_open=True)
-    clip = _number(inner["clip"], "inner clip", low=0.0, low_open=True, finite=False)
-    _integer(inner["steps"], "inner steps", 1, MAX_UNROLLED_STEPS)
-    _number(inner["gamma"], "inner gamma", low=0.0, high=1.0, low_open=True)
-    _number(inner["lam"], "inner lam", low=0.0, high=1.0)
-    _string(inner["baseline"], "inner baseline")
-    if not isinstance(inner.get("normalize", True), bool):
-        raise BundleError(f"inner normalize must be a boolean, got {_kind(inner['normalize'])}")
-    return lr, clip
+@dataclass(frozen=True)
+class ParamsSpec:
+    """The meta-learned parameters (``metadata["params"]``): their layout, the file that
+    holds them (float32 ``[P]``) and its :func:`params_sha256`."""
+
+    layout: Layout
+    sha256: str
+    file: str = PARAMS_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layout": self.layout.to_dict(), "sha256": self.sha256, "dtype": "float32",
+                "file": self.file}
+
+    @staticmethod
+    def from_dict(params: Any) -> ParamsSpec:
+        """Parse and check; raises :class:`BundleError`."""
+        params = _mapping(params, "metadata 'params'", ("layout", "sha256", "dtype", "file"))
+        layout = Layout.from_dict(params["layout"])
+        sha256 = _sha256_hex(params["sha256"], "params sha256")
+        file = _file_name(params["file"], "params file")
+        if params["dtype"] != "float32":
+            raise BundleError(f"params dtype must be 'float32', got {params['dtype']!r:.40}")
+        return ParamsSpec(layout, sha256, file)
 
 
-def _check_models(models: Any) -> tuple[str, dict[int, str]]:
-    """The policy file and the unrolled-step count K -> adapt file map (with K = 1)."""
-    models = _mapping(models, "metadata 'models'", ("policy", "adapt"))
-    policy = _file_name(models["policy"], "models policy")
-    adapt = _mapping(models["adapt"], "models adapt", closed=False)
-    files = {}
-    for key, name in adapt.items():
-        if not (key.isdigit() and str(int(key)) == key
-                and 1 <= int(key) <= MAX_UNROLLED_STEPS):
-            raise BundleError(f"models adapt keys must be step counts 1..{MAX_UNROLLED_STEPS}, "
-                              f"got {key!r:.40}")
-        files[int(key)] = _file_name(name, f"models adapt {key}")
-    if 1 not in files:
-        raise BundleError("the bundle has no one-step adapt graph (models adapt '1')")
-    return policy, files
+@dataclass(frozen=True)
+class PerParameterLr:
+    """Meta-SGD's inner learning rates: a float32 ``[P]`` file and its SHA-256."""
+
+    file: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "per_parameter", "file": self.file, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class InnerSpec:
+    """The inner (adaptation) step the bundle's adapt graphs implement (``metadata["inner"]``).
+
+    Attributes:
+        loss: the inner objective; always ``"lvc"`` (the adapt graph's, see
+            :mod:`metarobot.inner`).
+        lr: the step size: a float > 0, or :class:`PerParameterLr` (Meta-SGD).
+        clip: likelihood-ratio clip of the surrogate (> 0; inf: none).
+        steps: the inner steps K used in training (1..:data:`MAX_UNROLLED_STEPS`).
+        gamma, lam: discount ``(0, 1]`` and GAE lambda ``[0, 1]`` of the advantages.
+        baseline: the advantages' baseline (``"linear_feature"``: the per-task linear
+            feature baseline of :mod:`deploy.advantages`, as in training).
+        normalize: advantages normalised per task (True in bundles that predate the key).
+    """
+
+    loss: str
+    lr: float | PerParameterLr
+    clip: float
+    steps: int
+    gamma: float
+    lam: float
+    baseline: str
+    normalize: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss,
+                "lr": self.lr.to_dict() if isinstance(self.lr, PerParameterLr) else self.lr,
+                "clip": self.clip, "steps": self.steps, "gamma": self.gamma, "lam": self.lam,
+                "baseline": self.baseline, "normalize": self.normalize}
+
+    @staticmethod
+    def from_dict(inner: Any) -> InnerSpec:
+        """Parse and range-check; raises :class:`BundleError`."""
+        inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
+        if inner["loss"] != "lvc":
+            raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got "
+                              f"{inner['loss']!r:.40}")
+        lr: float | PerParameterLr
+        if isinstance(inner["lr"], dict):
+            spec = _mapping(inner["lr"], "inner lr", ("kind", "file", "sha256"))
+            if spec["kind"] != "per_parameter":
+                raise BundleError(f"inner lr kind must be 'per_parameter', got "
+                                  f"{spec['kind']!r:.40}")
+            lr = PerParameterLr(_file_name(spec["file"], "inner lr file"),
+                                _sha256_hex(spec["sha256"], "inner lr sha256"))
+        else:
+            lr = _number(inner["lr"], "inner lr", low=0.0, low_open=True)
+        normalize = inner.get("normalize", True)
+        if not isinstance(normalize, bool):
+            raise BundleError(f"inner normalize must be a boolean, got {_kind(normalize)}")
+        return InnerSpec(
+            loss=inner["loss"], lr=lr,
+            clip=_number(inner["clip"], "inner clip", low=0.0, low_open=True, finite=False),
+            steps=_integer(inner["steps"], "inner steps", 1, MAX_UNROLLED_STEPS),
+            gamma=_number(inner["gamma"], "inner gamma", low=0.0, high=1.0, low_open=True),
+            lam=_number(inner["lam"], "inner lam", low=0.0, high=1.0),
+            baseline=_string(inner["baseline"], "inner baseline"), normalize=normalize)
+
+
+@dataclass(frozen=True)
+class SafetySpec:
+    """Safety rules recorded at export (``metadata["safety"]``): defaults of the runtime's
+    :class:`deploy.SafetyConfig` for the rules set here (None: the runtime's default).
+    Ranges: :data:`SAFETY_RULES`.
+
+    Attributes:
+        max_kl: trust region on the adaptation's approximate KL (nats, > 0).
+        max_update_norm: largest L2 norm of an update (> 0).
+        trial_episodes: episodes an applied update is on trial for (>= 0).
+        worse_margin: the trial's margin, in standard errors (>= 0).
+    """
+
+    max_kl: float | None = None
+    max_update_norm: float | None = None
+    trial_episodes: int | None = None
+    worse_margin: float | None = None
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The rules that are set (the JSON section, and ``SafetyConfig`` keyword args)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @staticmethod
+    def from_dict(safety: Any) -> SafetySpec:
+        """Parse and range-check; raises :class:`BundleError` for a non-mapping, an
+        unknown rule, or a value of the wrong type or range."""
+        safety = _mapping(safety, "metadata 'safety'", optional=tuple(SAFETY_RULES))
+        checked: dict[str, float | int] = {}
+        for key, value in safety.items():
+            kind, low, low_open = SAFETY_RULES[key]
+            if kind is int:
+                checked[key] = _integer(value, f"safety {key}", int(low), 1_000_000)
+            else:
+                checked[key] = _number(value, f"safety {key}", low=low, low_open=low_open)
+        return SafetySpec(**checked)
+
+
+@dataclass(frozen=True)
+class ModelsSpec:
+    """The graph files (``metadata["models"]``): the policy graph, and the adapt graph of
+    each unrolled step count K (K = 1 always present)."""
+
+    policy: str
+    adapt: dict[int, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "adapt": {str(k): v for k, v in self.adapt.items()}}
+
+    @staticmethod
+    def from_dict(models: Any) -> ModelsSpec:
+        """Parse and check; raises :class:`BundleError`."""
+        models = _mapping(models, "metadata 'models'", ("policy", "adapt"))
+        policy = _file_name(models["policy"], "models policy")
+        adapt = _mapping(models["adapt"], "models adapt", closed=False)
+        files = {}
+        for key, name in adapt.items():
+            if not (key.isdigit() and str(int(key)) == key
+                    and 1 <= int(key) <= MAX_UNROLLED_STEPS):
+                raise BundleError(f"models adapt keys must be step counts "
+                                  f"1..{MAX_UNROLLED_STEPS}, got {key!r:.40}")
+            files[int(key)] = _file_name(name, f"models adapt {key}")
+        if 1 not in files:
+            raise BundleError("the bundle has no one-step adapt graph (models adapt '1')")
+        return ModelsSpec(policy, files)
+
+
+@dataclass(frozen=True)
+class BundleMetadata:
+    """The bundle metadata: written by :func:`metarobot.export.export_bundle` (with
+    :meth:`to_dict`, into the manifest and every model) and read by :func:`load_bundle`
+    (with :meth:`from_dict`, the one validator). ``format`` and ``format_version`` are
+    always this module's :data:`FORMAT` and :data:`FORMAT_VERSION`.
+
+    Attributes:
+        package: the writer (``"metarobot"``); versions: package name -> version.
+        opset: the graphs' ONNX opset.
+        family, env_id: the task family and its gymnasium id.
+        env_kwargs: env options the policy was trained with (``{}`` if none or not recorded).
+        observation_space, action_space: the env's flat Box spaces ``[O]``, ``[A]``.
+        normalizer: the observation normaliser folded into the policy graph.
+        policy: a description of the policy network (informational, free-form).
+        params: the meta-learned parameters' layout, file and hash.
+        inner: the inner step (:class:`InnerSpec`).
+        safety: the recorded safety rules (:class:`SafetySpec`).
+        models: the graph files (:class:`ModelsSpec`).
+    """
+
+    package: str
+    versions: dict[str, Any]
+    opset: int
+    family: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    observation_space: SpaceSpec
+    action_space: SpaceSpec
+    normalizer: NormalizerSpec
+    policy: dict[str, Any]
+    params: ParamsSpec
+    inner: InnerSpec
+    safety: SafetySpec
+    models: ModelsSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as JSON values (non-finite floats still floats: see
+        :func:`dumps_metadata` and :func:`encode_floats`)."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "package": self.package,
+                "versions": dict(self.versions), "opset": self.opset, "family": self.family,
+                "env_id": self.env_id, "env_kwargs": dict(self.env_kwargs),
+                "observation_space": self.observation_space.to_dict(),
+                "action_space": self.action_space.to_dict(),
+                "normalizer": self.normalizer.to_dict(), "policy": dict(self.policy),
+                "params": self.params.to_dict(), "inner": self.inner.to_dict(),
+                "safety": self.safety.to_dict(), "models": self.models.to_dict()}
+
+    @staticmethod
+    def from_dict(metadata: Any, where: str = "bundle") -> BundleMetadata:
+        """Parse a metadata dict: every section typed and range-checked.
+
+        Raises:
+            BundleError: naming ``where`` or the section and the problem; never another
+                exception for malformed JSON values.
+        """
+        _check_header(metadata, f"{where} metadata")
+        _mapping(metadata, f"{where} metadata", _METADATA_KEYS, _METADATA_OPTIONAL)
+        env_kwargs = metadata.get("env_kwargs")
+        if env_kwargs is not None:
+            _mapping(env_kwargs, "metadata env_kwargs", closed=False)
+        observation_space = SpaceSpec.from_dict(metadata["observation_space"],
+                                                "observation_space")
+        return BundleMetadata(
+            package=_string(metadata["package"], "metadata package"),
+            versions=_mapping(metadata["versions"], "metadata versions", closed=False),
+            opset=_integer(metadata["opset"], "metadata opset", 1, 1000),
+            family=_string(metadata["family"], "metadata family"),
+            env_id=_string(metadata["env_id"], "metadata env_id"),
+            env_kwargs=dict(env_kwargs or {}),
+            observation_space=observation_space,
+            action_space=SpaceSpec.from_dict(metadata["action_space"], "action_space"),
+            normalizer=NormalizerSpec.from_dict(metadata["normalizer"],
+                                                observation_space.dim),
+            policy=_mapping(metadata["policy"], "metadata policy", closed=False),
+            params=ParamsSpec.from_dict(metadata["params"]),
+            inner=InnerSpec.from_dict(metadata["inner"]),
+            safety=SafetySpec.from_dict(metadata.get("safety", {})),
+            models=ModelsSpec.from_dict(metadata["models"]))
 
 
 def check_safety(safety: Any) -> dict[str, float | int]:
-    """The recorded safety rules (``metadata["safety"]``), typed and range-checked.
+    """The recorded safety rules, typed and range-checked (:meth:`SafetySpec.from_dict`).
 
     Raises:
         BundleError: not a mapping, an unknown rule, or a value of the wrong type or range.
     """
-    safety = _mapping(safety, "metadata 'safety'", optional=tuple(SAFETY_RULES))
-    checked: dict[str, float | int] = {}
-    for key, value in safety.items():
-        kind, low, low_open = SAFETY_RULES[key]
-        if kind is int:
-            checked[key] = _integer(value, f"safety {key}", int(low), 1_000_000)
-        else:
-            checked[key] = _number(value, f"safety {key}", low=low, low_open=low_open)
-    return checked
-
-
-def _check_metadata(metadata: Any, where: str) -> dict[str, Any]:
-    """Every metadata section, typed and range-checked (see :func:`load_bundle`)."""
-    _check_header(metadata, f"{where} metadata")
-    _mapping(metadata, f"{where} metadata", _METADATA_KEYS, _METADATA_OPTIONAL)
-    _string(metadata["family"], "metadata family")
-    _string(metadata["env_id"], "metadata env_id")
-    _string(metadata["package"], "metadata package")
-    _mapping(metadata["versions"], "metadata versions", closed=False)
-    _mapping(metadata["policy"], "metadata policy", closed=False)
-    _integer(metadata["opset"], "metadata opset", 1, 1000)
-    if metadata.get("env_kwargs") is not None:
-        _mapping(metadata["env_kwargs"], "metadata env_kwargs", closed=False)
-    params = _mapping(metadata["params"], "metadata 'params'",
-                      ("layout", "sha256", "dtype", "file"))
-    layout = Layout.from_dict(params["layout"])
-    _sha256_hex(params["sha256"], "params sha256")
-    _file_name(params["file"], "params file")
-    if params["dtype"] != "float32":
-        raise BundleError(f"params dtype must be 'float32', got {params['dtype']!r:.40}")
-    obs_low, obs_high = _check_space(metadata, "observation_space")
-    act_low, act_high = _check_space(metadata, "action_space")
-    _check_normalizer(metadata, obs_low.shape[0])
-    lr_spec, clip = _check_inner(metadata["inner"])
-    policy_file, adapt_files = _check_models(metadata["models"])
-    safety = check_safety(metadata.get("safety", {}))
-    return {"layout": layout, "obs": (obs_low, obs_high), "act": (act_low, act_high),
-            "lr_spec": lr_spec, "clip": clip, "policy_file": policy_file,
-            "adapt_files": adapt_files, "safety": safety}
+    return SafetySpec.from_dict(safety).to_dict()
 
 
 # ---------------------------------------------------------------- files and graphs
@@ -669,38 +890,37 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     _mapping(manifest, where, _MANIFEST_KEYS)
     files = _check_files(manifest["files"], where)
     metadata = manifest["metadata"]
-    checked = _check_metadata(metadata, where)
-    if family is not None and metadata["family"] != family:
-        raise BundleError(f"bundle {root} is for task family {metadata['family']!r}, "
+    spec = BundleMetadata.from_dict(metadata, where)
+    if family is not None and spec.family != family:
+        raise BundleError(f"bundle {root} is for task family {spec.family!r}, "
                           f"expected {family!r}")
-    lr_spec = checked["lr_spec"]
-    named = {checked["policy_file"], metadata["params"]["file"],
-             *checked["adapt_files"].values()}
-    if isinstance(lr_spec, dict):
-        named.add(lr_spec["file"])
+    lr_spec = spec.inner.lr
+    named = {spec.models.policy, spec.params.file, *spec.models.adapt.values()}
+    if isinstance(lr_spec, PerParameterLr):
+        named.add(lr_spec.file)
     unlisted = sorted(n for n in named if n not in files)
     if unlisted:
         raise BundleError(f"{where}: files {unlisted} are not in the manifest")
     _verify_files(root, files)
 
-    layout = checked["layout"]
-    params = _load_npy(root / metadata["params"]["file"], layout.size, "meta-learned params")
-    if params_sha256(params) != metadata["params"]["sha256"]:
+    layout = spec.params.layout
+    params = _load_npy(root / spec.params.file, layout.size, "meta-learned params")
+    if params_sha256(params) != spec.params.sha256:
         raise BundleError(f"{root}: the meta-learned parameters do not match the metadata's "
                           "SHA-256")
-    if isinstance(lr_spec, dict):
-        lr = _load_npy(root / lr_spec["file"], layout.size, "per-parameter learning rates")
-        if params_sha256(lr) != lr_spec["sha256"]:
-            raise BundleError(f"{root}: {lr_spec['file']} does not match its metadata SHA-256")
+    if isinstance(lr_spec, PerParameterLr):
+        lr = _load_npy(root / lr_spec.file, layout.size, "per-parameter learning rates")
+        if params_sha256(lr) != lr_spec.sha256:
+            raise BundleError(f"{root}: {lr_spec.file} does not match its metadata SHA-256")
     else:
         with np.errstate(over="ignore"):  # a float64 lr beyond float32 becomes inf
-            lr = np.asarray(decode_float(lr_spec), dtype=np.float32)
+            lr = np.asarray(lr_spec, dtype=np.float32)
         if not (np.isfinite(lr) and lr > 0):  # also a float64 lr that overflows float32
             raise BundleError(f"{where}: inner lr {lr_spec!r} is not a finite float32 > 0")
         lr.setflags(write=False)
-    bundle = Bundle(root, metadata, layout, params, lr, checked["clip"], *checked["obs"],
-                    *checked["act"],
-                    {k: root / v for k, v in checked["adapt_files"].items()})
+    bundle = Bundle(root, metadata, spec, layout, params, lr, spec.inner.clip,
+                    *spec.observation_space.bounds(), *spec.action_space.bounds(),
+                    {k: root / v for k, v in spec.models.adapt.items()})
     if check_models:
         policy = open_session(bundle.policy_file)
         adapt = {k: open_session(p) for k, p in bundle.adapt_files.items()}

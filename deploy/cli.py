@@ -13,7 +13,9 @@ For each of ``--tasks`` held-out tasks: reset to the meta-learned parameters, ru
 ``--episodes`` episodes (stochastic actions; they are the adaptation data), adapt with
 ``--adapt-steps`` inner steps, run ``--episodes`` more with the adapted parameters, and
 print mean return and success rate before and after. The core runtime never imports
-torch; this command also imports gymnasium and ``sim_envs`` for the simulator.
+torch; this command also imports gymnasium and ``sim_envs`` for the simulator, which the
+base install lacks: without ``pip install 'metarobot[train]'`` it stops with one line
+naming the extra.
 
 Every failure a user can cause (a bad bundle, an unknown or mismatched env, bad
 arguments, an unreadable path) is one line on stderr and exit status 2; a traceback
@@ -34,6 +36,7 @@ import numpy as np
 
 from deploy.bundle import BundleError, shipped_bundles
 from deploy.controller import GymController
+from deploy.extras import missing_train_module, needs_train_extra
 from deploy.runtime import AdaptivePolicy
 
 
@@ -136,12 +139,18 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], policy: AdaptivePolicy) ->
     the bundle (family, observation and action shapes, task sampling).
 
     Raises:
-        UsageError: an unknown id, options the env refuses, or an env that does not fit.
+        UsageError: the simulator not installed (the train extra), an unknown id, options
+            the env refuses, or an env that does not fit.
     """
-    import gymnasium
+    try:
+        import gymnasium
 
-    import sim_envs  # noqa: F401  (registers the sim_envs/* ids)
-
+        import sim_envs  # noqa: F401  (registers the sim_envs/* ids)
+    except ModuleNotFoundError as err:
+        missing = missing_train_module(err)
+        if missing is None:
+            raise  # not a module of the extra: a broken install or a bug
+        raise UsageError(f"the simulator (sim_envs) {needs_train_extra(missing)}") from err
     try:
         env = gymnasium.make(env_id, **env_kwargs)
     except gymnasium.error.Error as err:  # unknown id, namespace or version

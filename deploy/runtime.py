@@ -225,6 +225,13 @@ def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) ->
     return (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
 
 
+def approx_kl(log_ratio: np.ndarray) -> float:
+    """Approximate ``KL(old || new)`` (nats) from samples of the old policy: the
+    non-negative estimator ``mean((r - 1) - log r)``, ``log r = logp_new - logp_old``
+    ``[N]``; the numpy twin of :func:`metarobot.inner.approx_kl` (unit weights)."""
+    return float(np.mean(np.expm1(log_ratio) - log_ratio))
+
+
 class AdaptivePolicy:
     """An exported policy that acts and adapts on the device (see the module docstring).
 
@@ -295,7 +302,7 @@ class AdaptivePolicy:
             raise BundleError(f"{b.policy_file} fails to run: {err}") from err
         if not all(np.array_equal(x, y) for x, y in zip(default, explicit)):
             raise BundleError(f"{b.policy_file}: its default parameters differ from "
-                              f"{b.metadata['params']['file']}")
+                              f"{b.spec.params.file}")
 
     # ------------------------------------------------------------------ acting
     def reseed(self, seed: int | None) -> None:
@@ -667,8 +674,8 @@ class AdaptivePolicy:
             obs[i, :t], act[i, :t], rew[i, :t] = e.obs, e.act, e.rew
             logp[i, :t], mask[i, :t] = e.logp, 1.0
         inner = self.bundle.inner
-        adv = compute_advantages(obs, rew, mask, float(inner["gamma"]), float(inner["lam"]),
-                                 normalize=bool(inner.get("normalize", True)))
+        adv = compute_advantages(obs, rew, mask, inner.gamma, inner.lam,
+                                 normalize=inner.normalize)
         real = mask > 0
         return {"obs": obs[real], "act": act[real], "adv": adv[real].astype(np.float32),
                 "old_logp": logp[real], "weight": np.ones(int(real.sum()), dtype=np.float32)}
@@ -712,7 +719,7 @@ class AdaptivePolicy:
         (``old_logp`` was recorded under the pre-update parameters: they acted)."""
         mean, log_std = self._policy.run(None, {"obs": data["obs"], "params": new})
         log_ratio = gaussian_log_prob(mean, log_std, data["act"]) - data["old_logp"]
-        return float(np.mean(np.expm1(log_ratio) - log_ratio))
+        return approx_kl(log_ratio)
 
     # ------------------------------------------------------------------ parameters
     def reset_adaptation(self) -> None:
@@ -737,7 +744,7 @@ class AdaptivePolicy:
         meta = {"format": PARAMS_FORMAT, "format_version": PARAMS_FORMAT_VERSION,
                 "family": self.bundle.family, "env_id": self.bundle.env_id,
                 "layout": self.bundle.layout.to_dict(),
-                "base_params_sha256": self.bundle.metadata["params"]["sha256"],
+                "base_params_sha256": self.bundle.spec.params.sha256,
                 "sha256": params_sha256(params)}
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -775,7 +782,7 @@ class AdaptivePolicy:
                               f"bundle is {b.family!r}")
         if Layout.from_dict(meta.get("layout", {})) != b.layout:
             raise BundleError(f"{path}: parameter layout differs from the bundle's")
-        if meta.get("base_params_sha256") != b.metadata["params"]["sha256"]:
+        if meta.get("base_params_sha256") != b.spec.params.sha256:
             raise BundleError(f"{path} was adapted from other meta-learned parameters than "
                               "this bundle's")
         if params.dtype != np.float32 or params.shape != (b.layout.size,):

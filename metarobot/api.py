@@ -46,7 +46,8 @@ def default_run_dir(family: str) -> Path:
 def train(config: str | Path | TrainConfig | None = None, family: str | None = None,
           overrides: list[str] | None = None, run_dir: str | Path | None = None,
           progress: bool = True, overwrite: bool = False) -> Path:
-    """Meta-train and return the run directory (holds ``checkpoint.pt``, logs, config).
+    """Meta-train and return the run directory (holds the checkpoint
+    (:data:`metarobot.checkpoint.CHECKPOINT_NAME`), logs and config).
 
     A ``run_dir`` that already holds a run raises ``ValueError`` unless ``overwrite``
     (which replaces only a recognisable run); use :func:`resume` to continue one.
@@ -88,11 +89,13 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
     obs_space, act_space = env_spaces(cfg.family, cfg.env_kwargs)
+    # The bundle's baseline is the device's (deploy.advantages), the one the trainer's
+    # inner step uses too: export_bundle records it.
     inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,
              "lr": (cfg.inner.lr if policy.meta_sgd_lr is None else
                     {k: v.detach() for k, v in policy.meta_sgd_lr.items()}),
              "clip": cfg.inner.clip, "gamma": cfg.advantages.gamma, "lam": cfg.advantages.lam,
-             "normalize": cfg.advantages.normalize, "baseline": "linear_feature"}
+             "normalize": cfg.advantages.normalize}
     # The runtime scales a step down until its KL is within max_kl: set it from what
     # training produced (a meta-learned policy is meant to move far in one step), with
     # headroom, but at most MAX_KL_CAP so that the trust region can bind (docs/deploy.md).

@@ -1,9 +1,9 @@
 """The ``metarobot`` command line: train, evaluate, export, envs, demo, quickstart.
 
 Exit codes: 0 done; 2 a failure the user can cause (a bad config, path, permission, a
-full disk, a diverged training), reported as one line on stderr; 128 + N a training
-stopped by signal N after saving its checkpoint (130 Ctrl-C, 143 SIGTERM); 1 with a
-traceback: a bug.
+full disk, a diverged training, the ``train`` extra not installed), reported as one line
+on stderr; 128 + N a training stopped by signal N after saving its checkpoint (130
+Ctrl-C, 143 SIGTERM); 1 with a traceback: a bug.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from deploy.extras import missing_train_module, needs_train_extra
 
 #: ``OSError`` numbers that come from the user's paths, permissions or disk, not from a
 #: bug: reported as one line with exit code 2.
@@ -101,7 +103,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _import_pybullet_quietly()
+    # Every command needs the train extra (torch, pybullet, gymnasium, ...); without it,
+    # the base install is the device runtime alone: one line naming the extra, exit 2.
+    try:
+        _import_pybullet_quietly()
+        return _run(args)
+    except ModuleNotFoundError as err:
+        missing = missing_train_module(err)
+        if missing is None:
+            raise  # not a module of the extra: a broken install or a bug, with its traceback
+        return _report(args.command, needs_train_extra(missing), 2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors become one line and exit status 2."""
     from metarobot.trainer import TrainingDiverged, TrainingStopped
 
     try:

@@ -17,15 +17,23 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-#: Allowed values of the string keys.
-DEVICES = ("auto", "cpu", "cuda")
-INNER_LOSSES = ("lvc", "dice", "vpg")
-OUTER_ALGOS = ("ppo", "reptile")
-BASELINES = ("linear", "mlp")
+#: The values of the string switches (the types of their config keys).
+DeviceName = Literal["auto", "cpu", "cuda"]
+#: ``inner.loss``: the inner objectives of :data:`metarobot.inner.INNER_LOSS_FUNCTIONS`.
+InnerLossName = Literal["lvc", "dice", "vpg"]
+#: ``outer.algo``: PPO-MAML (ProMP) or Reptile.
+OuterAlgoName = Literal["ppo", "reptile"]
+#: ``advantages.baseline``: the linear feature baseline or a learned value network.
+BaselineName = Literal["linear", "mlp"]
+#: Allowed values of the string keys (for validation messages and the CLI).
+DEVICES: tuple[DeviceName, ...] = get_args(DeviceName)
+INNER_LOSSES: tuple[InnerLossName, ...] = get_args(InnerLossName)
+OUTER_ALGOS: tuple[OuterAlgoName, ...] = get_args(OuterAlgoName)
+BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 #: The largest seed torch's generators take as a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
@@ -45,7 +53,7 @@ class MetaBatchConfig:
 class InnerConfig:
     steps: int = 1  #: inner policy-gradient steps (K)
     lr: float = 0.1
-    loss: str = "lvc"  #: "lvc" (ProMP), "dice" or "vpg" (plain log pi * A)
+    loss: InnerLossName = "lvc"  #: "lvc" (ProMP), "dice" or "vpg" (plain log pi * A)
     first_order: bool = False  #: FOMAML: drop second-order terms
     meta_sgd: bool = False  #: learn one inner learning rate per parameter
     clip: float = math.inf  #: likelihood-ratio clip of the inner surrogate (inf = none)
@@ -53,7 +61,7 @@ class InnerConfig:
 
 @dataclass
 class OuterConfig:
-    algo: str = "ppo"  #: "ppo" (PPO-MAML / ProMP) or "reptile"
+    algo: OuterAlgoName = "ppo"  #: "ppo" (PPO-MAML / ProMP) or "reptile"
     lr: float = 1e-3
     epochs: int = 5  #: Adam steps per meta-batch (no resampling); Reptile: inner PPO steps
     clip: float = 0.3
@@ -72,7 +80,7 @@ class AdvantageConfig:
     #: "linear": per-task linear feature baseline everywhere (ProMP). "mlp": the outer
     #: objective's advantages come from a value network trained across iterations
     #: (:mod:`metarobot.value`); the inner step keeps the linear baseline (as the device).
-    baseline: str = "linear"
+    baseline: BaselineName = "linear"
     value_hidden: list[int] = field(default_factory=lambda: [64, 64])
     value_lr: float = 1e-3
     value_epochs: int = 5  #: passes over each post-update batch
@@ -92,7 +100,7 @@ class TrainConfig:
     family: str = "reach"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    device: str = "auto"  #: "auto", "cpu" or "cuda"
+    device: DeviceName = "auto"  #: "auto", "cpu" or "cuda"
     iterations: int = 500
     checkpoint_every: int = 10
     max_nonfinite_updates: int = 3  #: consecutive skipped updates before training stops
@@ -208,6 +216,10 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if math.isnan(number):
             raise ValueError(f"config key {key!r} must be a number, got {value!r}")
         return number
+    if origin is Literal:
+        # A string switch: its type here; whether it is one of the values is a range
+        # check (validate), whose message lists them.
+        annotation = str
     if annotation is int or annotation is bool or annotation is str:
         if type(value) is not annotation:
             raise ValueError(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarobot.checkpoint import load_checkpoint
+from metarobot.checkpoint import load_run
 from metarobot.config import TrainConfig, config_from_dict
 from metarobot.policy import GaussianMLPPolicy, Params
 from metarobot.rollouts import collect_adaptation_rollouts
@@ -49,21 +49,20 @@ class TrainedPolicy:
 
 def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
     """Restore the policy of ``run_dir``'s last checkpoint (``ValueError`` if unusable)."""
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    config = config_from_dict(state["config"])
-    model_state = state["model"]
-    model = GaussianMLPPolicy(model_state["obs_dim"], model_state["act_dim"],
+    state = load_run(run_dir)
+    config = config_from_dict(state.config)
+    model = GaussianMLPPolicy(state.model.obs_dim, state.model.act_dim,
                               config.policy.hidden, config.policy.init_log_std).to(device)
-    norm = state["normalizer"]
+    norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
-    params = {k: v.to(device) for k, v in model_state["params"].items()}
+    params = {k: v.to(device) for k, v in state.model.params.items()}
     expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
     if {k: tuple(v.shape) for k, v in params.items()} != expected:
         raise ValueError(f"checkpoint parameters do not fit the configured policy {expected}")
-    lr = state["algo_state"].get("meta_sgd_lr")
+    lr = state.algo_state.meta_sgd_lr
     lr = None if lr is None else {k: v.to(device) for k, v in lr.items()}
-    return TrainedPolicy(model, params, lr, config, int(state["iteration"]),
-                         list(state["algo_state"].get("recent_adaptation_kl", [])))
+    return TrainedPolicy(model, params, lr, config, state.iteration,
+                         list(state.algo_state.recent_adaptation_kl))
 
 
 @dataclass

@@ -36,11 +36,10 @@ from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import metarobot
+from deploy.advantages import BASELINE_NAME
 from deploy.bundle import (
     ADAPT_INPUTS,
     ADAPT_OUTPUTS,
-    FORMAT,
-    FORMAT_VERSION,
     LR_NAME,
     MANIFEST_NAME,
     METADATA_KEY,
@@ -49,8 +48,16 @@ from deploy.bundle import (
     POLICY_NAME,
     POLICY_OUTPUTS,
     BundleError,
+    BundleMetadata,
+    InnerSpec,
+    Layout,
+    ModelsSpec,
+    NormalizerSpec,
+    ParamsSpec,
+    PerParameterLr,
+    SafetySpec,
+    SpaceSpec,
     adapt_file_name,
-    check_safety,
     dumps_metadata,
     open_session,
     params_sha256,
@@ -73,7 +80,9 @@ from metarobot.policy import (
 OPSET = 18
 MODEL_AUTHOR = "metarobot"
 MODEL_LICENSE = "MIT"
-INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam", "baseline")
+#: The keys ``export_bundle``'s ``inner_config`` needs (``baseline`` and ``normalize`` are
+#: optional: the device's baseline, and True).
+INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam")
 #: Verification tolerance of the exported graphs against torch (float32).
 _VERIFY_ATOL = 1e-4
 #: Safety rules every bundle records unless the caller sets them: the adapted-update
@@ -155,22 +164,23 @@ def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: 
                     opset)
 
 
-def _space_dict(space: gymnasium.spaces.Box, name: str) -> dict[str, Any]:
+def _space_spec(space: gymnasium.spaces.Box, name: str) -> SpaceSpec:
     if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
         raise ValueError(f"{name} must be a flat gymnasium Box, got {space!r}")
-    return {"shape": list(space.shape), "dtype": str(space.dtype),
-            "low": np.asarray(space.low, dtype=np.float64).tolist(),
-            "high": np.asarray(space.high, dtype=np.float64).tolist()}
+    return SpaceSpec(tuple(np.asarray(space.low, dtype=np.float64).tolist()),
+                     tuple(np.asarray(space.high, dtype=np.float64).tolist()),
+                     str(space.dtype))
 
 
-def _check_inner_config(inner_config: Mapping[str, Any], params: Params,
-                        layout: ParamLayout) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Validated inner config for the metadata, and the flat Meta-SGD rates (or None)."""
+def _inner_spec(inner_config: Mapping[str, Any], params: Params,
+                layout: ParamLayout) -> tuple[InnerSpec, np.ndarray | None]:
+    """The bundle's :class:`InnerSpec` from ``export_bundle``'s ``inner_config``, and the
+    flat Meta-SGD rates (or None). Converts the Python values (tensors, numbers); the
+    ranges are checked by :meth:`InnerSpec.from_dict`, the loader's own check."""
     missing = [k for k in INNER_KEYS if k not in inner_config]
     if missing:
         raise ValueError(f"inner_config lacks {missing} (needs {list(INNER_KEYS)})")
-    config = dict(inner_config)
-    lr = config["lr"]
+    lr = inner_config["lr"]
     lr_flat = None
     if isinstance(lr, Mapping):
         if set(lr) != set(params):
@@ -185,33 +195,21 @@ def _check_inner_config(inner_config: Mapping[str, Any], params: Params,
         lr_flat = lr_flat.to(torch.float32).numpy()
         if not np.all(np.isfinite(lr_flat)):
             raise ValueError("the Meta-SGD learning rates contain NaN or inf")
-        config["lr"] = {"kind": "per_parameter", "file": LR_NAME,
-                        "sha256": params_sha256(lr_flat)}
+        lr_value: Any = PerParameterLr(LR_NAME, params_sha256(lr_flat)).to_dict()
     else:
-        lr = float(lr)
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"inner lr must be a finite positive float, got {lr}")
-        config["lr"] = lr
-    config["clip"] = float(config["clip"])
-    if not config["clip"] > 0:
-        raise ValueError(f"inner clip must be > 0 (inf = no clip), got {config['clip']}")
-    steps = config["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"inner steps must be an int >= 1, got {steps!r}")
-    config["gamma"], config["lam"] = float(config["gamma"]), float(config["lam"])
-    if not (0.0 < config["gamma"] <= 1.0 and 0.0 <= config["lam"] <= 1.0):
-        raise ValueError(f"need 0 < gamma <= 1 and 0 <= lam <= 1, got {config['gamma']}, "
-                         f"{config['lam']}")
-    if config["loss"] != "lvc":
-        # The adapt graph is inner_steps_flat, whose loss is LVC; a policy meta-trained with
-        # another inner loss would adapt differently on the device than in training.
-        raise ValueError(f"the device adapt graph implements the 'lvc' inner loss "
-                         f"(metarobot.inner); got loss {config['loss']!r}")
-    if not isinstance(config["baseline"], str) or not config["baseline"]:
-        raise ValueError(f"inner baseline must be a non-empty string, got "
-                         f"{config['baseline']!r}")
-    config["normalize"] = bool(config.get("normalize", True))
-    return config, lr_flat
+        lr_value = float(lr)
+        if not (math.isfinite(lr_value) and lr_value > 0):
+            raise ValueError(f"inner lr must be a finite positive float, got {lr_value}")
+    try:
+        spec = InnerSpec.from_dict({
+            "loss": inner_config["loss"], "lr": lr_value, "clip": float(inner_config["clip"]),
+            "steps": inner_config["steps"], "gamma": float(inner_config["gamma"]),
+            "lam": float(inner_config["lam"]),
+            "baseline": inner_config.get("baseline", BASELINE_NAME),
+            "normalize": bool(inner_config.get("normalize", True))})
+    except BundleError as err:
+        raise ValueError(f"bad inner_config: {err}") from None
+    return spec, lr_flat
 
 
 def _check_ops(proto: onnx.ModelProto, name: str) -> None:
@@ -358,8 +356,9 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         inner_config: ``loss`` (``"lvc"``, the loss of the adapt graph), ``lr`` (float, or
             a dict of per-parameter tensors for Meta-SGD), ``clip`` (float, ``inf`` =
             none), ``steps`` (int), ``gamma``, ``lam`` (``0 < gamma <= 1``,
-            ``0 <= lam <= 1``), ``baseline`` (str), optional ``normalize`` (bool, per-task
-            advantage normalisation, default True).
+            ``0 <= lam <= 1``), optional ``baseline`` (str, default the device's
+            :data:`deploy.advantages.BASELINE_NAME`) and ``normalize`` (bool, per-task
+            advantage normalisation, default True). Checked as :class:`InnerSpec`.
         adapt_steps_options: unrolled step counts K to export; must include 1.
         opset: ONNX opset.
         overwrite: replace an existing non-empty ``out_dir`` if it is a bundle (its
@@ -394,10 +393,10 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         if tuple(params[name].shape) != tuple(value.shape):
             raise ValueError(f"param {name!r} has shape {tuple(params[name].shape)}, the model "
                              f"expects {tuple(value.shape)}")
-    obs_space = _space_dict(observation_space, "observation_space")
-    act_space = _space_dict(action_space, "action_space")
-    if obs_space["shape"] != [model.obs_dim] or act_space["shape"] != [model.act_dim]:
-        raise ValueError(f"spaces {obs_space['shape']} / {act_space['shape']} do not match the "
+    obs_space = _space_spec(observation_space, "observation_space")
+    act_space = _space_spec(action_space, "action_space")
+    if (obs_space.dim, act_space.dim) != (model.obs_dim, model.act_dim):
+        raise ValueError(f"spaces [{obs_space.dim}] / [{act_space.dim}] do not match the "
                          f"policy's obs_dim {model.obs_dim} / act_dim {model.act_dim}")
     options = sorted(set(int(k) for k in adapt_steps_options))
     if 1 not in options or options[0] < 1:
@@ -407,38 +406,27 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
     flat = layout.flatten({k: v.detach() for k, v in params.items()}).to(torch.float32)
     if not torch.all(torch.isfinite(flat)):
         raise ValueError("the meta-learned parameters contain NaN or inf")
-    inner, lr_flat = _check_inner_config(inner_config, params, layout)
+    inner, lr_flat = _inner_spec(inner_config, params, layout)
     try:
-        safety = check_safety({**DEFAULT_SAFETY, **(safety or {})})
+        safety_spec = SafetySpec.from_dict({**DEFAULT_SAFETY, **(safety or {})})
     except BundleError as err:
         raise ValueError(f"bad safety rules: {err}") from None
 
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package": "metarobot",
-        "versions": {"metarobot": metarobot.__version__, "torch": torch.__version__,
-                     "onnx": onnx.__version__, "numpy": np.__version__},
-        "opset": opset,
-        "family": family,
-        "env_id": env_id,
-        "env_kwargs": dict(env_kwargs or {}),
-        "observation_space": obs_space,
-        "action_space": act_space,
-        "normalizer": {"mean": model.obs_mean.double().tolist(),
-                       "var": model.obs_var.double().tolist(), "eps": 1e-8, "clip": OBS_CLIP,
-                       "folded": True},
-        "policy": {"hidden": list(model.hidden), "activation": "tanh",
-                   "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
-                   "action_mean": "unclipped; the runtime clips actions to action_space"},
-        "params": {"layout": layout.to_dict(), "sha256": params_sha256(flat.numpy()),
-                   "dtype": "float32", "file": PARAMS_NAME},
-        "inner": inner,
-        "safety": safety,
-        "models": {"policy": POLICY_NAME,
-                   "adapt": {str(k): adapt_file_name(k) for k in options}},
-    }
-    metadata_json = dumps_metadata(metadata)
+    metadata = BundleMetadata(
+        package="metarobot",
+        versions={"metarobot": metarobot.__version__, "torch": torch.__version__,
+                  "onnx": onnx.__version__, "numpy": np.__version__},
+        opset=opset, family=family, env_id=env_id, env_kwargs=dict(env_kwargs or {}),
+        observation_space=obs_space, action_space=act_space,
+        normalizer=NormalizerSpec(tuple(model.obs_mean.double().tolist()),
+                                  tuple(model.obs_var.double().tolist()), 1e-8, OBS_CLIP),
+        policy={"hidden": list(model.hidden), "activation": "tanh",
+                "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
+                "action_mean": "unclipped; the runtime clips actions to action_space"},
+        params=ParamsSpec(Layout.from_dict(layout.to_dict()), params_sha256(flat.numpy())),
+        inner=inner, safety=safety_spec,
+        models=ModelsSpec(POLICY_NAME, {k: adapt_file_name(k) for k in options}))
+    metadata_json = dumps_metadata(metadata.to_dict())
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -460,7 +448,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         _verify(tmp / POLICY_NAME, {"obs": obs.numpy()}, want)
 
         lr_value = (torch.from_numpy(lr_flat) if lr_flat is not None
-                    else torch.tensor(inner["lr"], dtype=torch.float32))
+                    else torch.tensor(inner.lr, dtype=torch.float32))
         for steps in options:
             name = adapt_file_name(steps)
             proto = export_adapt_graph(model, layout, steps=steps,
@@ -475,7 +463,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
             feeds = dict(zip(ADAPT_INPUTS, (flat, *batch, lr_value, clip)))
             _verify(tmp / name, {k: v.numpy() for k, v in feeds.items()}, want)
 
-        write_manifest(tmp, files, metadata)
+        write_manifest(tmp, files, metadata.to_dict())
         _make_readable(tmp)
         _replace_dir(tmp, out_dir, overwrite)
     except BaseException:

@@ -1,6 +1,8 @@
 """The MAML inner-loop step: the one definition shared by the trainer and the ONNX export.
 
-The inner objective is the likelihood-ratio surrogate of ProMP (its "LVC" objective)::
+Every inner objective is here, in one table (:data:`INNER_LOSS_FUNCTIONS`, keyed by the
+config's ``inner.loss``). The device's (and the default) one is the likelihood-ratio
+surrogate of ProMP (its "LVC" objective)::
 
     ratio  = exp(log pi_theta(a|s) - old_logp)
     L(theta) = -sum_i w_i * min(ratio_i * A_i, clip(ratio_i, 1 - c, 1 + c) * A_i) / sum_i w_i
@@ -10,7 +12,14 @@ With ``old_logp`` the log-probability under the pre-update parameters (held cons
 vanilla policy gradient and its second derivative carries the correct curvature term.
 ``clip`` (``c``) defaults to infinity (no clipping) in the trainer; on later unrolled steps
 a finite clip keeps adapted parameters from running away. ``w`` masks padding (0/1) or
-weights transitions.
+weights transitions. The others, for the trainer only (the adapt graph is LVC):
+
+* ``"vpg"``: ``-mean(log pi * A)`` (MAML's original surrogate, no sampling term);
+* ``"dice"``: DiCE, ``-mean(exp(sum_{t'<=t} (log pi - old_logp)) * A_t)`` per trajectory;
+  the stored ``old_logp`` plays the magic box's stop-gradient, so every derivative order
+  is DiCE's at the sampling parameters.
+
+Each returns ``(loss, approx_kl)`` with the one approximate-KL estimator :func:`approx_kl`.
 
 One step is ``theta' = theta - lr * grad L(theta)``, with ``lr`` a scalar, or one learning
 rate per parameter for Meta-SGD. Written with :func:`torch.func.grad`, so it can be
@@ -24,12 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, get_args
 
 import torch
 from torch import Tensor
 from torch.func import grad
 
+from metarobot.config import InnerLossName
 from metarobot.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
 
 
@@ -43,22 +53,68 @@ class InnerBatch(NamedTuple):
     weight: Tensor
 
 
+def approx_kl(log_ratio: Tensor, weight: Tensor) -> Tensor:
+    """Approximate ``KL(old || new)`` from samples of the old policy (nats, scalar):
+    the non-negative estimator ``E_w[(r - 1) - log r]`` with ``log r = logp_new - logp_old``.
+
+    Shapes: ``log_ratio``, ``weight`` ``[N]``. The device's numpy twin is
+    :func:`deploy.runtime.approx_kl`.
+    """
+    return (weight * ((torch.exp(log_ratio) - 1.0) - log_ratio)).sum() / weight.sum()
+
+
 def inner_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
                clip: Tensor | float) -> tuple[Tensor, Tensor]:
-    """The clipped likelihood-ratio surrogate and the approximate KL(old || new).
+    """The clipped likelihood-ratio surrogate ("lvc") and the approximate KL(old || new).
 
-    Returns ``(loss, approx_kl)``, both scalars. The KL uses the non-negative estimator
-    ``E[(r - 1) - log r]``.
+    Returns ``(loss, approx_kl)``, both scalars (KL: :func:`approx_kl`).
     """
     logp = log_prob(model, params, batch.obs, batch.act)
     log_ratio = logp - batch.old_logp
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     surrogate = torch.minimum(ratio * batch.adv, clipped * batch.adv)
-    total_weight = batch.weight.sum()
-    loss = -(batch.weight * surrogate).sum() / total_weight
-    approx_kl = (batch.weight * ((ratio - 1.0) - log_ratio)).sum() / total_weight
-    return loss, approx_kl
+    loss = -(batch.weight * surrogate).sum() / batch.weight.sum()
+    return loss, approx_kl(log_ratio, batch.weight)
+
+
+def vpg_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+             ) -> tuple[Tensor, Tensor]:
+    """One task's ``-sum_i w_i log pi(a_i|s_i) A_i / sum_i w_i`` and approx KL (``[N]`` data)."""
+    logp = log_prob(model, params, batch.obs, batch.act)
+    loss = -(batch.weight * logp * batch.adv).sum() / batch.weight.sum()
+    return loss, approx_kl(logp - batch.old_logp, batch.weight)
+
+
+def dice_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horizon: int,
+              ) -> tuple[Tensor, Tensor]:
+    """One task's DiCE loss and approx KL; ``batch`` is ``E`` episodes of ``horizon`` steps
+    flattened (``N = E * horizon``). The magic box of step ``t`` is the product of the
+    episode's likelihood ratios up to ``t`` (1 in value at the sampling parameters)."""
+    logp = log_prob(model, params, batch.obs, batch.act)
+    log_ratio = logp - batch.old_logp
+    cum_log_ratio = (batch.weight * log_ratio).reshape(-1, horizon).cumsum(-1).reshape(-1)
+    loss = -(batch.weight * torch.exp(cum_log_ratio) * batch.adv).sum() / batch.weight.sum()
+    return loss, approx_kl(log_ratio, batch.weight)
+
+
+class InnerLossFunction(Protocol):
+    """One task's inner objective: ``(model, params, batch, clip, horizon) -> (loss,
+    approx_kl)``. ``clip`` is the "lvc" ratio clip (inf: none); ``horizon`` the episode
+    length of the flattened batch (DiCE's trajectories). Each uses what it needs."""
+
+    def __call__(self, model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+                 clip: Tensor | float, horizon: int) -> tuple[Tensor, Tensor]: ...
+
+
+#: Every inner objective, by the config's ``inner.loss`` name (the one table).
+INNER_LOSS_FUNCTIONS: dict[InnerLossName, InnerLossFunction] = {
+    "lvc": lambda model, params, batch, clip, horizon: inner_loss(model, params, batch, clip),
+    "dice": lambda model, params, batch, clip, horizon: dice_loss(model, params, batch,
+                                                                 horizon),
+    "vpg": lambda model, params, batch, clip, horizon: vpg_loss(model, params, batch),
+}
+assert set(INNER_LOSS_FUNCTIONS) == set(get_args(InnerLossName))
 
 
 def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,

@@ -18,16 +18,10 @@ Reptile instead: ``adapted, _, _ = adapt(..., first_order=True, clip=0.2)`` (K c
 PPO-style steps, with ``pre=[batch]`` reusing one batch) and
 ``params = reptile_update(params, adapted, reptile_lr)``.
 
-Inner steps (``adapt``) are ``theta' = theta - lr * grad L(theta)`` with ``L`` one of:
-
-* ``"lvc"``: :func:`metarobot.inner.inner_loss`, the likelihood-ratio surrogate with the
-  sampling log-prob as ``old_logp``. At the sampling parameters the ratio is 1, so its
-  gradient is the policy gradient and its Hessian carries the sampling-distribution term.
-  The step is :func:`metarobot.inner.inner_step` itself (what the device runs).
-* ``"vpg"``: ``-mean(log pi * A)`` (MAML's original surrogate, no sampling term).
-* ``"dice"``: DiCE: ``-mean(exp(sum_{t'<=t} (log pi - old_logp)) * A_t)`` per trajectory;
-  the stored ``old_logp`` plays the magic box's stop-gradient, so every derivative order
-  is DiCE's at the sampling parameters.
+Inner steps (``adapt``) are :func:`metarobot.inner.inner_step` (what the device runs),
+``theta' = theta - lr * grad L(theta)``, with ``L`` one of the inner objectives of
+:data:`metarobot.inner.INNER_LOSS_FUNCTIONS` (``"lvc"``, ``"vpg"``, ``"dice"``; defined and
+explained in :mod:`metarobot.inner`).
 
 Parameters across tasks are "stacked": each tensor has a leading task dim ``M``.
 Shapes follow :class:`metarobot.batch.EpisodeBatch` (``[M, E, T, ...]``); ``adv`` tensors
@@ -39,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -47,7 +40,8 @@ from torch.func import vmap
 
 from metarobot import inner
 from metarobot.batch import EpisodeBatch
-from metarobot.inner import InnerBatch
+from metarobot.config import INNER_LOSSES, InnerLossName
+from metarobot.inner import INNER_LOSS_FUNCTIONS, InnerBatch, dice_loss, vpg_loss
 from metarobot.policy import (
     GaussianMLPPolicy,
     Params,
@@ -56,8 +50,11 @@ from metarobot.policy import (
     policy_forward,
 )
 
-InnerLossName = Literal["lvc", "dice", "vpg"]
-INNER_LOSSES: tuple[str, ...] = ("lvc", "dice", "vpg")
+# dice_loss, vpg_loss, INNER_LOSSES and InnerLossName are re-exported: they live in
+# metarobot.inner and metarobot.config.
+__all__ = ["INNER_LOSSES", "InnerLossName", "adapt", "batch_to_inner", "dice_loss",
+           "gaussian_kl", "kl_penalty", "meta_loss", "outer_loss", "reptile_update",
+           "update_eta", "vpg_loss"]
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -69,31 +66,6 @@ def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
     return InnerBatch(obs=batch.obs.flatten(1, 2), act=batch.act.flatten(1, 2),
                       adv=adv.flatten(1), old_logp=batch.logp.flatten(1),
                       weight=batch.mask.flatten(1))
-
-
-def _approx_kl(log_ratio: Tensor, weight: Tensor) -> Tensor:
-    """``E_w[(r - 1) - log r]``, the estimator :func:`metarobot.inner.inner_loss` reports."""
-    return (weight * (torch.exp(log_ratio) - 1.0 - log_ratio)).sum() / weight.sum()
-
-
-def vpg_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
-             ) -> tuple[Tensor, Tensor]:
-    """One task's ``-sum_i w_i log pi(a_i|s_i) A_i / sum_i w_i`` and approx KL (``[N]`` data)."""
-    logp = log_prob(model, params, batch.obs, batch.act)
-    loss = -(batch.weight * logp * batch.adv).sum() / batch.weight.sum()
-    return loss, _approx_kl(logp - batch.old_logp, batch.weight)
-
-
-def dice_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horizon: int,
-              ) -> tuple[Tensor, Tensor]:
-    """One task's DiCE loss and approx KL; ``batch`` is ``E`` episodes of ``horizon`` steps
-    flattened (``N = E * horizon``). The magic box of step ``t`` is the product of the
-    episode's likelihood ratios up to ``t`` (1 in value at the sampling parameters)."""
-    logp = log_prob(model, params, batch.obs, batch.act)
-    log_ratio = logp - batch.old_logp
-    cum_log_ratio = (batch.weight * log_ratio).reshape(-1, horizon).cumsum(-1).reshape(-1)
-    loss = -(batch.weight * torch.exp(cum_log_ratio) * batch.adv).sum() / batch.weight.sum()
-    return loss, _approx_kl(log_ratio, batch.weight)
 
 
 def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[EpisodeBatch],
@@ -133,13 +105,10 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         raise ValueError(f"Meta-SGD inner_lr keys {sorted(inner_lr)} must match the "
                          f"parameters {sorted(params)}")
 
+    loss_function = INNER_LOSS_FUNCTIONS[inner_loss]
+
     def task_step(p: Params, batch: InnerBatch, horizon: int) -> tuple[Params, Tensor, Tensor]:
-        if inner_loss == "lvc":
-            return inner.inner_step(model, p, batch, inner_lr, clip, first_order)
-        if inner_loss == "vpg":
-            loss_fn = partial(vpg_loss, model, batch=batch)
-        else:
-            loss_fn = partial(dice_loss, model, batch=batch, horizon=horizon)
+        loss_fn = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
         return inner.inner_step(model, p, batch, inner_lr, first_order=first_order,
                                 loss_fn=loss_fn)
 

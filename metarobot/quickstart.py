@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from metarobot import api
-from metarobot.checkpoint import load_checkpoint
+from metarobot.checkpoint import CHECKPOINT_NAME, load_run
 from metarobot.config import config_from_dict, overrides_between
 from metarobot.evaluate import EvaluationResult, mean_ci95
 from metarobot.runlog import read_log
-from metarobot.trainer import CHECKPOINT_NAME, MetaTrainer
+from metarobot.trainer import MetaTrainer
 
 #: Held-out tasks and adaptation settings of the quickstart's evaluation.
 EVAL_TASKS, EVAL_STEPS, DEVICE_TASKS, DEVICE_EPISODES = 20, 2, 20, 10
@@ -139,7 +139,7 @@ def run_quickstart(config: str = "quickstart", overrides: list[str] | None = Non
           f"{cfg.meta_batch.tasks} tasks x {cfg.meta_batch.episodes} episodes -> {run_dir}")
     if (run_dir / CHECKPOINT_NAME).exists():
         print("      resuming the existing run in that directory")
-        saved = config_from_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["config"])
+        saved = config_from_dict(load_run(run_dir).config)
         MetaTrainer.resume(run_dir, progress=progress,
                            overrides=overrides_between(saved, cfg)).train()
     else:

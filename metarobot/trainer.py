@@ -27,16 +27,22 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import gymnasium
 import numpy as np
 import torch
 
 from metarobot import maml
+from metarobot.batch import EpisodeBatch
 from metarobot.checkpoint import (
-    FORMAT_VERSION,
-    load_checkpoint,
+    CHECKPOINT_NAME,
+    AlgoState,
+    Checkpoint,
+    ModelState,
+    load_run,
     remove_orphan_temporaries,
     save_checkpoint,
     temporary_files,
@@ -45,12 +51,15 @@ from metarobot.config import TrainConfig, resume_config, save_config
 from metarobot.inner import inner_loss
 from metarobot.normalizer import RunningMeanStd
 from metarobot.policy import GaussianMLPPolicy, Params
-from metarobot.rollouts import adapt_params, collect_adaptation_rollouts
+from metarobot.rollouts import AdaptationRollouts, adapt_params, collect_adaptation_rollouts
 from metarobot.runlog import RunLogger
 from metarobot.value import LearnedBaseline
 from sim_envs.registry import env_id, make_family
+from sim_envs.tasks import Task
 
-CHECKPOINT_NAME = "checkpoint.pt"
+if TYPE_CHECKING:  # the sampler module is imported when the first sampler is made
+    from metarobot.sampler import MultiTaskSampler
+
 CONFIG_NAME = "config.yaml"
 #: Files that make a directory a run (any one of them: a new run refuses to start there).
 RUN_MARKERS = (CHECKPOINT_NAME, CONFIG_NAME, "log.jsonl")
@@ -86,12 +95,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def env_spaces(family: str, env_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+def env_spaces(family: str, env_kwargs: dict[str, Any],
+               ) -> tuple[gymnasium.spaces.Box, gymnasium.spaces.Box]:
     """The observation and action spaces of a family's env, built once with
     ``env_kwargs``; kwargs the env does not accept raise ``ValueError`` naming
     ``env_kwargs``."""
-    import gymnasium
-
     try:
         env = gymnasium.make(env_id(family), **env_kwargs)
     except Exception as err:  # the env's constructor may raise anything on bad kwargs
@@ -122,7 +130,7 @@ def is_recognisable_run(run_dir: Path) -> bool:
     if isinstance(saved, dict) and set(saved) == set(TrainConfig().to_dict()):
         return True
     try:
-        load_checkpoint(run_dir / CHECKPOINT_NAME)
+        load_run(run_dir)
     except ValueError:
         return False
     return True
@@ -147,9 +155,9 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
                          "(Python: overwrite=True), or choose another --run-dir")
     if not is_recognisable_run(run_dir):
         raise ValueError(f"--overwrite refused: {run_dir} holds {', '.join(found)} but is not "
-                         "recognisably a metarobot run (no complete config.yaml, no loadable "
-                         "checkpoint.pt); remove those files yourself or choose another "
-                         "--run-dir")
+                         f"recognisably a metarobot run (no complete {CONFIG_NAME}, no "
+                         f"loadable {CHECKPOINT_NAME}); remove those files yourself or choose "
+                         "another --run-dir")
 
 
 def clear_run_dir(run_dir: Path) -> list[str]:
@@ -164,7 +172,7 @@ def clear_run_dir(run_dir: Path) -> list[str]:
     return found
 
 
-def make_sampler(config: TrainConfig, device: torch.device) -> Any:
+def make_sampler(config: TrainConfig, device: torch.device) -> MultiTaskSampler:
     from metarobot.sampler import MultiTaskSampler
 
     return MultiTaskSampler(env_id(config.family), config.sampler.num_workers,
@@ -227,7 +235,7 @@ class MetaTrainer:
         self.env_steps = 0
         self.nonfinite_in_a_row = 0
         self.recent_adaptation_kl: list[float] = []
-        self._sampler: Any = None
+        self._sampler: MultiTaskSampler | None = None
         self._stop_requested = False
         self._logger: RunLogger | None = None
         self._events_seen = 0
@@ -259,24 +267,29 @@ class MetaTrainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
+    def checkpoint(self) -> Checkpoint:
+        """The trainer's whole state (tensors copied to the CPU)."""
+        return Checkpoint(
+            iteration=self.iteration,
+            config=self.config.to_dict(),
+            model=ModelState({k: v.detach().cpu() for k, v in self.params.items()},
+                             self.obs_dim, self.act_dim),
+            optimizer=self.optimizer.state_dict(),
+            normalizer=self.normalizer.state_dict(),
+            rng={"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                 "numpy": np.random.get_state()},
+            algo_state=AlgoState(
+                eta=self.eta, env_steps=self.env_steps,
+                recent_adaptation_kl=list(self.recent_adaptation_kl),
+                meta_sgd_lr=None if self.meta_sgd_lr is None else
+                {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()},
+                value_baseline=None if self.value_baseline is None else
+                self.value_baseline.state_dict()),
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "iteration": self.iteration,
-            "config": self.config.to_dict(),
-            "model": {"params": {k: v.detach().cpu() for k, v in self.params.items()},
-                      "obs_dim": self.obs_dim, "act_dim": self.act_dim},
-            "optimizer": self.optimizer.state_dict(),
-            "normalizer": self.normalizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
-                    "numpy": np.random.get_state()},
-            "algo_state": {"eta": self.eta, "env_steps": self.env_steps,
-                           "recent_adaptation_kl": list(self.recent_adaptation_kl),
-                           "meta_sgd_lr": None if self.meta_sgd_lr is None else
-                           {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()},
-                           "value_baseline": None if self.value_baseline is None else
-                           self.value_baseline.state_dict()},
-        }
+        """:meth:`checkpoint` as the dict saved on disk."""
+        return self.checkpoint().to_dict()
 
     def save(self) -> Path:
         """Write the checkpoint atomically (only ever with finite parameters). A failed
@@ -285,7 +298,7 @@ class MetaTrainer:
         if not all(torch.isfinite(v).all() for v in self.params.values()):
             raise TrainingDiverged("refusing to checkpoint non-finite parameters")
         try:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+            save_checkpoint(self.checkpoint_path, self.checkpoint())
         except OSError as err:
             previous = ("the previous checkpoint is intact" if self.checkpoint_path.exists()
                         else "there is no earlier checkpoint")
@@ -294,46 +307,48 @@ class MetaTrainer:
                           str(self.checkpoint_path)) from err
         return self.checkpoint_path
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        model = state["model"]
-        if (model["obs_dim"], model["act_dim"]) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs/act dims {model['obs_dim']}/"
-                             f"{model['act_dim']}, this config's env has "
+    def load_state_dict(self, state: Checkpoint | dict[str, Any]) -> None:
+        """Restore a checkpoint (typed, or the dict on disk); ``ValueError`` if it does not
+        fit this trainer's config (dims, parameters, Meta-SGD, value network)."""
+        if not isinstance(state, Checkpoint):
+            state = Checkpoint.from_dict(state)
+        model, algo = state.model, state.algo_state
+        if (model.obs_dim, model.act_dim) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"checkpoint is for obs/act dims {model.obs_dim}/"
+                             f"{model.act_dim}, this config's env has "
                              f"{self.obs_dim}/{self.act_dim}")
-        if set(model["params"]) != set(self.params) or any(
-                model["params"][k].shape != v.shape for k, v in self.params.items()):
+        if set(model.params) != set(self.params) or any(
+                model.params[k].shape != v.shape for k, v in self.params.items()):
             raise ValueError("checkpoint parameters do not match this config's policy")
         with torch.no_grad():
             for k, v in self.params.items():
-                v.copy_(model["params"][k])
+                v.copy_(model.params[k])
             if self.meta_sgd_lr is not None:
-                saved = state["algo_state"]["meta_sgd_lr"]
-                if saved is None:
+                if algo.meta_sgd_lr is None:
                     raise ValueError("checkpoint has no Meta-SGD learning rates")
                 for k, v in self.meta_sgd_lr.items():
-                    v.copy_(saved[k])
+                    v.copy_(algo.meta_sgd_lr[k])
         if self.value_baseline is not None:
-            saved_value = state["algo_state"].get("value_baseline")
-            if saved_value is None:
+            if algo.value_baseline is None:
                 raise ValueError("checkpoint has no learned value baseline "
                                  "(it was trained with advantages.baseline: linear)")
             try:
-                self.value_baseline.load_state_dict(saved_value)
+                self.value_baseline.load_state_dict(algo.value_baseline)
             except RuntimeError as error:  # torch's size-mismatch message names no setting
                 raise ValueError(
                     "checkpoint's value network does not match this config's "
                     "advantages.value_hidden / value_task_features (a run from before "
                     "value_task_features existed resumes with "
                     "--set advantages.value_task_features=false)") from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.normalizer.load_state_dict(state["normalizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
-        np.random.set_state(state["rng"]["numpy"])
-        self.eta = float(state["algo_state"]["eta"])
-        self.env_steps = int(state["algo_state"]["env_steps"])
-        self.recent_adaptation_kl = list(state["algo_state"].get("recent_adaptation_kl", []))
-        self.iteration = int(state["iteration"])
+        self.optimizer.load_state_dict(state.optimizer)
+        self.normalizer.load_state_dict(state.normalizer)
+        torch.set_rng_state(state.rng["torch"])
+        self.generator.set_state(state.rng["generator"])
+        np.random.set_state(state.rng["numpy"])
+        self.eta = algo.eta
+        self.env_steps = algo.env_steps
+        self.recent_adaptation_kl = list(algo.recent_adaptation_kl)
+        self.iteration = state.iteration
 
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = True, iterations: int | None = None,
@@ -346,15 +361,15 @@ class MetaTrainer:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise ValueError(f"no run to resume: {run_dir} is not a directory")
-        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        state = load_run(run_dir)
         extra = [] if iterations is None else [f"iterations={iterations}"]
-        config = resume_config(state["config"], list(overrides or []) + extra)
+        config = resume_config(state.config, list(overrides or []) + extra)
         trainer = cls(config, run_dir, progress=progress, resuming=True)
         trainer.load_state_dict(state)
         return trainer
 
     # ------------------------------------------------------------------ training
-    def _sampler_instance(self) -> Any:
+    def _sampler_instance(self) -> MultiTaskSampler:
         if self._sampler is None:
             self._sampler = make_sampler(self.config, self.device)
         return self._sampler
@@ -437,7 +452,7 @@ class MetaTrainer:
         self._save_episodes(it, tasks, rollouts.batches)
         return scalars
 
-    def _adaptation_kl(self, rollouts: Any) -> torch.Tensor:
+    def _adaptation_kl(self, rollouts: AdaptationRollouts) -> torch.Tensor:
         """Approximate KL(pre-update || adapted) per task on the first pre-update batch:
         the quantity the device runtime checks before accepting an adaptation. The
         largest values seen recently go into the checkpoint so the export can set the
@@ -474,7 +489,8 @@ class MetaTrainer:
         self.optimizer.step()
         return True
 
-    def _iteration_scalars(self, rollouts: Any, stats: dict[str, float]) -> dict[str, float]:
+    def _iteration_scalars(self, rollouts: AdaptationRollouts, stats: dict[str, float],
+                           ) -> dict[str, float]:
         out: dict[str, float] = {}
         last = len(rollouts.batches) - 1
         for k, batch in enumerate(rollouts.batches):
@@ -487,7 +503,8 @@ class MetaTrainer:
                 out[f"outer/{'kl' if key == 'kl_penalty' else key}"] = stats[key]
         return out
 
-    def _save_episodes(self, iteration: int, tasks: list, batches: list) -> None:
+    def _save_episodes(self, iteration: int, tasks: list[Task],
+                       batches: list[EpisodeBatch]) -> None:
         """Per-step rewards, masks and success of every episode, for later inspection."""
         folder = self.run_dir / "episodes"
         folder.mkdir(exist_ok=True)
@@ -521,9 +538,10 @@ class MetaTrainer:
             while self.iteration < cfg.iterations and not self._stop_requested:
                 scalars = self.run_iteration()
                 self._logger.log(self.iteration, scalars)
-                for event in getattr(self._sampler, "events", [])[self._events_seen:]:
+                events = self._sampler.events if self._sampler is not None else []
+                for event in events[self._events_seen:]:
                     self._logger.event(f"sampler: {event}")
-                self._events_seen = len(getattr(self._sampler, "events", []))
+                self._events_seen = len(events)
                 if self.iteration % cfg.checkpoint_every == 0 or self._stop_requested:
                     self.save()
             self.save()
@@ -538,7 +556,7 @@ class MetaTrainer:
             raise TrainingStopped(self._stop_signal, self.iteration, self.checkpoint_path)
         return self.checkpoint_path
 
-    def _install_signal_handlers(self) -> Any:
+    def _install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT/SIGTERM: finish the iteration, checkpoint, stop. A second one aborts."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
@@ -552,7 +570,11 @@ class MetaTrainer:
                         "then saving a checkpoint (send again to abort)")
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+        def restore() -> None:
+            for signum, previous_handler in previous.items():
+                signal.signal(signum, previous_handler)
+
+        return restore
 
     def close(self) -> None:
         if self._sampler is not None:
