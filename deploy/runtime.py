@@ -23,9 +23,10 @@ Threading: ``act``/``observe``/``end_episode`` belong to one control thread; ada
 runs in one worker thread (``adapt_async``), concurrently with acting (onnxruntime
 releases the GIL while it computes). The worker keeps the normal CPU priority on
 purpose: a lowered one lets any third busy process starve it while it holds the GIL,
-and the control thread then waits for the GIL (measured: 250 ms stalls). Set
-``OPENBLAS_NUM_THREADS=1`` in the control process: the advantage fit's small solves gain
-nothing from BLAS threads, and spinning BLAS threads steal the control thread's core.
+and the control thread then waits for the GIL. Set ``OPENBLAS_NUM_THREADS=1`` in the
+control process: the advantage fit's small solves gain nothing from BLAS threads, and
+spinning BLAS threads steal the control thread's core. The measurements behind this:
+``docs/deploy.md#runtime-api-deploy`` (Threads).
 """
 
 from __future__ import annotations

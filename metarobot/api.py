@@ -108,9 +108,8 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
                          safety=safety, env_kwargs=cfg.env_kwargs)
 
 
-#: Largest default ``max_kl`` (nats) an exported bundle gets. On 40 held-out Reach tasks a
-#: bound of 5 kept 108% of the unbounded step's mean gain with no task made worse
-#: (bench/results/adapt_safety/); the uncapped 3x-training bound was 85 nats there.
+#: Largest default ``max_kl`` (nats) an exported bundle gets, so that the runtime's trust
+#: region can bind; why 5: docs/deploy.md#adaptation-safety-benchmark-reach-held-out-tasks.
 MAX_KL_CAP = 5.0
 
 

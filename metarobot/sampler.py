@@ -38,8 +38,8 @@ a fresh sampler, e.g. after resuming training). Across different worker counts o
 per worker, or after a worker restart re-ran episodes on other slots, the episodes get
 the same seeds and noise, and agree up to the float rounding of the policy evaluated in
 different batch layouts: bit-identical on CPU with per-task parameters (a batched
-matmul per slot); with shared parameters the plain matmul's rounding can depend on the
-number of rows (differences of about 1e-7 seen).
+matmul per slot); with shared parameters the plain matmul's float32 rounding can depend
+on the number of rows.
 
 Workers are started with ``spawn`` by default, so a script that creates a sampler with
 workers needs the usual ``if __name__ == "__main__":`` guard.

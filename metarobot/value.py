@@ -1,11 +1,10 @@
 """A learned value baseline for the outer objective (``advantages.baseline: mlp``).
 
 The linear feature baseline (:mod:`metarobot.advantages`) is refit per task on the very
-episodes it scores. With few episodes and a large observation (walk: 47 numbers, so 98
-features, fit on 2 x 200 steps) it fits the returns' noise as well as their signal: its
-explained variance is high in-sample and the advantages keep little of the action's effect.
-A value network shared by all tasks and trained across iterations (as SB3's PPO does)
-scores each batch *before* it has seen it, so it cannot overfit that batch.
+episodes it scores; with few episodes and a large observation it fits the returns' noise
+as well as their signal. A value network shared by all tasks and trained across
+iterations (as SB3's PPO does) scores each batch *before* it has seen it, so it cannot
+overfit that batch. The measurements behind this: ``docs/training.md#the-learned-value-baseline``.
 
 Only the outer objective uses it (the post-update data): the inner step keeps the per-task
 linear baseline, which the device runtime refits on its own episodes and so needs no model.
@@ -16,8 +15,7 @@ limit without bootstrapping, so a step's value depends on the time left), and, w
 ``task_dim > 0``, the task's parameters (:meth:`sim_envs.tasks.TaskParams.features`). That
 is privileged information, fine for a baseline that exists only in simulation: where the
 task is hidden from the policy (walk's direction) a value network that cannot see it
-cannot tell a good step on a forward task from the same step on a backward one, and its
-out-of-sample explained variance on walk went negative (-0.2 to -1.2) without it.
+cannot tell a good step on a forward task from the same step on a backward one.
 
 Shapes: ``obs [M, E, T, O]``, ``task_features [M, F]``, ``rew``, ``mask`` and values
 ``[M, E, T]``.

@@ -63,8 +63,8 @@ feet air time        ``sum_feet (t_air - 0.2 s)`` at each touchdown, 0 when     
 
 The sum is clipped at 0 (legged_gym's ``only_positive_rewards``), so falling early never
 pays; a fall ends the episode. The yaw term is gated by the velocity term so that standing
-still at the commanded yaw rate earns nothing from it: standing earns about a tenth of
-what tracking earns (measured per terrain type in ``docs/families/locomotion.md``).
+still at the commanded yaw rate earns nothing from it. What standing still earns against
+a tracking policy, per terrain type: ``docs/families/locomotion.md#learnability-sb3-ppo``.
 
 **Success** (``info["success"]``): latched at the first step where the distance walked
 along the commanded direction (the integral of ``v_xy . c_xy / |c_xy|``) reaches half the

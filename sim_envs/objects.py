@@ -10,26 +10,17 @@ own frame (m). Primitives:
 Mesh objects (named ``mesh_NNN``) are the shapes of pybullet_data's
 ``random_urdfs/NNN/NNN.obj`` (times the URDFs' mesh scale 0.015), scaled uniformly to the
 requested size. Their collision shape is the convex hull of the mesh, as when the URDF is
-loaded, but built from the mesh's *support points* (the extreme vertex in each of 256
-directions plus the six axis directions: 25-70 points, within 1.4 % of the size of the
-full hull) with ``createCollisionShape(vertices=...)``. Why not ``loadURDF`` with
-``globalScaling``: PyBullet never frees a collision shape, and a URDF mesh costs about
-200 KB per load, a support-point hull 10-25 KB; shapes are cached per object and size (to
-1 mm, :class:`ShapeCache`), which bounds the memory. Mass and lateral friction come from
-the task (the URDFs all declare 0.1 kg and friction 1.0); the inertia is computed by
-PyBullet from the collision shape. Visual shapes (the full mesh) are only created when
-the env renders.
+loaded, but built from the mesh's *support points* (the extreme vertex in each of
+:data:`HULL_DIRECTIONS` directions plus the six axis directions) with
+``createCollisionShape(vertices=...)``, not ``loadURDF`` with ``globalScaling``: PyBullet
+never frees a collision shape, so shapes are cached per object and size (to 1 mm,
+:class:`ShapeCache`), which bounds the memory. Mass and lateral friction come from the
+task (the URDFs all declare 0.1 kg and friction 1.0); the inertia is computed by PyBullet
+from the collision shape. Visual shapes (the full mesh) are only created when the env
+renders.
 
-All 1000 meshes were screened with the shapes built here: ``random_urdfs/168`` has only
-NaN vertices (it falls through the floor). Kept were meshes whose centre of mass lies
-over their flat base at least 10 % of their size inside its edge
-(:func:`base_stability_margin`; smaller margins balance on a ridge and topple after a few
-seconds), with a horizontal side of at most 0.8 of their size (more of them fit the 8 cm
-gripper), at least 0.2 of their size tall, with their origin near their centre, and that
-then rested still in the env (< 0.3 mm drift, < 0.5 deg tilt over 2 s at 2 and 8 cm,
-0.05 and 1 kg, two yaws; ``tests/test_grasp.py`` checks all of them again). 30 of the 81
-that passed were picked for variety: flat and long plates, bars, upright plates and
-chunky shapes.
+The 30 meshes were picked from a screening of all 1000; its rules and figures, and the
+memory costs: ``docs/families/grasp.md#objects``.
 
 Train and test objects are disjoint: :data:`TEST_OBJECTS` are held out of training.
 """
