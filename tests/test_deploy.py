@@ -177,10 +177,14 @@ def test_observe_checks_its_input(bundle):
 # ---------------------------------------------------------------- adaptation = torch
 def test_device_adaptation_follows_torch_inner_steps(bundle, reach_env):
     """Held-out Reach task, three rounds (K = 1, 2, 3; K = 3 chains the 1-step graph):
-    the device's adapted parameters equal torch ``inner_step`` on the same data."""
+    the device's adapted parameters equal torch ``inner_step`` on the same data.
+
+    No trial: each round's episodes must be the data of the round's update, and whether a
+    trial keeps an update depends on the returns (tests/test_adapt_safety.py tests it)."""
     model, params, out = bundle
     layout = ParamLayout.of(params)
-    policy = AdaptivePolicy.load(out, family="reach", seed=0)
+    policy = AdaptivePolicy.load(out, family="reach", seed=0,
+                                 safety=SafetyConfig(max_kl=2.5, trial_episodes=0))
     task = reach_env.unwrapped.sample_tasks(1, split="test", seed=3)[0]
     reach_env.unwrapped.set_task(task)
     controller = GymController(reach_env, seed=11)
