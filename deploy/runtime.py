@@ -19,6 +19,12 @@ passes the safety rules (:class:`SafetyConfig`) or is rejected; accepted paramet
 swapped in at an episode boundary (at once if no episode is in progress), which also
 clears the recorded episodes, since they were collected by the previous parameters.
 
+:class:`AdaptivePolicy` acts, owns the parameters in use and the adaptation worker, and
+composes one piece per other responsibility: :class:`deploy.recorder.EpisodeRecorder`
+(episodes and the adapt graph's data), :mod:`deploy.safety` (float32 checks, the update
+rules with the trust region, :class:`deploy.safety.UpdateTrial`) and
+:mod:`deploy.params_file` (saved parameters).
+
 Threading: ``act``/``observe``/``end_episode`` belong to one control thread; adaptation
 runs in one worker thread (``adapt_async``), concurrently with acting (onnxruntime
 releases the GIL while it computes). The worker keeps the normal CPU priority on
