@@ -120,7 +120,6 @@ def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) ->
     return (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
 
 
-
 class AdaptivePolicy:
     """An exported policy that acts and adapts on the device (see the module docstring).
 
