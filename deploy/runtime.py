@@ -19,6 +19,12 @@ passes the safety rules (:class:`SafetyConfig`) or is rejected; accepted paramet
 swapped in at an episode boundary (at once if no episode is in progress), which also
 clears the recorded episodes, since they were collected by the previous parameters.
 
+:class:`AdaptivePolicy` acts, owns the parameters in use and the adaptation worker, and
+composes one piece per other responsibility: :class:`deploy.recorder.EpisodeRecorder`
+(episodes and the adapt graph's data), :mod:`deploy.safety` (float32 checks, the update
+rules with the trust region, :class:`deploy.safety.UpdateTrial`) and
+:mod:`deploy.params_file` (saved parameters).
+
 Threading: ``act``/``observe``/``end_episode`` belong to one control thread; adaptation
 runs in one worker thread (``adapt_async``), concurrently with acting (onnxruntime
 releases the GIL while it computes). The worker keeps the normal CPU priority on
@@ -31,89 +37,43 @@ spinning BLAS threads steal the control thread's core. The measurements behind t
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import tempfile
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deploy.advantages import compute_advantages
 from deploy.bundle import (
     Bundle,
     BundleError,
-    Layout,
     check_embedded_metadata,
     check_graph_signatures,
     load_bundle,
     open_session,
-    params_sha256,
+)
+from deploy.params_file import read_params_file, write_params_file
+from deploy.recorder import EpisodeRecorder, adaptation_data
+from deploy.safety import (
+    SafetyConfig,
+    TrialReport,
+    UpdateTrial,
+    approx_kl,
+    check_observation,
+    check_update,
+    standard_error,
 )
 
-PARAMS_FORMAT = "metarobot.params"
-PARAMS_FORMAT_VERSION = 1
+# Re-exported: the public names of the runtime, wherever they are defined.
+__all__ = ["AdaptReport", "AdaptivePolicy", "SafetyConfig", "TrialReport", "approx_kl",
+           "gaussian_log_prob", "standard_error"]
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_float(value: Any, name: str, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                         f"got {value!r}")
-
-
-@dataclass(frozen=True)
-class SafetyConfig:
-    """Rules an adaptation must pass before its parameters are used, and kept.
-
-    Attributes:
-        max_update_norm: largest L2 norm of ``new_params - params``; a larger update is
-            scaled down to this norm (not rejected).
-        max_kl: trust region: largest approximate KL(pre-update || post-update) on the
-            adaptation data (nats, estimator ``E[(r - 1) - log r]``). A step above it is
-            halved (backtracking line search on the step size) until it is within;
-            rejected only if ``max_backtracks`` halvings do not get there.
-        max_backtracks: most halvings of the step in that line search (0: reject a step
-            above ``max_kl`` at once).
-        min_episodes: fewest completed episodes an adaptation needs.
-        trial_episodes: episodes an applied update is on trial for (0: no trial). After
-            them the update is kept only if their mean return is not below the mean
-            return of the episodes it was adapted on (those of the parameters before it)
-            by more than the margin; otherwise the runtime rolls back to the parameters
-            before it.
-        worse_margin: that margin, in standard errors of the before-episodes' mean
-            return (their sample standard deviation / sqrt(count); 0 with one episode).
-    """
-
-    max_update_norm: float = 10.0
-    max_kl: float = 1.0
-    max_backtracks: int = 10
-    min_episodes: int = 1
-    trial_episodes: int = 3
-    worse_margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_float(self.max_update_norm, "max_update_norm", positive=True)
-        _check_float(self.max_kl, "max_kl", positive=True)
-        _check_float(self.worse_margin, "worse_margin", positive=False)
-        _check_int(self.max_backtracks, "max_backtracks", 0)
-        _check_int(self.min_episodes, "min_episodes", 1)
-        _check_int(self.trial_episodes, "trial_episodes", 0)
 
 
 @dataclass(frozen=True)
@@ -150,72 +110,6 @@ class AdaptReport:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class TrialReport:
-    """The trial of an applied update: is it doing worse than the parameters before it?
-
-    Attributes:
-        state: ``"on_trial"`` (collecting its episodes), ``"kept"``, ``"rolled_back"``
-            (it did worse: the parameters before it are back in use), or ``"cancelled"``
-            (``reset_adaptation``, ``load_params`` or a non-finite action ended it).
-        episodes_needed: trial length (``SafetyConfig.trial_episodes``).
-        before_returns: returns of the episodes the update was adapted on.
-        trial_returns: returns of the completed episodes with the update so far.
-        margin: how far (in return) the trial mean may fall below the before mean.
-        reason: the verdict in words.
-    """
-
-    state: str
-    episodes_needed: int
-    before_returns: tuple[float, ...]
-    trial_returns: tuple[float, ...] = ()
-    margin: float = 0.0
-    reason: str = ""
-
-    @property
-    def before_mean(self) -> float:
-        return float(np.mean(self.before_returns))
-
-    @property
-    def trial_mean(self) -> float:
-        return float(np.mean(self.trial_returns)) if self.trial_returns else math.nan
-
-
-@dataclass
-class _Episode:
-    obs: list[np.ndarray] = field(default_factory=list)
-    act: list[np.ndarray] = field(default_factory=list)
-    logp: list[float] = field(default_factory=list)
-    rew: list[float] = field(default_factory=list)
-    refused: bool = False  # a transition was refused: the episode has a gap, drop it
-
-    @property
-    def total(self) -> float:
-        return float(np.sum(self.rew, dtype=np.float64))
-
-
-@dataclass
-class _Trial:
-    """An applied update on trial, and what to restore if it does worse."""
-
-    previous: np.ndarray
-    previous_last_good: np.ndarray
-    before_returns: tuple[float, ...]
-    trial_returns: list[float] = field(default_factory=list)
-
-
-def _as_float32(value: Any) -> np.ndarray:
-    """``value`` cast to float32 (what the graphs see); overflow gives inf, not a warning."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.asarray(value, dtype=np.float32)
-
-
-def standard_error(values: Any) -> float:
-    """Standard error of the mean: sample std (ddof 1) / sqrt(n); 0 for fewer than 2."""
-    values = np.asarray(values, dtype=np.float64)
-    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else 0.0
-
-
 def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) -> np.ndarray:
     """``log N(act; mean, exp(log_std)^2)`` summed over the last axis, in float64.
 
@@ -224,13 +118,6 @@ def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, act: np.ndarray) ->
     mean, log_std = mean.astype(np.float64), log_std.astype(np.float64)
     z = (act.astype(np.float64) - mean) * np.exp(-log_std)
     return (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
-
-
-def approx_kl(log_ratio: np.ndarray) -> float:
-    """Approximate ``KL(old || new)`` (nats) from samples of the old policy: the
-    non-negative estimator ``mean((r - 1) - log r)``, ``log r = logp_new - logp_old``
-    ``[N]``; the numpy twin of :func:`metarobot.inner.approx_kl` (unit weights)."""
-    return float(np.mean(np.expm1(log_ratio) - log_ratio))
 
 
 class AdaptivePolicy:
@@ -249,24 +136,20 @@ class AdaptivePolicy:
         self._check_sessions()
         self._obs_dim, self._act_dim = bundle.obs_dim, bundle.act_dim
         self._obs_buf = np.zeros((1, self._obs_dim), dtype=np.float32)
+        # The lock guards what the control thread and the adaptation worker share: the
+        # parameters below, the recorder's completed episodes and the trial.
         self._lock = threading.Lock()
         self._params = bundle.params
-        self._last_good = bundle.params
-        self._next_params: np.ndarray | None = None
+        self._last_good = bundle.params  # what a non-finite action rolls back to
+        self._next_params: np.ndarray | None = None  # accepted, waiting for the boundary
+        self._next_before: tuple[float, ...] = ()  # before-returns of the waiting update
         self._version = 0  # bumped whenever the acting parameters change
         self._generation = 0  # bumped by reset_adaptation: stale adaptations are dropped
-        self._episodes: deque[_Episode] = deque(maxlen=max_episodes)
-        self._current = _Episode()
-        self._episode_open = False
-        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
-        self._next_before: tuple[float, ...] = ()  # before-returns of the waiting update
-        self._trial: _Trial | None = None
+        self._recorder = EpisodeRecorder(max_episodes)
+        self._trial = UpdateTrial()
         self._executor: ThreadPoolExecutor | None = None
         self.rollbacks = 0  #: roll-backs: non-finite actions and updates that did worse
-        self.dropped_episodes = 0  #: episodes not kept for adaptation (a refused value)
         self.last_report: AdaptReport | None = None
-        #: The latest applied update's trial (see :class:`TrialReport`), None before one.
-        self.trial_report: TrialReport | None = None
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, family: str | None = None,
@@ -305,12 +188,7 @@ class AdaptivePolicy:
             raise BundleError(f"{b.policy_file}: its default parameters differ from "
                               f"{b.spec.params.file}")
 
-    # ------------------------------------------------------------------ acting
-    def reseed(self, seed: int | None) -> None:
-        """Reseed the action-noise RNG (e.g. to replay the same noise when comparing two
-        parameter vectors on the same episodes)."""
-        self._rng = np.random.default_rng(seed)
-
+    # ------------------------------------------------------------------ state
     @property
     def params(self) -> np.ndarray:
         """A read-only copy of the parameters in use, float32 ``[P]``."""
@@ -334,23 +212,24 @@ class AdaptivePolicy:
     @property
     def num_episodes(self) -> int:
         """Completed episodes recorded with the current parameters."""
-        return len(self._episodes)
+        return self._recorder.num_completed
 
-    def _check_obs(self, obs: Any) -> np.ndarray:
-        """``obs`` as the graph's float32, checked after the cast (1e39 is finite in
-        float64 but inf in float32)."""
-        if not isinstance(obs, np.ndarray):
-            obs = np.asarray(obs)
-        if not np.issubdtype(obs.dtype, np.floating):
-            raise ValueError(f"observation dtype must be floating point (float32/float64), "
-                             f"got {obs.dtype}")
-        if obs.shape != (self._obs_dim,):
-            raise ValueError(f"observation must have shape ({self._obs_dim},), got {obs.shape}")
-        cast = _as_float32(obs)
-        if not np.isfinite(cast).all():
-            raise ValueError(f"observation contains NaN or inf (in float32, the policy's "
-                             f"dtype) at indices {np.flatnonzero(~np.isfinite(cast)).tolist()}")
-        return cast
+    @property
+    def dropped_episodes(self) -> int:
+        """Episodes not kept for adaptation (a refused value, or rewards whose sum
+        overflows float32)."""
+        return self._recorder.dropped
+
+    @property
+    def trial_report(self) -> TrialReport | None:
+        """The latest applied update's trial (see :class:`TrialReport`), None before one."""
+        return self._trial.report
+
+    # ------------------------------------------------------------------ acting
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the action-noise RNG (e.g. to replay the same noise when comparing two
+        parameter vectors on the same episodes)."""
+        self._rng = np.random.default_rng(seed)
 
     def forward(self, obs: np.ndarray, params: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -379,10 +258,10 @@ class AdaptivePolicy:
         Raises:
             ValueError: wrong observation shape, dtype, or non-finite values.
         """
-        obs = self._check_obs(obs)
+        obs = check_observation(obs, self._obs_dim)
         with self._lock:
             params = self._params
-            self._episode_open = True
+            self._recorder.open_episode()
         self._obs_buf[0] = obs
         mean, log_std = self._policy.run(None, {"obs": self._obs_buf, "params": params})
         # Roll back at most twice: to the previous parameters, then to the meta-learned.
@@ -403,7 +282,7 @@ class AdaptivePolicy:
             raw = (mean + np.exp(log_std) * noise).astype(np.float32)
         logp = float(gaussian_log_prob(mean, log_std, raw))
         action = np.clip(raw, self.bundle.act_low, self.bundle.act_high).astype(np.float32)
-        self._pending = (self._obs_buf[0].copy(), raw.copy(), action, logp)
+        self._recorder.remember(self._obs_buf[0].copy(), raw.copy(), action, logp)
         return action.copy()
 
     def _roll_back(self, why: str) -> np.ndarray:
@@ -411,14 +290,15 @@ class AdaptivePolicy:
             self.rollbacks += 1
             self._params, self._last_good = self._last_good, self.bundle.params
             self._version += 1
-            self._episodes.clear()
-            self._current = _Episode()
-            self._end_trial_locked("cancelled", f"{why}: rolled back")
+            self._recorder.clear()
+            self._recorder.discard_current()
+            self._trial.cancel(f"{why}: rolled back")
             params = self._params
         warnings.warn(f"{why}: rolled back to the last good parameters", RuntimeWarning,
                       stacklevel=3)
         return params
 
+    # ------------------------------------------------------------------ recording
     def observe(self, obs: np.ndarray, action: np.ndarray, reward: float, terminated: bool,
                 truncated: bool) -> None:
         """Record the transition of the last :meth:`act` call.
@@ -436,32 +316,11 @@ class AdaptivePolicy:
                 episode from the adaptation data (it would have a gap); the episode
                 still ends at ``terminated``/``truncated``.
         """
-        if self._pending is None:
-            raise ValueError("observe() must follow act() for the same observation")
-        seen_obs, raw, returned, logp = self._pending
-        if not np.array_equal(_as_float32(obs), seen_obs):
-            raise ValueError("observe(): obs is not the observation passed to the last act()")
-        if not np.array_equal(_as_float32(action), returned):
-            raise ValueError("observe(): action is not the action returned by the last act()")
-        try:
-            reward = float(reward)
-        except (TypeError, ValueError):
-            reward = math.nan
-        if not np.isfinite(_as_float32(reward)):
-            self._pending = None
-            self._current.refused = True
-            if terminated or truncated:
-                self.end_episode()
-            raise ValueError(f"observe(): reward must be finite in float32, got {reward}; "
-                             "this episode will not be used for adaptation")
-        self._pending = None
-        episode = self._current
-        episode.obs.append(seen_obs)
-        episode.act.append(raw)
-        episode.logp.append(logp)
-        episode.rew.append(reward)
+        refusal = self._recorder.record(obs, action, reward)
         if terminated or truncated:
             self.end_episode()
+        if refusal is not None:
+            raise ValueError(refusal)
 
     def end_episode(self) -> None:
         """Close the current episode and swap in an accepted update if one is waiting.
@@ -473,89 +332,52 @@ class AdaptivePolicy:
         """
         verdict = None
         with self._lock:
-            episode = self._current
-            if episode.rew:
-                if episode.refused or not self._episode_is_finite(episode):
-                    self.dropped_episodes += 1
-                else:
-                    self._episodes.append(episode)
-                    verdict = self._count_trial_episode_locked(episode.total)
-            self._current = _Episode()
-            self._pending = None
-            self._episode_open = False
+            kept = self._recorder.close_episode()
+            if kept is not None:
+                verdict = self._count_trial_episode_locked(kept.total)
             if self._next_params is not None:
                 self._swap_locked(self._next_params, self._next_before)
         if verdict is not None and verdict.state == "rolled_back":
             warnings.warn(verdict.reason, RuntimeWarning, stacklevel=2)
 
-    @staticmethod
-    def _episode_is_finite(episode: _Episode) -> bool:
-        """Every value, and the sum of absolute rewards (which bounds every discounted
-        return the advantages compute), is finite in float32."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            return bool(np.isfinite(np.sum(np.abs(_as_float32(episode.rew)), dtype=np.float32))
-                        and np.isfinite(_as_float32(episode.logp)).all()
-                        and np.isfinite(np.asarray(episode.act)).all())
+    def recorded_episodes(self) -> list[dict[str, np.ndarray]]:
+        """Copies of the completed episodes that the next adaptation would use.
 
+        Each is ``{"obs": [T, O], "act": [T, A], "logp": [T], "rew": [T]}`` (float32), with
+        ``act`` the sampled actions before clipping and ``logp`` their log-probabilities
+        under the parameters that acted.
+        """
+        with self._lock:
+            episodes = self._recorder.completed()
+        return [e.arrays() for e in episodes]
+
+    # ------------------------------------------------------------------ swaps and trial
     def _swap_locked(self, params: np.ndarray, before_returns: tuple[float, ...] = ()) -> None:
         """Use ``params`` from now on; an adapted update (``before_returns`` given: the
         returns of the episodes it was adapted on) goes on trial."""
-        self._end_trial_locked("cancelled", "replaced by other parameters")
-        if before_returns and self.safety.trial_episodes > 0:
-            self._trial = _Trial(self._params, self._last_good, before_returns)
-            self.trial_report = TrialReport(
-                "on_trial", self.safety.trial_episodes, before_returns,
-                margin=self._margin(before_returns),
-                reason=f"on trial for {self.safety.trial_episodes} episodes")
+        self._trial.cancel("replaced by other parameters")
+        if before_returns:
+            self._trial.start(self.safety, before_returns,
+                              restore=(self._params, self._last_good))
         self._last_good, self._params = self._params, params
         self._next_params = None
         self._next_before = ()
         self._version += 1
-        self._episodes.clear()  # collected by the previous parameters
-
-    # ------------------------------------------------------------------ trial
-    def _margin(self, before_returns: tuple[float, ...]) -> float:
-        """How far the trial mean may fall below the before mean, in return."""
-        return self.safety.worse_margin * standard_error(before_returns)
-
-    def _end_trial_locked(self, state: str, reason: str) -> None:
-        """Close a running trial without a verdict (``state`` ``"cancelled"``)."""
-        if self._trial is not None and self.trial_report is not None:
-            self.trial_report = dataclasses.replace(self.trial_report, state=state,
-                                                    reason=reason)
-        self._trial = None
+        self._recorder.clear()  # collected by the previous parameters
 
     def _count_trial_episode_locked(self, episode_return: float) -> TrialReport | None:
-        """Add a kept episode's return to the trial; at its end, keep the update or roll
-        back to the parameters before it. Returns the verdict when one was reached."""
-        trial = self._trial
-        if trial is None:
+        """Count a kept episode for the trial; at its end, keep the update or roll back to
+        the parameters before it. Returns the verdict when one was reached."""
+        ended = self._trial.count(episode_return)
+        if ended is None:
             return None
-        trial.trial_returns.append(episode_return)
-        report = dataclasses.replace(self.trial_report, trial_returns=tuple(trial.trial_returns))
-        self.trial_report = report
-        if len(trial.trial_returns) < report.episodes_needed:
-            return None
-        self._trial = None
-        worse_by = report.before_mean - report.trial_mean
-        if worse_by <= report.margin:
-            self.trial_report = dataclasses.replace(
-                report, state="kept",
-                reason=f"kept: mean return {report.trial_mean:.4g} over "
-                       f"{len(trial.trial_returns)} episodes vs {report.before_mean:.4g} "
-                       f"before (margin {report.margin:.3g})")
-            return self.trial_report
-        self.rollbacks += 1
-        self._params, self._last_good = trial.previous, trial.previous_last_good
-        self._version += 1
-        self._episodes.clear()  # collected by the update that was rolled back
-        self.trial_report = dataclasses.replace(
-            report, state="rolled_back",
-            reason=f"adapted parameters rolled back: mean return {report.trial_mean:.4g} "
-                   f"over {len(trial.trial_returns)} episodes is {worse_by:.4g} below the "
-                   f"{report.before_mean:.4g} of the parameters before them (margin "
-                   f"{report.margin:.3g})")
-        return self.trial_report
+        verdict, (previous, previous_last_good) = ended
+        if verdict.state == "rolled_back":
+            self.rollbacks += 1
+            self._params, self._last_good = previous, previous_last_good
+            self._version += 1
+            self._recorder.clear()  # collected by the update that was rolled back
+        return verdict
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self, steps: int = 1) -> AdaptReport:
@@ -591,99 +413,47 @@ class AdaptivePolicy:
             if self._next_params is not None:
                 return self._reject("an accepted update is still waiting for the episode "
                                     "boundary", steps, start)
-            if self._trial is not None:
+            if self._trial.running:
                 return self._reject(f"the last update is on trial ("
-                                    f"{len(self._trial.trial_returns)} of "
+                                    f"{self._trial.episodes_done} of "
                                     f"{self.safety.trial_episodes} episodes); adapt after "
                                     "its verdict", steps, start)
-            episodes = list(self._episodes)
+            episodes = self._recorder.completed()
             params, version, generation = self._params, self._version, self._generation
         if len(episodes) < self.safety.min_episodes:
             return self._reject(f"{len(episodes)} completed episodes recorded with the current "
                                 f"parameters, need {self.safety.min_episodes}", steps, start)
         try:
-            new, loss, data = self._inner_steps(params, episodes, steps)
+            data = adaptation_data(episodes, self._obs_dim, self._act_dim, self.bundle.inner)
+            new, loss = self._inner_steps(params, data, steps)
         except Exception as err:  # a failed adaptation must never reach the control loop
             return self._reject(f"adaptation failed: {type(err).__name__}: {err}", steps, start,
                                 episodes=len(episodes))
         counts = {"episodes": len(episodes), "transitions": int(data["obs"].shape[0]),
                   "loss": loss}
-        if not (np.isfinite(new).all() and math.isfinite(loss)):
-            return self._reject("non-finite adapted parameters or loss; keeping the last good "
-                                "parameters", steps, start, **counts)
-        delta = new.astype(np.float64) - params
-        norm = float(np.linalg.norm(delta))
-        norm_scale = min(1.0, self.safety.max_update_norm / norm) if norm > 0 else 1.0
-        try:
-            new, scale, kl, backtracks = self._line_search(params, delta, norm_scale, data)
-        except Exception as err:  # as above: reported, never raised
-            return self._reject(f"adaptation failed: {type(err).__name__}: {err}", steps, start,
-                                **counts, update_norm=norm)
-        values = {**counts, "kl": kl, "update_norm": norm, "update_scale": scale,
-                  "backtracks": backtracks}
-        if not math.isfinite(kl) or kl > self.safety.max_kl:
-            return self._reject(f"KL {kl:.4g} exceeds max_kl {self.safety.max_kl:.4g} after "
-                                f"{backtracks} halvings of the step; keeping the last good "
-                                "parameters", steps, start, **values)
-        new.setflags(write=False)
+        check = check_update(self.safety, params, new, loss, lambda p: self._kl(p, data))
+        values = {**counts, "kl": check.kl, "update_norm": check.update_norm,
+                  "update_scale": check.update_scale, "backtracks": check.backtracks}
+        if not check.accepted:
+            return self._reject(check.reason, steps, start, **values)
         before = tuple(e.total for e in episodes)
         with self._lock:
             if self._generation != generation or self._version != version:
                 return self._reject("the parameters changed while adapting (reset or load); "
                                     "result discarded", steps, start, **values)
-            self._next_params, self._next_before = new, before
-            applied = not self._episode_open
+            self._next_params, self._next_before = check.params, before
+            applied = not self._recorder.episode_open
             if applied:
-                self._swap_locked(new, before)
-        reason = "ok"
-        if norm_scale < 1.0:
-            reason += " (update scaled to max_update_norm)"
-        if backtracks:
-            reason += f" (step halved {backtracks} times to KL <= max_kl)"
-        report = AdaptReport(True, applied, reason, steps,
+                self._swap_locked(check.params, before)
+        report = AdaptReport(True, applied, check.reason, steps,
                              seconds=time.perf_counter() - start, **values)
         self.last_report = report
         return report
 
-    def recorded_episodes(self) -> list[dict[str, np.ndarray]]:
-        """Copies of the completed episodes that the next adaptation would use.
-
-        Each is ``{"obs": [T, O], "act": [T, A], "logp": [T], "rew": [T]}`` (float32), with
-        ``act`` the sampled actions before clipping and ``logp`` their log-probabilities
-        under the parameters that acted.
-        """
-        with self._lock:
-            episodes = list(self._episodes)
-        return [{"obs": np.array(e.obs), "act": np.array(e.act),
-                 "logp": np.array(e.logp, dtype=np.float32),
-                 "rew": np.array(e.rew, dtype=np.float32)} for e in episodes]
-
-    def _adaptation_data(self, episodes: list[_Episode]) -> dict[str, np.ndarray]:
-        """The adapt graph's data inputs ``obs [N, O], act [N, A], adv [N], old_logp [N],
-        weight [N]`` (float32) over the real steps of ``episodes``, advantages from
-        :func:`deploy.advantages.compute_advantages` on the episodes padded to the longest
-        (with the bundle's gamma, lam and normalize)."""
-        horizon = max(len(e.rew) for e in episodes)
-        n_ep = len(episodes)
-        obs = np.zeros((n_ep, horizon, self._obs_dim), dtype=np.float32)
-        act = np.zeros((n_ep, horizon, self._act_dim), dtype=np.float32)
-        rew = np.zeros((n_ep, horizon), dtype=np.float32)
-        logp = np.zeros((n_ep, horizon), dtype=np.float32)
-        mask = np.zeros((n_ep, horizon), dtype=np.float32)
-        for i, e in enumerate(episodes):
-            t = len(e.rew)
-            obs[i, :t], act[i, :t], rew[i, :t] = e.obs, e.act, e.rew
-            logp[i, :t], mask[i, :t] = e.logp, 1.0
-        inner = self.bundle.inner
-        adv = compute_advantages(obs, rew, mask, inner.gamma, inner.lam,
-                                 normalize=inner.normalize)
-        real = mask > 0
-        return {"obs": obs[real], "act": act[real], "adv": adv[real].astype(np.float32),
-                "old_logp": logp[real], "weight": np.ones(int(real.sum()), dtype=np.float32)}
-
-    def _inner_steps(self, params: np.ndarray, episodes: list[_Episode],
-                     steps: int) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
-        data = self._adaptation_data(episodes)
+    def _inner_steps(self, params: np.ndarray, data: Mapping[str, np.ndarray],
+                     steps: int) -> tuple[np.ndarray, float]:
+        """``steps`` inner steps from ``params`` on ``data``: ``(new params [P], loss of
+        the last step)``, with the bundle's ``lr`` and ``clip``."""
         clip = np.asarray(self.bundle.clip, dtype=np.float32)
         if steps in self._adapt:
             graph, calls = self._adapt[steps], 1
@@ -695,25 +465,7 @@ class AdaptivePolicy:
             new, loss_out, _ = graph.run(None, {"params": new, **data, "lr": self.bundle.lr,
                                                 "clip": clip})
             loss = float(loss_out)
-        return new, loss, data
-
-    def _line_search(self, params: np.ndarray, delta: np.ndarray, scale: float,
-                     data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float, float, int]:
-        """Trust region: halve the step ``scale * delta`` until its KL on the adaptation
-        data is at most ``max_kl`` (at most ``max_backtracks`` times).
-
-        Returns:
-            ``(new_params, scale, kl, backtracks)`` of the last step tried.
-        """
-        backtracks = 0
-        while True:
-            new = (params + scale * delta).astype(np.float32)
-            kl = self._kl(new, data)
-            if (math.isfinite(kl) and kl <= self.safety.max_kl) or \
-                    backtracks >= self.safety.max_backtracks:
-                return new, scale, kl, backtracks
-            scale *= 0.5
-            backtracks += 1
+        return new, loss
 
     def _kl(self, new: np.ndarray, data: Mapping[str, np.ndarray]) -> float:
         """Approximate KL(pre-update || new) on the adaptation data, ``E[(r - 1) - log r]``
@@ -729,34 +481,15 @@ class AdaptivePolicy:
         with self._lock:
             self._generation += 1
             self._version += 1
-            self._end_trial_locked("cancelled", "reset_adaptation()")
+            self._trial.cancel("reset_adaptation()")
             self._params = self._last_good = self.bundle.params
             self._next_params = None
-            self._episodes.clear()
-            self._current = _Episode()
-            self._pending = None
-            self._episode_open = False
+            self._recorder.reset()
 
     def save_params(self, path: str | Path) -> Path:
         """Save the parameters in use (``.npz``: ``params`` float32 [P] and ``meta`` JSON
         naming the bundle family, layout and meta-learned parameter hash). Atomic."""
-        path = Path(path)
-        params = self._params
-        meta = {"format": PARAMS_FORMAT, "format_version": PARAMS_FORMAT_VERSION,
-                "family": self.bundle.family, "env_id": self.bundle.env_id,
-                "layout": self.bundle.layout.to_dict(),
-                "base_params_sha256": self.bundle.spec.params.sha256,
-                "sha256": params_sha256(params)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, params=params, meta=np.asarray(json.dumps(meta)))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_params_file(path, self._params, self.bundle)
 
     def load_params(self, path: str | Path) -> None:
         """Use parameters saved by :meth:`save_params` (e.g. adapted earlier).
@@ -766,41 +499,13 @@ class AdaptivePolicy:
                 parameters, a hash mismatch, or non-finite values.
             RuntimeError: called during an episode (call :meth:`end_episode` first).
         """
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                params, meta = data["params"], json.loads(str(data["meta"]))
-        except (OSError, ValueError, KeyError) as err:
-            raise BundleError(f"{path} is not a readable metarobot parameter file: {err}") from err
-        b = self.bundle
-        if not isinstance(meta, dict) or meta.get("format") != PARAMS_FORMAT:
-            raise BundleError(f"{path} is not a metarobot parameter file")
-        if meta.get("format_version") != PARAMS_FORMAT_VERSION:
-            raise BundleError(f"{path} has format version {meta.get('format_version')!r}, "
-                              f"this runtime reads {PARAMS_FORMAT_VERSION}")
-        if meta.get("family") != b.family:
-            raise BundleError(f"{path} holds parameters of family {meta.get('family')!r}, the "
-                              f"bundle is {b.family!r}")
-        if Layout.from_dict(meta.get("layout", {})) != b.layout:
-            raise BundleError(f"{path}: parameter layout differs from the bundle's")
-        if meta.get("base_params_sha256") != b.spec.params.sha256:
-            raise BundleError(f"{path} was adapted from other meta-learned parameters than "
-                              "this bundle's")
-        if params.dtype != np.float32 or params.shape != (b.layout.size,):
-            raise BundleError(f"{path}: params must be float32 [{b.layout.size}], got "
-                              f"{params.dtype} {list(params.shape)}")
-        if params_sha256(params) != meta.get("sha256"):
-            raise BundleError(f"{path}: params do not match their SHA-256 (corrupt)")
-        if not np.isfinite(params).all():
-            raise BundleError(f"{path}: params contain NaN or inf")
-        params = params.copy()
-        params.setflags(write=False)
+        params = read_params_file(path, self.bundle)
         with self._lock:
-            if self._episode_open:
+            if self._recorder.episode_open:
                 raise RuntimeError("load_params() during an episode; call end_episode() first")
             self._next_params = None
             self._generation += 1
-            self._end_trial_locked("cancelled", "load_params()")
+            self._trial.cancel("load_params()")
             self._swap_locked(params)
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ def approx_kl(log_ratio: Tensor, weight: Tensor) -> Tensor:
     the non-negative estimator ``E_w[(r - 1) - log r]`` with ``log r = logp_new - logp_old``.
 
     Shapes: ``log_ratio``, ``weight`` ``[N]``. The device's numpy twin is
-    :func:`deploy.runtime.approx_kl`.
+    :func:`deploy.safety.approx_kl`.
     """
     return (weight * ((torch.exp(log_ratio) - 1.0) - log_ratio)).sum() / weight.sum()
 
