@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench import per_task, results
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-results = pytest.importorskip("results")
 
 REACH_SEED0 = REPO / "bench" / "results" / "meta" / "reach" / "seed0"
 
@@ -141,7 +140,6 @@ def test_readme_results_table_is_regenerated_between_its_markers(tmp_path):
 def test_per_task_table_lines_up_tasks_returns_and_a_measured_zero_action_reference(tmp_path):
     import json
 
-    per_task = pytest.importorskip("per_task")
     seed_dir = tmp_path / "reach" / "seed0"
     seed_dir.mkdir(parents=True)
     for kind in ("meta", "baseline"):
