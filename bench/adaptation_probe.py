@@ -22,7 +22,7 @@ Writes ``adaptation_probe.json`` and ``adaptation_probe.png`` (gain against scal
 
 Usage::
 
-    python bench/adaptation_probe.py bench/results/meta/locomotion/seed0/saved/meta/it00100 \\
+    python -m bench.adaptation_probe bench/results/meta/locomotion/seed0/saved/meta/it00100 \\
         --out bench/results/adaptation_probe/locomotion_seed0_it00100
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.results import command_line, provenance, write_json  # noqa: E402
-from metarobot.advantages import compute_advantages  # noqa: E402
-from metarobot.evaluate import load_trained_policy, mean_ci95  # noqa: E402
-from metarobot.rollouts import adapt_params  # noqa: E402
-from metarobot.sampler import MultiTaskSampler  # noqa: E402
-from sim_envs.registry import env_id, make_family  # noqa: E402
-from sim_envs.tasks import Task  # noqa: E402
+from bench.common import command_line, write_json
+from bench.results import provenance
+from metarobot.advantages import compute_advantages
+from metarobot.evaluate import load_trained_policy, mean_ci95
+from metarobot.rollouts import adapt_params
+from metarobot.sampler import MultiTaskSampler
+from sim_envs.registry import env_id, make_family
+from sim_envs.tasks import Task
 
 
 def task_group(family: str, task: Task) -> str:

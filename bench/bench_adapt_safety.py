@@ -24,7 +24,7 @@ Modes (``SafetyConfig`` over the bundle's recorded rules):
 
 Usage::
 
-    python bench/bench_adapt_safety.py --bundle runs/quickstart/bundle --tasks 40
+    python -m bench.bench_adapt_safety --bundle runs/quickstart/bundle --tasks 40
 
 Writes ``bench/results/adapt_safety/bench_adapt_safety.json`` and ``.png``.
 """
@@ -43,11 +43,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import git_head, machine_info  # noqa: E402
-from deploy import AdaptivePolicy  # noqa: E402
-from deploy.runtime import standard_error  # noqa: E402
+from bench.common import command_line, git_head, machine_info
+from deploy import AdaptivePolicy
+from deploy.runtime import standard_error
 
 OUT = Path(__file__).resolve().parent / "results" / "adapt_safety"
 BASE_MODES: dict[str, dict[str, Any]] = {
@@ -191,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     env = gymnasium.make(probe.bundle.env_id, **probe.bundle.env_kwargs)
     tasks = env.unwrapped.sample_tasks(args.tasks, split=args.split, seed=args.seed)
     result: dict[str, Any] = {
-        "command": "python bench/bench_adapt_safety.py " + " ".join(sys.argv[1:] if argv is None
-                                                                     else argv),
+        "command": command_line(argv),
         "seed": args.seed, "git_commit": commit, "bundle": str(args.bundle),
         "bundle_params_sha256": probe.bundle.metadata["params"]["sha256"],
         "bundle_safety": probe.bundle.metadata.get("safety", {}), "split": args.split,

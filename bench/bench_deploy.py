@@ -25,8 +25,8 @@ zero missed deadlines at 100 Hz.
 
 Usage::
 
-    python bench/bench_deploy.py            # about two minutes
-    python bench/bench_deploy.py --quick    # fewer repetitions, shorter loops
+    python -m bench.bench_deploy            # about two minutes
+    python -m bench.bench_deploy --quick    # fewer repetitions, shorter loops
 
 Writes ``bench/results/deploy/bench_deploy.json`` and ``bench_deploy.png``.
 """
@@ -54,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, command_line
+
 OUT_DIR = REPO / "bench" / "results" / "deploy"
 TARGETS = {"policy_p99_us": 20.0, "adapt_n1000_p50_ms": 1.0, "runtime_rss_mb": 80.0,
            "missed_deadlines": 0}
@@ -311,7 +311,7 @@ def main() -> None:
     results["versions"] = {"python": platform.python_version(), "numpy": np.__version__,
                            "onnxruntime": ort.__version__, "onnx": onnx.__version__,
                            "torch": torch.__version__}
-    results["command"] = " ".join(["python", "bench/bench_deploy.py", *sys.argv[1:]])
+    results["command"] = command_line()
     results["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)

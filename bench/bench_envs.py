@@ -29,8 +29,8 @@ Targets: env/raw >= 0.85, reset <= 1 ms, task switch <= 15 ms, 2 processes >= 1.
 
 Usage::
 
-    python bench/bench_envs.py            # a few minutes
-    python bench/bench_envs.py --quick    # about a minute
+    python -m bench.bench_envs            # a few minutes
+    python -m bench.bench_envs --quick    # about a minute
 
 Writes ``bench/results/envs/bench_envs.json`` and ``bench_envs.png``.
 """
@@ -55,10 +55,8 @@ import gymnasium as gym
 import numpy as np
 import pybullet
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import sim_envs  # noqa: E402
-from bench.common import machine_info  # noqa: E402
+import sim_envs
+from bench.common import REPO, command_line, machine_info
 
 OUT_DIR = REPO / "bench" / "results" / "envs"
 TARGETS = {"env_over_raw": 0.85, "reset_ms": 1.0, "task_switch_ms": 15.0, "two_procs": 1.7}
@@ -305,7 +303,7 @@ def run_workers(commands: list[list[str]]) -> list[dict[str, Any]]:
 
 
 def our_worker_command(case: Case, duration: float, seed: int, families: list[str]) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", case.name,
+    return [sys.executable, "-m", "bench.bench_envs", "--worker", case.name,
             "--duration", str(duration), "--seed", str(seed), "--families", *families]
 
 
@@ -462,7 +460,7 @@ def main() -> None:
 
     steps, rounds, duration, switches = (600, 2, 2.0, 20) if args.quick else (2500, 3, 5.0, 50)
     info = machine_info(("pybullet", "gymnasium", "numpy"))
-    info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    info["command"] = command_line()
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()
     cases, missing = all_cases(args.families)

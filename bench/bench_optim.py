@@ -11,8 +11,8 @@ issue's reference size):
 
 Run::
 
-    python bench/bench_optim.py --device cpu             # 2-core CI-like machine
-    python bench/bench_optim.py --device cuda            # on a GPU machine
+    python -m bench.bench_optim --device cpu             # 2-core CI-like machine
+    python -m bench.bench_optim --device cuda            # on a GPU machine
 
 Writes ``bench/results/optim/optim_<device>.json`` and ``.png``.
 """
@@ -29,13 +29,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import machine_info  # noqa: E402
-from metarobot import maml  # noqa: E402
-from metarobot.batch import EpisodeBatch  # noqa: E402
-from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward  # noqa: E402
+from bench.common import REPO, command_line, machine_info
+from metarobot import maml
+from metarobot.batch import EpisodeBatch
+from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
 
 OBS_DIM, ACT_DIM = 37, 4  # Grasp's sizes: a realistic, not a toy, input
 
@@ -102,10 +99,10 @@ def time_update(device: torch.device, m: int, e: int, t: int, inner_steps: int, 
 
 def run_child(device: str, m: int, e: int, t: int, k: int, epochs: int, repeats: int) -> dict:
     """One configuration in a fresh process, so peak RSS belongs to it alone."""
-    cmd = [sys.executable, __file__, "--child", "--device", device, "--tasks", str(m),
-           "--episodes", str(e), "--horizon", str(t), "--inner-steps", str(k),
+    cmd = [sys.executable, "-m", "bench.bench_optim", "--child", "--device", device,
+           "--tasks", str(m), "--episodes", str(e), "--horizon", str(t), "--inner-steps", str(k),
            "--epochs", str(epochs), "--repeats", str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -121,7 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer memory configurations")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "optim")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "optim")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.child:
@@ -151,7 +148,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "python bench/bench_optim.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "device": args.device,
         "cuda_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "machine": machine_info(), "torch_threads": torch.get_num_threads(),

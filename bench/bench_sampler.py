@@ -31,8 +31,8 @@ the machine change the figures.
 
 Usage::
 
-    python bench/bench_sampler.py     # Reach, 10 tasks x 10 episodes, 2 workers x 10/25/50 envs
-    python bench/bench_sampler.py --quick   # 2 rounds, 10 envs per worker only
+    python -m bench.bench_sampler     # Reach, 10 tasks x 10 episodes, 2 workers x 10/25/50 envs
+    python -m bench.bench_sampler --quick   # 2 rounds, 10 envs per worker only
 
 Writes ``bench/results/sampler/bench_sampler.json`` and ``bench_sampler.png``.
 """
@@ -44,19 +44,16 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.common import machine_info  # noqa: E402
-from metarobot.policy import GaussianMLPPolicy  # noqa: E402
-from metarobot.sampler import MultiTaskSampler  # noqa: E402
-from sim_envs.registry import make_family  # noqa: E402
+from bench.common import REPO, command_line, machine_info
+from metarobot.policy import GaussianMLPPolicy
+from metarobot.sampler import MultiTaskSampler
+from sim_envs.registry import make_family
 
 OUT_DIR = REPO / "bench" / "results" / "sampler"
 TARGET_SAMPLER_OVER_RAW = 0.8
@@ -218,7 +215,7 @@ def main() -> None:
         raise ValueError("--rounds, --workers and --envs-per-worker must be >= 1")
 
     info = machine_info()
-    info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    info["command"] = command_line()
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()
     info["scheduling"] = scheduling()

@@ -11,8 +11,8 @@ iterations after the first.
 
 Run::
 
-    python bench/bench_trainer.py                          # reach, 40 x 20, 2 workers
-    python bench/bench_trainer.py --set meta_batch.tasks=10 --iterations 3
+    python -m bench.bench_trainer                          # reach, 40 x 20, 2 workers
+    python -m bench.bench_trainer --set meta_batch.tasks=10 --iterations 3
 
 Writes ``bench/results/trainer/bench_trainer.json`` and ``.png``.
 """
@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import machine_info  # noqa: E402
-from metarobot.api import resolve_config  # noqa: E402
-from metarobot.trainer import MetaTrainer  # noqa: E402
+from bench.common import REPO, command_line, machine_info
+from metarobot.api import resolve_config
+from metarobot.trainer import MetaTrainer
 
 PHASES = ("time/sampling", "time/value_baseline", "time/inner_step", "time/outer_step")
 
@@ -47,7 +43,7 @@ def main() -> None:
     parser.add_argument("--raw-steps", type=int, default=200,
                         help="steps per env of each raw-throughput measurement")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trainer")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "trainer")
     args = parser.parse_args()
     if args.iterations < 2:
         parser.error("--iterations must be >= 2 (the first only starts the workers)")
@@ -100,7 +96,7 @@ def main() -> None:
     print(f"sampler / raw env throughput of the same workers, median over {len(timed)} "
           f"iterations: {ratio:.2f} (target >= 0.8; per iteration "
           + ", ".join(f"{r['sampler_over_raw']:.2f}" for r in timed) + ")")
-    result = {"command": "python bench/bench_trainer.py " + " ".join(sys.argv[1:]),
+    result = {"command": command_line(),
               "config": config.to_dict(), "machine": machine_info(), "iterations": rows,
               "raw_steps_per_s_between_iterations": raws, "sampler_over_raw": ratio}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,23 @@
-"""Shared helpers of the benchmark scripts: the machine and versions a figure came from."""
+"""Shared helpers of the benchmark scripts: the machine, versions and command a figure came
+from, and the JSON they write."""
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
+import math
 import os
 import platform
+import shlex
 import socket
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "pybullet", "gymnasium", "numpy", "onnxruntime")
@@ -45,3 +53,36 @@ def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
     return {"hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "versions": versions, "git_commit": git_head()}
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that is running, as a user would type it from the repository root
+    (``argv``: the arguments, default this process's)."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python -m bench.{Path(sys.argv[0]).stem} " + shlex.join(args)
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: numpy to Python, NaN to null, inf to "inf" (configs hold clip=inf)."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean(data), indent=1))
+    tmp.replace(path)  # atomic: a stage's JSON exists only once it is complete
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

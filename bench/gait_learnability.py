@@ -23,9 +23,9 @@ episodes each.
 
 Usage::
 
-    python bench/gait_learnability.py                 # 2 x 300k steps, about 15 min on 2 cores
-    python bench/gait_learnability.py --multitask-observed --steps 500000 --eval-every 100000
-    python bench/gait_learnability.py --evaluate-runs runs/A runs/B --eval-episodes 4
+    python -m bench.gait_learnability                 # 2 x 300k steps, about 15 min on 2 cores
+    python -m bench.gait_learnability --multitask-observed --steps 500000 --eval-every 100000
+    python -m bench.gait_learnability --evaluate-runs runs/A runs/B --eval-episodes 4
 
 Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
 (``multitask_observed.json`` and ``.png`` with ``--multitask-observed``,
@@ -35,7 +35,6 @@ Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,12 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-import baselines  # noqa: E402
-
-from bench.results import provenance, write_json  # noqa: E402
-from metarobot.runlog import read_log  # noqa: E402
-from sim_envs.registry import env_id, make_family  # noqa: E402
-from sim_envs.tasks import Task  # noqa: E402
+from bench import baselines
+from bench.common import REPO, write_json
+from bench.results import provenance
+from metarobot.runlog import read_log
+from sim_envs.registry import env_id, make_family
+from sim_envs.tasks import Task
 
 OUT = REPO / "bench" / "results" / "gait"
 

@@ -13,7 +13,7 @@ report shows, per terrain type and per held-out factor:
 
 Run (resumable: the model is saved after every chunk; rerun the same command to go on)::
 
-    python bench/locomotion_learnability.py --steps 2000000 --n-envs 2 \
+    python -m bench.locomotion_learnability --steps 2000000 --n-envs 2 \
         --out bench/results/locomotion_learnability
 
 Writes ``learnability.json`` (curve and the last evaluation's tables), ``learnability.png``
@@ -23,21 +23,17 @@ Writes ``learnability.json`` (curve and the last evaluation's tables), ``learnab
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import baselines  # noqa: E402
-from results import provenance, read_json, write_json  # noqa: E402
-
-from sim_envs.locomotion import held_out_factors  # noqa: E402
-from sim_envs.tasks import Task  # noqa: E402
+from bench import baselines
+from bench.common import read_json, write_json
+from bench.results import provenance
+from sim_envs.locomotion import held_out_factors
+from sim_envs.tasks import Task
 
 #: PPO settings: legged_gym's (5 epochs, 4 minibatches, lr 3e-4 fixed, gamma 0.99,
 #: lambda 0.95, clip 0.2), with the rollout sized for a few CPU envs.

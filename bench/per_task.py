@@ -13,29 +13,27 @@ and one stage of ``bench/results.py``, every test task's parameters beside
 It reads ``meta_it<N>.json`` (and ``baseline_it<N>.json``) from the seed's results folder,
 rebuilds the test tasks from the family and the evaluation seed (and checks their ids),
 prints a Markdown table with a few counts below it, and writes ``per_task_it<N>.json`` and
-``per_task_it<N>.md`` beside the stage's JSON. ``bench/results.py --report-only`` links them.
+``per_task_it<N>.md`` beside the stage's JSON. ``python -m bench.results --report-only`` links them.
 
 Usage::
 
-    python bench/per_task.py --family locomotion --seed 0 --iteration 100 --sort-by speed
+    python -m bench.per_task --family locomotion --seed 0 --iteration 100 --sort-by speed
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.results import DEFAULT_OUT, provenance, read_json, stage_name, write_json  # noqa: E402
-from metarobot.evaluate import mean_ci95  # noqa: E402
-from sim_envs.registry import env_id, make_family, register_envs  # noqa: E402
-from sim_envs.tasks import Task  # noqa: E402
+from bench.common import read_json, write_json
+from bench.results import DEFAULT_OUT, provenance, stage_name
+from metarobot.evaluate import mean_ci95
+from sim_envs.registry import env_id, make_family, register_envs
+from sim_envs.tasks import Task
 
 
 def zero_action_returns(family: str, tasks: list[Task], episodes: int,
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     meta_path = folder / f"meta_{stage_name(args.iteration)}.json"
     if not meta_path.exists():
         raise SystemExit(f"no results for that stage: {meta_path} does not exist "
-                         f"(run bench/results.py for it first)")
+                         f"(run python -m bench.results for it first)")
     meta = read_json(meta_path)
     base_path = folder / f"baseline_{stage_name(args.iteration)}.json"
     baseline = read_json(base_path) if base_path.exists() else None

@@ -7,10 +7,10 @@ policy. Same task, same reset seed.
 
 Run::
 
-    python bench/videos.py runs/grasp --out docs/media --name grasp
-    python bench/videos.py runs/locomotion --out docs/media --name locomotion --task-seed 3
-    python bench/videos.py runs/locomotion --name locomotion_stairs --where terrain=stairs
-    python bench/videos.py runs/locomotion --name locomotion_leg --held-out leg
+    python -m bench.videos runs/grasp --out docs/media --name grasp
+    python -m bench.videos runs/locomotion --out docs/media --name locomotion --task-seed 3
+    python -m bench.videos runs/locomotion --name locomotion_stairs --where terrain=stairs
+    python -m bench.videos runs/locomotion --name locomotion_leg --held-out leg
 
 ``--where KEY=VALUE`` (repeatable) and ``--held-out FACTOR`` (locomotion: terrain, payload,
 leg) take the first test task, from ``--task-seed`` on, whose parameters match.
@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import machine_info  # noqa: E402
-from metarobot.evaluate import load_trained_policy  # noqa: E402
-from metarobot.policy import policy_forward  # noqa: E402
-from metarobot.rollouts import collect_adaptation_rollouts  # noqa: E402
-from metarobot.sampler import MultiTaskSampler  # noqa: E402
-from sim_envs.registry import env_id, make_family  # noqa: E402
+from bench.common import REPO, command_line, machine_info
+from metarobot.evaluate import load_trained_policy
+from metarobot.policy import policy_forward
+from metarobot.rollouts import collect_adaptation_rollouts
+from metarobot.sampler import MultiTaskSampler
+from sim_envs.registry import env_id, make_family
 
 
 def record_episode(env: object, model: object, params: dict, seed: int,
@@ -83,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "media")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "media")
     parser.add_argument("--name", help="file name prefix (default: the family)")
     parser.add_argument("--task-seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, help="adaptation episodes (default: config's)")
@@ -113,7 +109,7 @@ def main() -> None:
     env.unwrapped.set_task(task)
     name = args.name or cfg.family
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": "python bench/videos.py " + " ".join(sys.argv[1:]),
+    summary = {"command": command_line(),
                "run": str(args.run), "iteration": policy.iteration, "task_seed": args.task_seed,
                "task": task.to_dict(),
                "adaptation_episodes": episodes, "machine": machine_info()}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import baselines  # noqa: E402
-
-from sim_envs.registry import make_family  # noqa: E402
+from bench import baselines
+from sim_envs.registry import make_family
 
 TINY_PPO = {"n_steps": 100, "batch_size": 50, "n_epochs": 1}
 

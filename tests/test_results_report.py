@@ -1,17 +1,19 @@
-"""The results report (bench/results.py) regenerated from the committed reach JSON."""
+"""The results report (bench/report.py) regenerated from the committed reach JSON."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench import per_task, results
+from bench.report import GENERATED_MARKER, README_MARKERS, write_report
+from bench.stats import paired_gain
+from metarobot.evaluate import mean_ci95
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-results = pytest.importorskip("results")
 
 REACH_SEED0 = REPO / "bench" / "results" / "meta" / "reach" / "seed0"
 
@@ -21,9 +23,9 @@ def test_report_from_committed_json_keeps_intro_and_places_family_notes(tmp_path
     shutil.copytree(REACH_SEED0, out / "reach" / "seed0")
     (out / "reach" / "notes.md").write_text("Hand-written finding: tried X.\n")
     report = tmp_path / "results.md"
-    report.write_text("# My intro\n\nkept\n\n" + results.GENERATED_MARKER + "\nold body\n")
+    report.write_text("# My intro\n\nkept\n\n" + GENERATED_MARKER + "\nold body\n")
 
-    results.write_report(out, report)
+    write_report(out, report)
 
     text = report.read_text()
     assert text.startswith("# My intro\n\nkept\n")
@@ -52,7 +54,7 @@ def test_headline_compares_at_the_last_iteration_with_a_baseline(tmp_path):
     (seed_dir / "meta_it00090.json").write_text(json.dumps(later))
     report = tmp_path / "results.md"
 
-    results.write_report(out, report)
+    write_report(out, report)
 
     reach = report.read_text().split("## reach")[1].split("\n## ")[0]
     assert "### After meta-training: iteration 60 " in reach
@@ -63,14 +65,14 @@ def test_headline_compares_at_the_last_iteration_with_a_baseline(tmp_path):
 def test_paired_adaptation_gain_is_per_task_for_one_seed_and_over_seed_means_for_several():
     returns = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 3.0]])  # [K+1, tasks]
     one = {"meta": {10: {"evaluation": {"returns": returns.tolist()}}}}
-    mean, ci = results.paired_gain([one], 10, 1)
+    mean, ci = paired_gain([one], 10, 1)
     assert mean == pytest.approx(1.0)  # gains 1, 2, 0 per task
-    assert ci == pytest.approx(results.mean_ci95(np.array([1.0, 2.0, 0.0]))[1])
+    assert ci == pytest.approx(mean_ci95(np.array([1.0, 2.0, 0.0]))[1])
     other = {"meta": {10: {"evaluation": {"returns": (returns + [[0.0], [3.0]]).tolist()}}}}
-    mean, _ = results.paired_gain([one, other], 10, 1)
+    mean, _ = paired_gain([one, other], 10, 1)
     assert mean == pytest.approx(2.5)  # the seeds' mean gains are 1 and 4
-    assert results.paired_gain([one], 10, 3) is None  # not adapted that far
-    assert results.paired_gain([one], 20, 1) is None  # no such iteration
+    assert paired_gain([one], 10, 3) is None  # not adapted that far
+    assert paired_gain([one], 20, 1) is None  # no such iteration
 
 
 def test_target_is_judged_on_the_seeds_that_have_baseline_a(tmp_path):
@@ -81,7 +83,7 @@ def test_target_is_judged_on_the_seeds_that_have_baseline_a(tmp_path):
                     ignore=lambda _, names: [n for n in names if n.startswith("baseline")])
     report = tmp_path / "results.md"
 
-    results.write_report(out, report)
+    write_report(out, report)
 
     text = report.read_text()
     reach = text.split("## reach")[1].split("\n## ")[0]
@@ -108,7 +110,7 @@ def test_target_met_over_seed_means_but_not_in_every_seed_says_so(tmp_path):
         path.write_text(json.dumps(data))
     report = tmp_path / "results.md"
 
-    results.write_report(out, report)
+    write_report(out, report)
 
     text = report.read_text()
     assert "Return CIs apart over 3 seeds' task means: yes; per seed (CI over tasks): 2/3" in text
@@ -119,10 +121,10 @@ def test_readme_results_table_is_regenerated_between_its_markers(tmp_path):
     out = tmp_path / "meta"
     shutil.copytree(REACH_SEED0, out / "reach" / "seed0")
     readme = tmp_path / "README.md"
-    begin, end = results.README_MARKERS
+    begin, end = README_MARKERS
     readme.write_text(f"# Title\n\nintro\n\n{begin}\nstale table\n{end}\n\nafter\n")
 
-    results.write_report(out, tmp_path / "results.md", readme)
+    write_report(out, tmp_path / "results.md", readme)
 
     text = readme.read_text()
     assert text.startswith("# Title\n\nintro\n\n") and text.endswith(f"{end}\n\nafter\n")
@@ -134,14 +136,13 @@ def test_readme_results_table_is_regenerated_between_its_markers(tmp_path):
 
     readme.write_text("# A README without the markers\n")
     with pytest.raises(ValueError, match="markers"):
-        results.write_report(out, tmp_path / "results.md", readme)
+        write_report(out, tmp_path / "results.md", readme)
     assert readme.read_text() == "# A README without the markers\n"  # left as it was
 
 
 def test_per_task_table_lines_up_tasks_returns_and_a_measured_zero_action_reference(tmp_path):
     import json
 
-    per_task = pytest.importorskip("per_task")
     seed_dir = tmp_path / "reach" / "seed0"
     seed_dir.mkdir(parents=True)
     for kind in ("meta", "baseline"):

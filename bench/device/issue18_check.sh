@@ -24,7 +24,7 @@ mkdir -p "$work"
 SECONDS=0
 for variant in plain gait; do
     flag=""; [ "$variant" = gait ] && flag="--gait-generator"
-    OMP_NUM_THREADS=1 timeout -s KILL "$T" python3 bench/locomotion_learnability.py \
+    OMP_NUM_THREADS=1 timeout -s KILL "$T" python3 -m bench.locomotion_learnability \
         --steps 4000000 --chunk 100000 \
         --n-envs 6 $flag --time-limit $((T - 20)) --out "$work/learnability-$variant" \
         >"$work/learnability-$variant.log" 2>&1 &

@@ -2,7 +2,7 @@
 # Install what .device/ carries ON THE DEVICE machine (GPU, Python 3.12, no internet), from
 # the repo root, as the first part of a `run` command with carry [".device"]:
 #
-#     source bench/device/setup.sh && python3 bench/bench_optim.py --device cuda --out $OUT
+#     source bench/device/setup.sh && python3 -m bench.bench_optim --device cuda --out $OUT
 #
 # Sourced, it exports PYTHONPATH=/tmp/site:$PWD for the commands after it (the repo is
 # used from its root, not installed: `python3 -m metarobot.cli ...`, not `metarobot ...`).
