@@ -268,7 +268,7 @@ class LocomotionEnv(LeggedEnv):
         return self._command.copy()
 
     def _start_episode(self) -> None:
-        if getattr(self, "_fixed_command", None) is not None:
+        if self._fixed_command is not None:
             self._command = self._fixed_command.copy()
         else:
             self._command = np.array([self.np_random.uniform(lo, hi)
@@ -281,6 +281,7 @@ class LocomotionEnv(LeggedEnv):
 
     def _build_scene(self) -> None:
         self._command = np.zeros(3)
+        self._fixed_command: np.ndarray | None = None  # set by reset(options={"command": ...})
         super()._build_scene()
 
     def _task_observation(self) -> list[np.ndarray]:
