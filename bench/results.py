@@ -47,7 +47,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ from bench.common import REPO, command_line, git_head, machine_info, read_json, 
 from bench.report import write_report
 from bench.stats import summary_rows
 from metarobot.api import resolve_config
-from metarobot.checkpoint import CHECKPOINT_NAME, load_run
+from metarobot.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_run
 from metarobot.config import (
     RESUME_SAFE_KEYS,
     TrainConfig,
@@ -133,17 +132,22 @@ def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
                          "use another --runs-dir/--out or delete it")
 
 
+def saved_stages(seed_out: Path, what: str) -> Path:
+    """The folder of a seed's saved stages, one ``itNNNNN`` subfolder each: meta checkpoints
+    (``what="meta"``) or multi-task PPO models (``what="baseline_multitask"``), kept beside
+    the results JSON and committed."""
+    return seed_out / "saved" / what
+
+
 def saved_dir(seed_out: Path, what: str, iteration: int) -> Path:
-    """Where a stage's meta checkpoint (``what="meta"``) or multi-task PPO model
-    (``what="baseline_multitask"``) is kept: beside the results JSON, committed."""
-    return seed_out / "saved" / what / stage_name(iteration)
+    """Where stage ``iteration``'s checkpoint or model is kept (see :func:`saved_stages`)."""
+    return saved_stages(seed_out, what) / stage_name(iteration)
 
 
 def copy_atomically(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copy2(src, tmp)
-    tmp.replace(dst)
+    """Copy ``src`` to ``dst`` so that ``dst`` is the old file or the whole new one."""
+    data = src.read_bytes()
+    atomic_write_bytes(dst, lambda f: f.write(data))
 
 
 def restore_run_dir(run_dir: Path, seed_out: Path, iteration: int) -> None:
@@ -151,7 +155,7 @@ def restore_run_dir(run_dir: Path, seed_out: Path, iteration: int) -> None:
     ``iteration``, so training continues from it rather than from scratch."""
     if (run_dir / CHECKPOINT_NAME).exists():
         return
-    earlier = latest_saved_stage(seed_out / "saved" / "meta", CHECKPOINT_NAME, iteration)
+    earlier = latest_saved_stage(saved_stages(seed_out, "meta"), CHECKPOINT_NAME, iteration)
     if earlier is not None:
         log(f"{run_dir} has no checkpoint: continuing from the saved stage {earlier}")
         copy_atomically(saved_dir(seed_out, "meta", earlier) / CHECKPOINT_NAME,
@@ -353,7 +357,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
            "scratch_eval_every": args.scratch_eval_every, "scratch_tasks": args.scratch_tasks,
            "scratch_target_step": args.scratch_target_step}
     log(f"{args.family} seed {seed}: stages {stages}, results in {seed_out}, runs in {run_dir}")
-    prev = latest_saved_stage(seed_out / "saved" / "meta", CHECKPOINT_NAME, stages[0]) or 0
+    prev = latest_saved_stage(saved_stages(seed_out, "meta"), CHECKPOINT_NAME, stages[0]) or 0
     meta = None
     for iteration in stages:
         meta = run_meta_stage(ctx, seed_out, run_dir, iteration, prev)
