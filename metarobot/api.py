@@ -85,6 +85,7 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
            overwrite: bool = False) -> Path:
     """Export the run's policy and its adaptation step to an ONNX bundle."""
     from metarobot.export import export_bundle
+    from metarobot.inner import step_sizes
 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
@@ -92,15 +93,15 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
     # The bundle's baseline is the device's (deploy.advantages), the one the trainer's
     # inner step uses too: export_bundle records it.
     inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,
-             "lr": (cfg.inner.lr if policy.meta_sgd_lr is None else
-                    {k: v.detach() for k, v in policy.meta_sgd_lr.items()}),
+             "lr": step_sizes(cfg.inner, policy.params, policy.meta_sgd_lr),
              "clip": cfg.inner.clip, "gamma": cfg.advantages.gamma, "lam": cfg.advantages.lam,
              "normalize": cfg.advantages.normalize}
     # The runtime scales a step down until its KL is within max_kl: set it from what
     # training produced (a meta-learned policy is meant to move far in one step), with
     # headroom, but at most MAX_KL_CAP so that the trust region can bind (docs/deploy.md).
-    safety = ({"max_kl": min(3.0 * max(policy.recent_adaptation_kl), MAX_KL_CAP)}
-              if policy.recent_adaptation_kl else None)
+    # (None when training measured no KL at all: the bundle then gets the default.)
+    largest_kl = max(policy.recent_adaptation_kl, default=0.0)
+    safety = {"max_kl": min(3.0 * largest_kl, MAX_KL_CAP)} if largest_kl > 0 else None
     return export_bundle(policy.model, policy.params, out_dir, family=cfg.family,
                          env_id=env_id(cfg.family), observation_space=obs_space,
                          action_space=act_space, inner_config=inner,

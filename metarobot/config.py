@@ -27,11 +27,14 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 InnerLossName = Literal["lvc", "dice", "vpg"]
 #: ``outer.algo``: PPO-MAML (ProMP) or Reptile.
 OuterAlgoName = Literal["ppo", "reptile"]
+#: ``inner.adapt``: which parameters the inner step changes.
+InnerAdaptName = Literal["all", "context"]
 #: ``advantages.baseline``: the linear feature baseline or a learned value network.
 BaselineName = Literal["linear", "mlp"]
 #: Allowed values of the string keys (for validation messages and the CLI).
 DEVICES: tuple[DeviceName, ...] = get_args(DeviceName)
 INNER_LOSSES: tuple[InnerLossName, ...] = get_args(InnerLossName)
+INNER_ADAPTS: tuple[InnerAdaptName, ...] = get_args(InnerAdaptName)
 OUTER_ALGOS: tuple[OuterAlgoName, ...] = get_args(OuterAlgoName)
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 #: The largest seed torch's generators take as a signed 64-bit integer.
@@ -41,6 +44,8 @@ MAX_SEED = 2**63 - 1
 class PolicyConfig:
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     init_log_std: float = 0.0
+    #: Size of the policy's context input (CAVIA), adapted alone by ``inner.adapt: context``.
+    context_dim: int = 0
 
 
 @dataclass
@@ -57,6 +62,9 @@ class InnerConfig:
     first_order: bool = False  #: FOMAML: drop second-order terms
     meta_sgd: bool = False  #: learn one inner learning rate per parameter
     clip: float = math.inf  #: likelihood-ratio clip of the inner surrogate (inf = none)
+    #: "all": every policy parameter; "context": only the policy's context input (CAVIA;
+    #: needs ``policy.context_dim`` > 0), the other rates are 0.
+    adapt: InnerAdaptName = "all"
 
 
 @dataclass
@@ -154,11 +162,15 @@ class TrainConfig:
             ("policy.init_log_std", p.init_log_std,
              LOG_STD_MIN <= p.init_log_std <= LOG_STD_MAX,
              f"a number in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the policy's log-std clamp)"),
+            ("policy.context_dim", p.context_dim, p.context_dim >= 0, "an integer >= 0"),
             ("meta_batch.tasks", mb.tasks, mb.tasks >= 1, "an integer >= 1"),
             ("meta_batch.episodes", mb.episodes, mb.episodes >= 1, "an integer >= 1"),
             ("inner.steps", inner.steps, inner.steps >= 1, "an integer >= 1"),
             ("inner.lr", inner.lr, _positive(inner.lr), "a finite number > 0"),
             ("inner.loss", inner.loss, inner.loss in INNER_LOSSES, f"one of {list(INNER_LOSSES)}"),
+            ("inner.adapt", inner.adapt, inner.adapt == "all" or (
+                inner.adapt == "context" and p.context_dim >= 1),
+             f"one of {list(INNER_ADAPTS)} ('context' needs policy.context_dim >= 1)"),
             ("inner.clip", inner.clip, inner.clip > 0, "a number > 0 (inf: no clipping)"),
             ("outer.algo", outer.algo, outer.algo in OUTER_ALGOS, f"one of {list(OUTER_ALGOS)}"),
             ("outer.lr", outer.lr, _positive(outer.lr), "a finite number > 0"),

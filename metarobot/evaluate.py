@@ -52,7 +52,8 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     state = load_run(run_dir)
     config = config_from_dict(state.config)
     model = GaussianMLPPolicy(state.model.obs_dim, state.model.act_dim,
-                              config.policy.hidden, config.policy.init_log_std).to(device)
+                              config.policy.hidden, config.policy.init_log_std,
+                              config.policy.context_dim).to(device)
     norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
     params = {k: v.to(device) for k, v in state.model.params.items()}

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from metarobot.config import InnerLossName
+from metarobot.config import InnerConfig, InnerLossName
 from metarobot.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
 
 
@@ -115,6 +115,36 @@ INNER_LOSS_FUNCTIONS: dict[InnerLossName, InnerLossFunction] = {
     "vpg": lambda model, params, batch, clip, horizon: vpg_loss(model, params, batch),
 }
 assert set(INNER_LOSS_FUNCTIONS) == set(get_args(InnerLossName))
+
+
+#: The parameter an ``inner.adapt: context`` step changes (:class:`GaussianMLPPolicy`).
+CONTEXT_NAME = "context"
+
+
+def adapted_names(config: InnerConfig, params: Params) -> list[str]:
+    """The parameters the inner step changes: all, or the policy's context alone."""
+    if config.adapt == "all":
+        return list(params)
+    if CONTEXT_NAME not in params:
+        raise ValueError("inner.adapt: context needs a policy with a context input "
+                         "(policy.context_dim > 0)")
+    return [CONTEXT_NAME]
+
+
+def step_sizes(config: InnerConfig, params: Params, meta_sgd_lr: Params | None,
+               ) -> float | Params:
+    """The learning rate(s) of the inner step, as :func:`inner_step` takes them.
+
+    ``inner.lr`` (a float), or Meta-SGD's learned rates ``meta_sgd_lr`` (one tensor per
+    adapted parameter). With ``inner.adapt: context`` every other parameter gets rate 0,
+    so a bundle's per-parameter ``lr`` vector says what the device may change.
+    """
+    names = adapted_names(config, params)
+    if len(names) == len(params):
+        return meta_sgd_lr if meta_sgd_lr is not None else config.lr
+    rates = meta_sgd_lr if meta_sgd_lr is not None else {
+        k: torch.full_like(params[k], config.lr) for k in names}
+    return {k: rates[k] if k in names else torch.zeros_like(v) for k, v in params.items()}
 
 
 def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,

@@ -33,19 +33,26 @@ class GaussianMLPPolicy(nn.Module):
     before the MLP: ``clip((obs - mean) / sqrt(var + 1e-8), -10, 10)``. It is frozen within
     an iteration and updated between iterations by :meth:`set_normalizer`.
 
+    With ``context_dim`` C > 0 the policy also has a parameter ``context`` ``[C]`` (zeros
+    at initialisation), appended to the normalised observation as C more inputs of the
+    first layer (CAVIA, Zintgraf et al. 2019). An inner step that changes only the context
+    (``inner.adapt: context``) adapts C numbers, through directions the outer loop learns.
+
     Args:
         obs_dim: observation size O.
         act_dim: action size A.
         hidden: hidden layer widths (default two layers of 64).
         init_log_std: initial log standard deviation of every action dimension.
+        context_dim: size C of the adaptable context input (0: none).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64),
-                 init_log_std: float = 0.0) -> None:
+                 init_log_std: float = 0.0, context_dim: int = 0) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(hidden)
+        self.context_dim = int(context_dim)
         layers: list[nn.Module] = []
-        width = self.obs_dim
+        width = self.obs_dim + self.context_dim
         for h in self.hidden:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
@@ -56,15 +63,27 @@ class GaussianMLPPolicy(nn.Module):
         layers.append(out)
         self.mean_net = nn.Sequential(*layers)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(init_log_std)))
+        if self.context_dim:
+            self.context = nn.Parameter(torch.zeros(self.context_dim))
         self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
         self.register_buffer("obs_var", torch.ones(self.obs_dim))
 
     def normalize(self, obs: Tensor) -> Tensor:
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
 
+    def net_input(self, obs: Tensor, context: Tensor | None) -> Tensor:
+        """The first layer's input ``[..., O + C]``: the normalised observation, then the
+        context (``[C]``, or one row per observation ``[..., C]``)."""
+        x = self.normalize(obs)
+        if not self.context_dim:
+            return x
+        if context is None:
+            raise ValueError("this policy has a context input: pass its 'context' parameter")
+        return torch.cat([x, context.expand(*x.shape[:-1], self.context_dim)], -1)
+
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(mean [..., A], log_std [..., A])`` for raw observations ``[..., O]``."""
-        mean = self.mean_net(self.normalize(obs))
+        mean = self.mean_net(self.net_input(obs, getattr(self, "context", None)))
         log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
         return mean, log_std
 
@@ -94,7 +113,10 @@ def rows_policy_forward(model: GaussianMLPPolicy, params: Params, obs: Tensor,
     :func:`policy_forward` over the gathered parameters (and so to any other batch holding
     that row).
     """
-    x = model.normalize(obs)
+    context = params.get("context")
+    if context is not None and index is not None:
+        context = context.index_select(0, index)
+    x = model.net_input(obs, context)
     if index is not None:
         x = x.unsqueeze(1)  # [N, 1, width]: one row per batched matmul
     for name, layer in model.mean_net.named_children():

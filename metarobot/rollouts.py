@@ -13,6 +13,7 @@ from metarobot import maml
 from metarobot.advantages import compute_advantages
 from metarobot.batch import EpisodeBatch
 from metarobot.config import AdvantageConfig, InnerConfig
+from metarobot.inner import step_sizes
 from metarobot.policy import GaussianMLPPolicy, Params
 from sim_envs.tasks import Task
 
@@ -46,10 +47,10 @@ def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[Episode
                  advs: list[Tensor], inner: InnerConfig, meta_sgd_lr: Params | None,
                  ) -> tuple[Params, Tensor, Tensor]:
     """``len(batches)`` inner steps, step k on ``batches[k]`` (see :func:`maml.adapt`), with
-    Meta-SGD's learned rates when given, else the configured scalar ``inner.lr``."""
+    the rates of :func:`metarobot.inner.step_sizes` (Meta-SGD's learned ones when given,
+    else ``inner.lr``; 0 for what ``inner.adapt`` leaves alone)."""
     clip = inner.clip if inner.loss == "lvc" else math.inf
-    lr = meta_sgd_lr if meta_sgd_lr is not None else inner.lr
-    return maml.adapt(model, params, batches, advs, lr,
+    return maml.adapt(model, params, batches, advs, step_sizes(inner, params, meta_sgd_lr),
                       num_steps=len(batches), inner_loss=inner.loss,
                       first_order=inner.first_order, clip=clip)
 

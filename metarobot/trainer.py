@@ -48,7 +48,7 @@ from metarobot.checkpoint import (
     temporary_files,
 )
 from metarobot.config import TrainConfig, resume_config, save_config
-from metarobot.inner import inner_loss
+from metarobot.inner import adapted_names, inner_loss, step_sizes
 from metarobot.normalizer import RunningMeanStd
 from metarobot.policy import GaussianMLPPolicy, Params
 from metarobot.rollouts import AdaptationRollouts, adapt_params, collect_adaptation_rollouts
@@ -212,11 +212,14 @@ class MetaTrainer:
         obs_space, act_space = env_spaces(config.family, config.env_kwargs)
         self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
         self.model = GaussianMLPPolicy(self.obs_dim, self.act_dim, config.policy.hidden,
-                                       config.policy.init_log_std).to(self.device)
+                                       config.policy.init_log_std,
+                                       config.policy.context_dim).to(self.device)
         self.params: Params = self.model.init_params()  # leaves, on the model's device
+        # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
-            {k: torch.full_like(v, config.inner.lr).requires_grad_(True)
-             for k, v in self.params.items()} if config.inner.meta_sgd else None)
+            {k: torch.full_like(self.params[k], config.inner.lr).requires_grad_(True)
+             for k in adapted_names(config.inner, self.params)}
+            if config.inner.meta_sgd else None)
         trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
         self.normalizer = RunningMeanStd(self.obs_dim)
@@ -426,7 +429,7 @@ class MetaTrainer:
         else:  # Reptile: theta moves toward each task's parameters after k inner PPO steps
             # (``outer.epochs`` clipped steps on the task's pre-update data, first order).
             t0 = time.perf_counter()
-            lr = self.meta_sgd_lr if self.meta_sgd_lr is not None else cfg.inner.lr
+            lr = step_sizes(cfg.inner, self.params, self.meta_sgd_lr)
             with torch.no_grad():
                 task_params, _, _ = maml.adapt(self.model, self.params, pre[:1], pre_advs[:1],
                                                lr, cfg.outer.epochs, "lvc", first_order=True,

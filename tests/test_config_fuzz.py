@@ -56,6 +56,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "deterministic": ("bool", None),
     "policy.hidden": ("widths", None),
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
+    "policy.context_dim": _int(0),
     "meta_batch.tasks": _int(1),
     "meta_batch.episodes": _int(1),
     "inner.steps": _int(1),
@@ -64,6 +65,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "inner.first_order": ("bool", None),
     "inner.meta_sgd": ("bool", None),
     "inner.clip": _float(lambda v: v > 0),
+    "inner.adapt": _choice("all", "context"),  # context: with policy.context_dim >= 1
     "outer.algo": _choice("ppo", "reptile"),
     "outer.lr": _float(lambda v: 0 < v < INF),
     "outer.epochs": _int(1),
@@ -145,6 +147,8 @@ def test_the_spec_covers_every_config_key():
 def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value):
     kind, ok = SPEC[key]
     allowed, converted = expected_value(kind, ok, value)
+    if key == "inner.adapt" and value == "context":
+        allowed = False  # it needs policy.context_dim >= 1, and base() has 0
     data = with_key(base(), key, value)
     if allowed:
         cfg = config_from_dict(data)
