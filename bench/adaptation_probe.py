@@ -39,10 +39,10 @@ import torch
 
 from bench.common import command_line, write_json
 from bench.results import provenance
-from metarobot.advantages import compute_advantages
-from metarobot.evaluate import load_trained_policy, mean_ci95
-from metarobot.rollouts import adapt_params
-from metarobot.sampler import MultiTaskSampler
+from metarobot.core.advantages import compute_advantages
+from metarobot.sampling.rollouts import adapt_params
+from metarobot.sampling.sampler import MultiTaskSampler
+from metarobot.training.evaluate import load_trained_policy, mean_ci95
 from sim_envs.registry import env_id, make_family
 from sim_envs.tasks import Task
 

@@ -66,8 +66,8 @@ def export_reach_bundle(out: Path) -> Path:
     import gymnasium
     import torch
 
-    from metarobot.export import export_bundle
-    from metarobot.policy import GaussianMLPPolicy
+    from metarobot.core.policy import GaussianMLPPolicy
+    from metarobot.export.bundle import export_bundle
 
     torch.manual_seed(0)
     model = GaussianMLPPolicy(OBS_DIM, ACT_DIM, HIDDEN)

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from bench.common import REPO, command_line, machine_info
-from metarobot import maml
-from metarobot.batch import EpisodeBatch
-from metarobot.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
+from metarobot.algos import maml
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
 
 OBS_DIM, ACT_DIM = 37, 4  # Grasp's sizes: a realistic, not a toy, input
 

@@ -51,8 +51,8 @@ from typing import Any
 import torch
 
 from bench.common import REPO, command_line, machine_info
-from metarobot.policy import GaussianMLPPolicy
-from metarobot.sampler import MultiTaskSampler
+from metarobot.core.policy import GaussianMLPPolicy
+from metarobot.sampling.sampler import MultiTaskSampler
 from sim_envs.registry import make_family
 
 OUT_DIR = REPO / "bench" / "results" / "sampler"

@@ -28,9 +28,9 @@ import numpy as np
 
 from bench.common import REPO, command_line, machine_info
 from metarobot.api import resolve_config
-from metarobot.trainer import MetaTrainer
+from metarobot.training.trainer import MetaTrainer
 
-PHASES = ("time/sampling", "time/value_baseline", "time/inner_step", "time/outer_step")
+PHASES = ("time/sampling", "time/value_baseline", "time/outer_update")
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ import yaml
 from bench import baselines
 from bench.common import REPO, write_json
 from bench.results import provenance
-from metarobot.runlog import read_log
+from metarobot.training.runlog import read_log
 from sim_envs.registry import env_id, make_family
 from sim_envs.tasks import Task
 
@@ -126,12 +126,12 @@ class MetaRunPolicy:
     """A meta-trainer run's pre-update policy with :class:`baselines.SB3Policy`'s ``act``."""
 
     def __init__(self, run_dir: Path) -> None:
-        from metarobot.evaluate import load_trained_policy
+        from metarobot.training.evaluate import load_trained_policy
 
         self.trained = load_trained_policy(run_dir)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        from metarobot.policy import policy_forward
+        from metarobot.core.policy import policy_forward
 
         with torch.no_grad():
             mean, log_std = policy_forward(self.trained.model, self.trained.params,

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.common import read_json, write_json
 from bench.results import DEFAULT_OUT, provenance, stage_name
-from metarobot.evaluate import mean_ci95
+from metarobot.training.evaluate import mean_ci95
 from sim_envs.registry import env_id, make_family, register_envs
 from sim_envs.tasks import Task
 

@@ -21,7 +21,7 @@ from bench.stats import (
     summary_rows,
     with_baseline,
 )
-from metarobot.evaluate import mean_ci95
+from metarobot.training.evaluate import mean_ci95
 from sim_envs.registry import FAMILY_NAMES
 
 #: Seeds a family needs before its status can read "met" (issue 5: at least 3).

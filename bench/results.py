@@ -59,15 +59,15 @@ from bench.common import REPO, command_line, git_head, machine_info, read_json, 
 from bench.report import write_report
 from bench.stats import summary_rows
 from metarobot.api import resolve_config
-from metarobot.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_run
-from metarobot.config import (
+from metarobot.training.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_run
+from metarobot.training.config import (
     RESUME_SAFE_KEYS,
     TrainConfig,
     config_from_dict,
     flat_items,
 )
-from metarobot.evaluate import evaluate_policy, load_trained_policy
-from metarobot.runlog import read_log
+from metarobot.training.evaluate import evaluate_policy, load_trained_policy
+from metarobot.training.runlog import read_log
 from sim_envs.registry import FAMILY_NAMES
 
 DEFAULT_OUT = REPO / "bench" / "results" / "meta"
@@ -122,7 +122,7 @@ def checkpoint_iteration(run_dir: Path) -> int | None:
 
 def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a run made with a different config (other than the keys a resume
-    may change, :data:`~metarobot.config.RESUME_SAFE_KEYS`: they do not change results)."""
+    may change, :data:`~metarobot.training.config.RESUME_SAFE_KEYS`: they do not change results)."""
     saved = flat_items(config_from_dict(load_run(run_dir).config).to_dict())
     wanted = flat_items(cfg.to_dict())
     diff = sorted(k for k in set(saved) | set(wanted)
@@ -164,7 +164,7 @@ def restore_run_dir(run_dir: Path, seed_out: Path, iteration: int) -> None:
 
 def train_meta_to(cfg: TrainConfig, run_dir: Path, iteration: int, progress: bool) -> float:
     """Meta-train ``run_dir`` up to ``iteration`` (new run or resume); wall seconds."""
-    from metarobot.trainer import MetaTrainer
+    from metarobot.training.trainer import MetaTrainer
 
     t0 = time.perf_counter()
     if (run_dir / CHECKPOINT_NAME).exists():

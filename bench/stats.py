@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import read_json
-from metarobot.evaluate import mean_ci95
+from metarobot.training.evaluate import mean_ci95
 
 
 def summary_rows(returns: Any, success: Any) -> list[dict[str, Any]]:

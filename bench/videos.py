@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from bench.common import REPO, command_line, machine_info
-from metarobot.evaluate import load_trained_policy
-from metarobot.policy import policy_forward
-from metarobot.rollouts import collect_adaptation_rollouts
-from metarobot.sampler import MultiTaskSampler
+from metarobot.core.policy import policy_forward
+from metarobot.sampling.rollouts import collect_adaptation_rollouts
+from metarobot.sampling.sampler import MultiTaskSampler
+from metarobot.training.evaluate import load_trained_policy
 from sim_envs.registry import env_id, make_family
 
 

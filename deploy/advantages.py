@@ -1,6 +1,6 @@
 """Advantages for on-device adaptation: numpy only (the device runtime never loads torch).
 
-The same computation as :func:`metarobot.advantages.compute_advantages`, for one task:
+The same computation as :func:`metarobot.core.advantages.compute_advantages`, for one task:
 a linear feature baseline ``[o, o^2, t, t^2, t^3, 1]`` (``o`` = raw obs clipped to
 +-10, ``t`` = step index / 100) fit by ridge regression to the discounted returns on the
 real steps (``reg`` from 1e-5, x10 per failed solve, 5 tries, else zero coefficients),

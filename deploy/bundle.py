@@ -123,7 +123,7 @@ def dumps_metadata(metadata: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """Flat-parameter layout (numpy twin of ``metarobot.policy.ParamLayout``)."""
+    """Flat-parameter layout (numpy twin of ``metarobot.core.policy.ParamLayout``)."""
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
@@ -479,7 +479,7 @@ class InnerSpec:
 
     Attributes:
         loss: the inner objective; always ``"lvc"`` (the adapt graph's, see
-            :mod:`metarobot.inner`).
+            :mod:`metarobot.core.inner`).
         lr: the step size: a float > 0, or :class:`PerParameterLr` (Meta-SGD).
         clip: likelihood-ratio clip of the surrogate (> 0; inf: none).
         steps: the inner steps K used in training (1..:data:`MAX_UNROLLED_STEPS`).

@@ -104,7 +104,7 @@ def check_observation(obs: Any, obs_dim: int) -> np.ndarray:
 def approx_kl(log_ratio: np.ndarray) -> float:
     """Approximate ``KL(old || new)`` (nats) from samples of the old policy: the
     non-negative estimator ``mean((r - 1) - log r)``, ``log r = logp_new - logp_old``
-    ``[N]``; the numpy twin of :func:`metarobot.inner.approx_kl` (unit weights)."""
+    ``[N]``; the numpy twin of :func:`metarobot.core.inner.approx_kl` (unit weights)."""
     return float(np.mean(np.expm1(log_ratio) - log_ratio))
 
 

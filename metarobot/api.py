@@ -2,11 +2,11 @@
 
 Example::
 
-    import metarobot
-    run = metarobot.train(config="reach-cpu", overrides=["iterations=20"])
-    result = metarobot.evaluate(run, split="test", adapt_steps=2)
+    from metarobot import api
+    run = api.train(config="reach-cpu", overrides=["iterations=20"])
+    result = api.evaluate(run, split="test", adapt_steps=2)
     print(result.table())
-    metarobot.export(run, "bundle/")
+    api.export(run, "bundle/")
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metarobot.config import TrainConfig, load_config
-from metarobot.evaluate import EvaluationResult, evaluate_policy, load_trained_policy
-from metarobot.trainer import MetaTrainer, env_spaces
+from metarobot.training.config import TrainConfig, load_config
+from metarobot.training.evaluate import EvaluationResult, evaluate_policy, load_trained_policy
+from metarobot.training.trainer import MetaTrainer, env_spaces
 from sim_envs.registry import FAMILY_NAMES, env_id, make_family
 
 
@@ -31,7 +31,7 @@ def resolve_config(config: str | Path | None = None, family: str | None = None,
     if config is not None:
         path = Path(config)
         if not path.exists():
-            from metarobot.config import default_config_path
+            from metarobot.training.config import default_config_path
 
             path = default_config_path(str(config))
     return load_config(path, family=family if path is None else None,
@@ -47,7 +47,7 @@ def train(config: str | Path | TrainConfig | None = None, family: str | None = N
           overrides: list[str] | None = None, run_dir: str | Path | None = None,
           progress: bool = True, overwrite: bool = False) -> Path:
     """Meta-train and return the run directory (holds the checkpoint
-    (:data:`metarobot.checkpoint.CHECKPOINT_NAME`), logs and config).
+    (:data:`metarobot.training.checkpoint.CHECKPOINT_NAME`), logs and config).
 
     A ``run_dir`` that already holds a run raises ``ValueError`` unless ``overwrite``
     (which replaces only a recognisable run); use :func:`resume` to continue one.
@@ -62,7 +62,7 @@ def train(config: str | Path | TrainConfig | None = None, family: str | None = N
 def resume(run_dir: str | Path, iterations: int | None = None, progress: bool = True,
            overrides: list[str] | None = None) -> Path:
     """Continue a run from its last checkpoint. ``overrides`` (``key=value``) may change
-    only :data:`metarobot.config.RESUME_SAFE_KEYS`; others raise ``ValueError``."""
+    only :data:`metarobot.training.config.RESUME_SAFE_KEYS`; others raise ``ValueError``."""
     MetaTrainer.resume(run_dir, progress=progress, iterations=iterations,
                        overrides=overrides).train()
     return Path(run_dir)
@@ -84,8 +84,8 @@ def evaluate(run_dir: str | Path, split: str = "test", adapt_steps: int = 3,
 def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, ...] = (1, 2, 3),
            overwrite: bool = False) -> Path:
     """Export the run's policy and its adaptation step to an ONNX bundle."""
-    from metarobot.export import export_bundle
-    from metarobot.inner import step_sizes
+    from metarobot.core.inner import step_sizes
+    from metarobot.export.bundle import export_bundle
 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
@@ -93,7 +93,8 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
     # The bundle's baseline is the device's (deploy.advantages), the one the trainer's
     # inner step uses too: export_bundle records it.
     inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,
-             "lr": step_sizes(cfg.inner, policy.params, policy.meta_sgd_lr),
+             "lr": step_sizes(cfg.inner.adapt, cfg.inner.lr, policy.params,
+                              policy.meta_sgd_lr),
              "clip": cfg.inner.clip, "gamma": cfg.advantages.gamma, "lam": cfg.advantages.lam,
              "normalize": cfg.advantages.normalize}
     # The runtime scales a step down until its KL is within max_kl: set it from what

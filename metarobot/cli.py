@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; user errors become one line and exit status 2."""
-    from metarobot.trainer import TrainingDiverged, TrainingStopped
+    from metarobot.training.trainer import TrainingDiverged, TrainingStopped
 
     try:
         return _dispatch(args)

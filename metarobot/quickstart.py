@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from metarobot import api
-from metarobot.checkpoint import CHECKPOINT_NAME, load_run
-from metarobot.config import config_from_dict, overrides_between
-from metarobot.evaluate import EvaluationResult, mean_ci95
-from metarobot.runlog import read_log
-from metarobot.trainer import MetaTrainer
+from metarobot.training.checkpoint import CHECKPOINT_NAME, load_run
+from metarobot.training.config import config_from_dict, overrides_between
+from metarobot.training.evaluate import EvaluationResult, mean_ci95
+from metarobot.training.runlog import read_log
+from metarobot.training.trainer import MetaTrainer
 
 #: Held-out tasks and adaptation settings of the quickstart's evaluation.
 EVAL_TASKS, EVAL_STEPS, DEVICE_TASKS, DEVICE_EPISODES = 20, 2, 20, 10

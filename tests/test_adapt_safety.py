@@ -18,8 +18,8 @@ import torch
 
 from deploy import AdaptivePolicy, SafetyConfig
 from deploy.runtime import standard_error
-from metarobot.export import export_bundle
-from metarobot.policy import GaussianMLPPolicy
+from metarobot.core.policy import GaussianMLPPolicy
+from metarobot.export.bundle import export_bundle
 
 OBS_DIM, ACT_DIM, LENGTH = 5, 2, 10
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from deploy import advantages as np_adv
-from metarobot import advantages as adv_mod
-from metarobot.advantages import compute_advantages
+from metarobot.core import advantages as adv_mod
+from metarobot.core.advantages import compute_advantages
 
 
 def ragged_data(seed, num_tasks=4, episodes=5, horizon=9, obs_dim=3):

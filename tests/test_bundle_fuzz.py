@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from deploy import AdaptivePolicy, BundleError, load_bundle
-from metarobot.export import export_bundle
-from metarobot.policy import GaussianMLPPolicy
+from metarobot.core.policy import GaussianMLPPolicy
+from metarobot.export.bundle import export_bundle
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

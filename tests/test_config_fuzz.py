@@ -1,6 +1,6 @@
 """Generated configs: every key is checked for type and range, errors name the key.
 
-The allowed values below are written out independently of :mod:`metarobot.config`, so a
+The allowed values below are written out independently of :mod:`metarobot.training.config`, so a
 check that is missing there (or too loose, or too strict) fails here. Nothing here builds
 an env or trains: every example takes microseconds.
 """
@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metarobot.config import (
+from metarobot.training.config import (
     RESUME_SAFE_KEYS,
     TrainConfig,
     apply_overrides,

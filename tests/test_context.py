@@ -12,10 +12,14 @@ import torch
 
 from deploy import AdaptivePolicy, SafetyConfig
 from metarobot import api
-from metarobot.config import InnerConfig
-from metarobot.inner import CONTEXT_NAME, InnerBatch, inner_step, step_sizes
-from metarobot.policy import GaussianMLPPolicy, ParamLayout, policy_forward, rows_policy_forward
-from metarobot.trainer import MetaTrainer
+from metarobot.core.inner import CONTEXT_NAME, InnerBatch, inner_step, step_sizes
+from metarobot.core.policy import (
+    GaussianMLPPolicy,
+    ParamLayout,
+    policy_forward,
+    rows_policy_forward,
+)
+from metarobot.training.trainer import MetaTrainer
 
 TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",
         "sampler.envs_per_worker=4", "iterations=1", "checkpoint_every=1", "device=cpu",
@@ -57,7 +61,7 @@ def test_the_samplers_row_forward_uses_each_rows_context():
 
 def test_a_context_step_changes_only_the_context():
     model, params = _policy()
-    rates = step_sizes(InnerConfig(adapt="context", lr=2.0), params, None)
+    rates = step_sizes("context", 2.0, params, None)
     assert isinstance(rates, dict) and set(rates) == set(params)
     assert all(not v.any() for k, v in rates.items() if k != CONTEXT_NAME)
     gen = torch.Generator().manual_seed(1)
@@ -94,7 +98,7 @@ def test_train_export_and_device_adapt_only_the_context(tmp_path, meta_sgd):
     context = slice(start, start + 4)
     theta = policy.params
     rng = np.random.default_rng(0)
-    for episode in range(3):
+    for _ in range(3):
         for t in range(20):
             obs = rng.standard_normal(policy.obs_dim).astype(np.float32)
             action = policy.act(obs)

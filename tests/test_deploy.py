@@ -28,10 +28,10 @@ from deploy import (
     run_control_loop,
 )
 from deploy.cli import main as cli_main
-from metarobot.advantages import compute_advantages as torch_compute_advantages
-from metarobot.export import export_bundle
-from metarobot.inner import InnerBatch, inner_step
-from metarobot.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
+from metarobot.core.advantages import compute_advantages as torch_compute_advantages
+from metarobot.core.inner import InnerBatch, inner_step
+from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
+from metarobot.export.bundle import export_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LR, CLIP, GAMMA, LAM = 0.05, 0.2, 0.99, 0.95

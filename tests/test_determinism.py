@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from metarobot import api
-from metarobot.trainer import MetaTrainer
+from metarobot.training.trainer import MetaTrainer
 
 REFERENCE = Path(__file__).parent / "data" / "determinism_reference.npz"
 TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from deploy.bundle import METADATA_KEY, decode_float, load_bundle
-from metarobot.export import export_adapt_graph, export_bundle
-from metarobot.inner import InnerBatch, inner_steps_flat
-from metarobot.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
+from metarobot.core.inner import InnerBatch, inner_steps_flat
+from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
+from metarobot.export.bundle import export_bundle
+from metarobot.export.graphs import export_adapt_graph
 
 OBS_DIM, ACT_DIM = 7, 3
 LR = 0.0123456789012345678  # many digits: the metadata must keep them all

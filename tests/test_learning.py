@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from metarobot import api
-from metarobot.evaluate import evaluate_policy, load_trained_policy, mean_ci95
 from metarobot.quickstart import device_adaptation
+from metarobot.training.evaluate import evaluate_policy, load_trained_policy, mean_ci95
 
 BUDGET = ["iterations=12", "meta_batch.tasks=8", "meta_batch.episodes=8",
           "sampler.num_workers=2", "sampler.envs_per_worker=16", "seed=3"]

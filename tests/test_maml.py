@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch.func import vmap
 
-from metarobot import inner, maml
-from metarobot.advantages import compute_advantages
-from metarobot.batch import EpisodeBatch
-from metarobot.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
+from metarobot.algos import maml, reptile
+from metarobot.core import inner
+from metarobot.core.advantages import compute_advantages
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, log_prob, policy_forward
 
 NUM_TASKS, EPISODES, HORIZON, OBS_DIM, ACT_DIM = 2, 3, 5, 3, 2
 INNER_LR = 0.1
@@ -150,7 +151,7 @@ def test_vmap_over_tasks_equals_python_loop(loss_name):
             else:
                 p, loss, kl = inner.inner_step(
                     model, p, task_batch, INNER_LR,
-                    loss_fn=lambda q, b=task_batch: maml.dice_loss(model, q, b, HORIZON))
+                    loss_fn=lambda q, b=task_batch: inner.dice_loss(model, q, b, HORIZON))
             assert torch.allclose(loss, losses[k, i], atol=1e-10)
             assert torch.allclose(kl, kls[k, i], atol=1e-10)
         for name in params:
@@ -189,7 +190,7 @@ def test_likelihood_ratio_gradient_equals_vpg_at_old_params():
     pre, advs, _, _ = make_problem(model, params, 1, "lvc")
     batch = maml.batch_to_inner(pre[0], advs[0])
     task = inner.InnerBatch(*(t[0] for t in batch))
-    grads_vpg = torch.autograd.grad(maml.vpg_loss(model, params, task)[0], list(params.values()))
+    grads_vpg = torch.autograd.grad(inner.vpg_loss(model, params, task)[0], list(params.values()))
     for clip in (math.inf, 0.2):
         lr_loss, _ = inner.inner_loss(model, params, task, clip)
         grads_lr = torch.autograd.grad(lr_loss, list(params.values()))
@@ -233,9 +234,9 @@ def test_configured_inner_lr_is_applied(loss_name, meta_sgd):
         if loss_name == "lvc":
             loss, _ = inner.inner_loss(model, params, task, math.inf)
         elif loss_name == "vpg":
-            loss, _ = maml.vpg_loss(model, params, task)
+            loss, _ = inner.vpg_loss(model, params, task)
         else:
-            loss, _ = maml.dice_loss(model, params, task, HORIZON)
+            loss, _ = inner.dice_loss(model, params, task, HORIZON)
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
         for k in params:
             rate = lr[k] if meta_sgd else lr
@@ -328,7 +329,7 @@ def test_reptile_moves_toward_mean_of_adapted_params():
     adapted, _, _ = maml.adapt(model, params, pre, advs, INNER_LR, 3, first_order=True,
                                clip=0.2)
     for eps in (0.25, 1.0):
-        new = maml.reptile_update(params, adapted, eps)
+        new = reptile.reptile_update(params, adapted, eps)
         for k in params:
             target = adapted[k].mean(0)
             assert torch.allclose(new[k] - params[k], eps * (target - params[k]), atol=1e-12)
@@ -337,7 +338,7 @@ def test_reptile_moves_toward_mean_of_adapted_params():
             assert new[k].is_leaf and new[k].requires_grad
         assert any((params[k] - adapted[k].mean(0)).norm() > 1e-3 for k in params)
     with pytest.raises(ValueError):
-        maml.reptile_update(params, adapted, 0.0)
+        reptile.reptile_update(params, adapted, 0.0)
 
 
 def test_bad_arguments_raise():

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarobot import maml
-from metarobot.checkpoint import load_checkpoint
+from metarobot.algos import maml
 from metarobot.cli import main as cli_main
-from metarobot.runlog import RunLogger, read_log
+from metarobot.training.checkpoint import load_checkpoint
+from metarobot.training.runlog import RunLogger, read_log
 
 TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",
         "sampler.envs_per_worker=2", "checkpoint_every=1", "device=cpu", "outer.epochs=1",
@@ -233,7 +233,7 @@ def test_run_directories_that_cannot_be_made_are_one_line(tmp_path, capsys, wher
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"),
                                           (errno.EACCES, "Permission denied")])
 def test_unwritable_run_directories_are_one_line(tmp_path, capsys, monkeypatch, code, reason):
-    import metarobot.checkpoint as checkpoint
+    from metarobot.training import checkpoint
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(code, reason, kwargs.get("dir"))

@@ -11,7 +11,7 @@ import pytest
 from bench import per_task, results
 from bench.report import GENERATED_MARKER, README_MARKERS, write_report
 from bench.stats import paired_gain
-from metarobot.evaluate import mean_ci95
+from metarobot.training.evaluate import mean_ci95
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of metarobot.sampler on a tiny point-mass MetaEnv (defined and registered here so
+"""Tests of metarobot.sampling.sampler on a tiny point-mass MetaEnv (defined and registered here so
 spawned workers can import it) and one smoke run on Reach."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from metarobot.policy import (
+from metarobot.core.policy import (
     GaussianMLPPolicy,
     gaussian_log_prob,
     policy_forward,
     rows_policy_forward,
 )
-from metarobot.sampler import MultiTaskSampler, _LocalWorker, _ProcessWorker, reset_seed
+from metarobot.sampling.sampler import MultiTaskSampler, _LocalWorker, _ProcessWorker, reset_seed
 from sim_envs.base_env import MetaEnv
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 

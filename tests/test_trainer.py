@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarobot import api, maml
-from metarobot.checkpoint import atomic_write_bytes, load_checkpoint
+from metarobot import api
+from metarobot.algos import maml
 from metarobot.cli import main as cli_main
-from metarobot.config import apply_overrides, config_from_dict, load_config
-from metarobot.trainer import MetaTrainer, TrainingDiverged
+from metarobot.training.checkpoint import atomic_write_bytes, load_checkpoint
+from metarobot.training.config import apply_overrides, config_from_dict, load_config
+from metarobot.training.trainer import MetaTrainer, TrainingDiverged
 from sim_envs import FAMILY_NAMES
 
 TINY = ["meta_batch.tasks=2", "meta_batch.episodes=2", "sampler.num_workers=0",
@@ -228,7 +229,7 @@ def test_cli_rejects_a_bad_override_with_its_name(capsys, tmp_path):
 
 
 def test_read_log_keeps_iterations_without_events_and_the_redone_record(tmp_path):
-    from metarobot.runlog import RunLogger, read_log
+    from metarobot.training.runlog import RunLogger, read_log
 
     logger = RunLogger(tmp_path, total_iterations=3, progress=False)
     logger.log(1, {"return/pre": 1.0})

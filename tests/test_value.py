@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarobot.value import LearnedBaseline
+from metarobot.algos.value import LearnedBaseline
 
 
 def _batch(gen: torch.Generator, num_tasks: int = 4, episodes: int = 6, horizon: int = 50):

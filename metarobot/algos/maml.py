@@ -1,6 +1,7 @@
 """The PPO-MAML (ProMP) meta-objective, computed for all M tasks at once with ``vmap``.
 
-How one meta-iteration uses this module (the trainer's loop)::
+How one meta-iteration uses this module (the loop of the trainer and
+:func:`metarobot.algos.promp.update`)::
 
     # theta = params (dict of leaf tensors), old_params = theta detached at sampling time.
     for k in range(K):                                  # ProMP: fresh data per inner step
@@ -14,18 +15,17 @@ How one meta-iteration uses this module (the trainer's loop)::
         optimizer.zero_grad(); loss.backward(); optimizer.step()
     eta = update_eta(eta, stats["kl_penalty"], kl_target)
 
-Reptile instead: ``adapted, _, _ = adapt(..., first_order=True, clip=0.2)`` (K clipped
-PPO-style steps, with ``pre=[batch]`` reusing one batch) and
-``params = reptile_update(params, adapted, reptile_lr)``.
+Reptile (:mod:`metarobot.algos.reptile`) uses :func:`adapt` alone: K clipped PPO-style
+steps on one batch, first order.
 
-Inner steps (``adapt``) are :func:`metarobot.inner.inner_step` (what the device runs),
+Inner steps (``adapt``) are :func:`metarobot.core.inner.inner_step` (what the device runs),
 ``theta' = theta - lr * grad L(theta)``, with ``L`` one of the inner objectives of
-:data:`metarobot.inner.INNER_LOSS_FUNCTIONS` (``"lvc"``, ``"vpg"``, ``"dice"``; defined and
-explained in :mod:`metarobot.inner`).
+:data:`metarobot.core.inner.INNER_LOSS_FUNCTIONS` (``"lvc"``, ``"vpg"``, ``"dice"``; defined and
+explained in :mod:`metarobot.core.inner`).
 
 Parameters across tasks are "stacked": each tensor has a leading task dim ``M``.
-Shapes follow :class:`metarobot.batch.EpisodeBatch` (``[M, E, T, ...]``); ``adv`` tensors
-are ``[M, E, T]`` from :func:`metarobot.advantages.compute_advantages`.
+Shapes follow :class:`metarobot.core.batch.EpisodeBatch` (``[M, E, T, ...]``); ``adv`` tensors
+are ``[M, E, T]`` from :func:`metarobot.core.advantages.compute_advantages`.
 """
 
 from __future__ import annotations
@@ -38,23 +38,16 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarobot import inner
-from metarobot.batch import EpisodeBatch
-from metarobot.config import INNER_LOSSES, InnerLossName
-from metarobot.inner import INNER_LOSS_FUNCTIONS, InnerBatch, dice_loss, vpg_loss
-from metarobot.policy import (
+from metarobot.core import inner
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.inner import INNER_LOSS_FUNCTIONS, INNER_LOSSES, InnerBatch, InnerLossName
+from metarobot.core.policy import (
     GaussianMLPPolicy,
     Params,
     gaussian_entropy,
     log_prob,
     policy_forward,
 )
-
-# dice_loss, vpg_loss, INNER_LOSSES and InnerLossName are re-exported: they live in
-# metarobot.inner and metarobot.config.
-__all__ = ["INNER_LOSSES", "InnerLossName", "adapt", "batch_to_inner", "dice_loss",
-           "gaussian_kl", "kl_penalty", "meta_loss", "outer_loss", "reptile_update",
-           "update_eta", "vpg_loss"]
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -131,7 +124,7 @@ def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: Epi
     """PPO-clip loss of the adapted policies on post-update data, averaged over tasks.
 
     ``ratio = exp(log pi_{theta'_i}(a|s) - logp_sampled)`` per task ``i``; the loss is
-    :func:`metarobot.inner.inner_loss` with ``clip``. ``adapted_params`` are stacked
+    :func:`metarobot.core.inner.inner_loss` with ``clip``. ``adapted_params`` are stacked
     ``[M, ...]`` and carry the graph back to theta through the inner steps.
 
     Returns:
@@ -189,11 +182,15 @@ def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
               post_batch: EpisodeBatch, post_adv: Tensor, inner_lr: float | Tensor | Params,
               num_steps: int, eta: float, inner_loss: InnerLossName = "lvc",
               first_order: bool = False, inner_clip: float = math.inf,
-              outer_clip: float = 0.3) -> tuple[Tensor, dict[str, float]]:
+              outer_clip: float = 0.3, adapted: Params | None = None,
+              ) -> tuple[Tensor, dict[str, float]]:
     """The loss of one outer Adam step: ``outer_loss(adapt(theta)) + eta * kl_penalty``.
 
     Arguments are those of :func:`adapt`, :func:`outer_loss` and :func:`kl_penalty` (the
     penalty is measured on ``pre_batches[0]``, the data sampled with ``old_params``).
+    ``adapted``: ``adapt(theta)`` already computed with these arguments (its graph back to
+    ``params`` kept), e.g. while sampling; then the inner step is not run again and the
+    ``inner_*`` stats are left out.
 
     Returns:
         ``(scalar loss, stats)``: stats are :func:`outer_loss`'s plus ``loss``,
@@ -201,32 +198,16 @@ def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
         each inner step ``k``. ``inner_kl_0`` is 0 while ``params == old_params`` (the
         first step's ratio is 1 there).
     """
-    adapted, inner_losses, inner_kls = adapt(model, params, pre_batches, pre_advs, inner_lr,
-                                             num_steps, inner_loss, first_order, inner_clip)
+    inner_stats: dict[str, float] = {}
+    if adapted is None:
+        adapted, inner_losses, inner_kls = adapt(model, params, pre_batches, pre_advs,
+                                                 inner_lr, num_steps, inner_loss, first_order,
+                                                 inner_clip)
+        for k in range(num_steps):
+            inner_stats[f"inner_loss_{k}"] = inner_losses[k].mean().item()
+            inner_stats[f"inner_kl_{k}"] = inner_kls[k].mean().item()
     outer, stats = outer_loss(model, adapted, post_batch, post_adv, outer_clip)
     kl = kl_penalty(model, params, old_params, pre_batches[0])
     loss = outer + eta * kl
-    stats.update(loss=loss.item(), kl_penalty=kl.item(), eta=float(eta))
-    for k in range(num_steps):
-        stats[f"inner_loss_{k}"] = inner_losses[k].mean().item()
-        stats[f"inner_kl_{k}"] = inner_kls[k].mean().item()
+    stats.update(loss=loss.item(), kl_penalty=kl.item(), eta=float(eta), **inner_stats)
     return loss, stats
-
-
-@torch.no_grad()
-def reptile_update(params: Params, adapted_params: Params, outer_lr: float) -> Params:
-    """Reptile: ``theta + outer_lr * mean_i(theta'_i - theta)``, a new parameter dict.
-
-    Args:
-        params: theta (unstacked).
-        adapted_params: the tasks' adapted parameters, stacked ``[M, ...]`` (e.g. from
-            :func:`adapt` with K clipped "lvc" steps on one batch, ``first_order=True``).
-        outer_lr: the fraction ``epsilon`` in ``(0, 1]`` of the way to the tasks' mean.
-
-    Returns:
-        New leaf tensors, ``requires_grad`` as in ``params``.
-    """
-    if not 0.0 < outer_lr <= 1.0:
-        raise ValueError(f"Reptile outer_lr must be in (0, 1], got {outer_lr}")
-    return {k: (p + outer_lr * (adapted_params[k] - p).mean(0)).requires_grad_(p.requires_grad)
-            for k, p in params.items()}

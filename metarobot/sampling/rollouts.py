@@ -9,12 +9,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from metarobot import maml
-from metarobot.advantages import compute_advantages
-from metarobot.batch import EpisodeBatch
-from metarobot.config import AdvantageConfig, InnerConfig
-from metarobot.inner import step_sizes
-from metarobot.policy import GaussianMLPPolicy, Params
+from metarobot.algos import maml
+from metarobot.core.advantages import compute_advantages
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.inner import step_sizes
+from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.training.config import AdvantageConfig, InnerConfig
 from sim_envs.tasks import Task
 
 
@@ -47,11 +47,12 @@ def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[Episode
                  advs: list[Tensor], inner: InnerConfig, meta_sgd_lr: Params | None,
                  ) -> tuple[Params, Tensor, Tensor]:
     """``len(batches)`` inner steps, step k on ``batches[k]`` (see :func:`maml.adapt`), with
-    the rates of :func:`metarobot.inner.step_sizes` (Meta-SGD's learned ones when given,
+    the rates of :func:`metarobot.core.inner.step_sizes` (Meta-SGD's learned ones when given,
     else ``inner.lr``; 0 for what ``inner.adapt`` leaves alone)."""
     clip = inner.clip if inner.loss == "lvc" else math.inf
-    return maml.adapt(model, params, batches, advs, step_sizes(inner, params, meta_sgd_lr),
-                      num_steps=len(batches), inner_loss=inner.loss,
+    rates = step_sizes(inner.adapt, inner.lr, params, meta_sgd_lr)
+    return maml.adapt(model, params, batches, advs, rates, num_steps=len(batches),
+                      inner_loss=inner.loss,
                       first_order=inner.first_order, clip=clip)
 
 

@@ -1,30 +1,13 @@
-"""Export a meta-trained policy to a deployable ONNX bundle (format: :mod:`deploy.bundle`).
-
-Two kinds of graph are written, both plain inference graphs with standard ``ai.onnx``
-operators only:
-
-* ``policy.onnx``: ``obs [B, O]`` (dynamic ``B``) and an optional flat ``params [P]`` ->
-  ``action_mean [B, A]`` (unclipped; the runtime samples around it and clips to the action
-  bounds) and ``log_std [B, A]`` (the state-independent log-std, clamped to [-5, 2] and
-  broadcast over the batch). The observation normaliser is folded into the graph as
-  constants. ``params`` is a graph input *with an initializer of the same name* holding the
-  meta-learned parameters, so omitting it runs the meta-learned policy.
-* ``adapt.onnx`` (one inner step) and ``adapt_kK.onnx`` (``K`` unrolled steps): traced
-  from :func:`metarobot.inner.inner_steps_flat` (the trainer's own inner step, not a
-  re-implementation) with ``make_fx`` and exported with the dynamo exporter. Inputs
-  ``params [P], obs [N, O], act [N, A], adv [N], old_logp [N], weight [N]`` (dynamic
-  ``N``), ``lr`` (``[]``, or ``[P]`` for Meta-SGD) and ``clip []``; outputs
-  ``new_params [P], loss [], approx_kl []`` (loss and KL of the last step, before it).
-"""
+"""Export a meta-trained policy to a deployable bundle (format: :mod:`deploy.bundle`):
+its ONNX graphs (:mod:`metarobot.export.graphs`), flat parameters, metadata and manifest,
+written atomically and verified against torch."""
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +16,16 @@ import numpy as np
 import onnx
 import torch
 from torch import Tensor
-from torch.fx.experimental.proxy_tensor import make_fx
 
 import metarobot
 from deploy.advantages import BASELINE_NAME
 from deploy.bundle import (
     ADAPT_INPUTS,
-    ADAPT_OUTPUTS,
     LR_NAME,
     MANIFEST_NAME,
     METADATA_KEY,
     PARAMS_NAME,
-    POLICY_INPUTS,
     POLICY_NAME,
-    POLICY_OUTPUTS,
     BundleError,
     BundleMetadata,
     InnerSpec,
@@ -65,8 +44,8 @@ from deploy.bundle import (
     write_manifest,
 )
 from deploy.runtime import SafetyConfig
-from metarobot.inner import InnerBatch, inner_steps_flat
-from metarobot.policy import (
+from metarobot.core.inner import InnerBatch, inner_steps_flat
+from metarobot.core.policy import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     OBS_CLIP,
@@ -75,9 +54,13 @@ from metarobot.policy import (
     Params,
     policy_forward,
 )
+from metarobot.export.graphs import (
+    OPSET,
+    check_standard_ops,
+    export_adapt_graph,
+    export_policy_graph,
+)
 
-#: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it).
-OPSET = 18
 MODEL_AUTHOR = "metarobot"
 MODEL_LICENSE = "MIT"
 #: The keys ``export_bundle``'s ``inner_config`` needs (``baseline`` and ``normalize`` are
@@ -93,75 +76,6 @@ DEFAULT_SAFETY: dict[str, float | int] = {
 }
 #: Modes of a written bundle: readable by a controller running as another user.
 FILE_MODE, DIR_MODE = 0o644, 0o755
-
-
-def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequence[str],
-             output_names: Sequence[str], dynamic_shapes: list[dict[int, Any] | None],
-             opset: int) -> onnx.ModelProto:
-    """Trace ``fn`` to aten ops with ``make_fx`` (this unrolls ``torch.func.grad``), then
-    export the traced graph with the dynamo exporter."""
-    graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args).eval()
-    # The exporter logs a warning per torchvision op it cannot register: noise here.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        # The exporter warns about axis renaming and deprecated pytree internals: noise.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(graph, args, dynamo=True, external_data=False,
-                                    input_names=list(input_names),
-                                    output_names=list(output_names),
-                                    dynamic_shapes=dynamic_shapes, opset_version=opset,
-                                    verbose=False)
-    return program.model_proto
-
-
-def _free_size(model: GaussianMLPPolicy, layout: ParamLayout) -> int:
-    """An example size for the dynamic batch dim equal to no other dim of the model:
-    symbolic tracing gives equal sizes one symbol, which would tie B or N to them."""
-    return max(model.obs_dim, model.act_dim, layout.size, *model.hidden) + 1
-
-
-def export_policy_graph(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor, *,
-                        opset: int = OPSET) -> onnx.ModelProto:
-    """The policy graph: ``obs [B, O], params [P] -> action_mean [B, A], log_std [B, A]``.
-
-    ``params`` gets ``flat`` (the meta-learned parameters, float32 ``[P]``) as its default
-    initializer. The model's normaliser buffers are folded in as constants.
-    """
-    def forward(obs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return policy_forward(model, layout.unflatten(params), obs)
-
-    flat = flat.detach().to(torch.float32).contiguous()
-    example_obs = torch.zeros(_free_size(model, layout), model.obs_dim)
-    proto = _to_onnx(forward, (example_obs, flat), POLICY_INPUTS, POLICY_OUTPUTS,
-                     [{0: torch.export.Dim("B")}, None], opset)
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(flat.numpy(), name="params"))
-    return proto
-
-
-def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: int,
-                       per_parameter_lr: bool, opset: int = OPSET,
-                       dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
-    """The adapt graph of ``steps`` unrolled :func:`inner_steps_flat` steps (dynamic N).
-
-    ``dtype`` is the dtype of every input and output; the model must already be in it
-    (``float64`` exists for gradient checks; bundles are float32).
-    """
-    def adapt(params: Tensor, obs: Tensor, act: Tensor, adv: Tensor, old_logp: Tensor,
-              weight: Tensor, lr: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return inner_steps_flat(model, layout, params, InnerBatch(obs, act, adv, old_logp, weight),
-                                lr, clip, steps)
-
-    n = _free_size(model, layout)
-    opts = {"dtype": dtype}
-    lr = torch.full((layout.size,), 0.1, **opts) if per_parameter_lr else torch.tensor(0.1, **opts)
-    args = (torch.zeros(layout.size, **opts), torch.zeros(n, model.obs_dim, **opts),
-            torch.zeros(n, model.act_dim, **opts), torch.ones(n, **opts), torch.zeros(n, **opts),
-            torch.ones(n, **opts), lr, torch.tensor(0.2, **opts))
-    dim_n = torch.export.Dim("N")
-    return _to_onnx(adapt, args, ADAPT_INPUTS, ADAPT_OUTPUTS,
-                    [None, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, None, None],
-                    opset)
 
 
 def _space_spec(space: gymnasium.spaces.Box, name: str) -> SpaceSpec:
@@ -210,22 +124,6 @@ def _inner_spec(inner_config: Mapping[str, Any], params: Params,
     except BundleError as err:
         raise ValueError(f"bad inner_config: {err}") from None
     return spec, lr_flat
-
-
-def _check_ops(proto: onnx.ModelProto, name: str) -> None:
-    """Only standard ai.onnx operators (no contrib, training or custom domains)."""
-    def nodes(graph: onnx.GraphProto) -> Any:
-        for node in graph.node:
-            yield node
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    yield from nodes(sub)
-
-    all_nodes = list(nodes(proto.graph)) + [n for f in proto.functions for n in f.node]
-    bad = sorted({f"{n.domain}::{n.op_type}" for n in all_nodes
-                  if n.domain not in ("", "ai.onnx")})
-    if bad:
-        raise RuntimeError(f"{name} uses non-standard operators {bad}")
 
 
 def _finish(proto: onnx.ModelProto, metadata_json: str, doc: str) -> onnx.ModelProto:
@@ -440,7 +338,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
 
         with torch.no_grad():
             policy = export_policy_graph(model, layout, flat, opset=opset)
-        _check_ops(policy, POLICY_NAME)
+        check_standard_ops(policy, POLICY_NAME)
         onnx.save(_finish(policy, metadata_json, __doc__ or ""), tmp / POLICY_NAME)
         gen = torch.Generator().manual_seed(0)
         obs = torch.randn(5, model.obs_dim, generator=gen)
@@ -454,7 +352,7 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
             name = adapt_file_name(steps)
             proto = export_adapt_graph(model, layout, steps=steps,
                                        per_parameter_lr=lr_flat is not None, opset=opset)
-            _check_ops(proto, name)
+            check_standard_ops(proto, name)
             onnx.save(_finish(proto, metadata_json, __doc__ or ""), tmp / name)
             files.append(name)
             batch = InnerBatch(obs, torch.randn(5, model.act_dim, generator=gen),

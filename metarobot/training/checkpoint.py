@@ -2,7 +2,7 @@
 
 The trainer writes a :class:`Checkpoint` (as a dict, with :func:`torch.save`) into
 ``<run_dir>/``:data:`CHECKPOINT_NAME`; :func:`load_run` reads it back for evaluation, export
-and the benchmarks, and :meth:`metarobot.trainer.MetaTrainer.resume` to continue. A crash,
+and the benchmarks, and :meth:`metarobot.training.trainer.MetaTrainer.resume` to continue. A crash,
 a kill or a NaN never destroys the last good state (atomic writes).
 """
 
@@ -67,7 +67,7 @@ class Checkpoint:
 
     Attributes:
         iteration: meta-iterations done.
-        config: the run's config as a dict (:meth:`metarobot.config.TrainConfig.to_dict`).
+        config: the run's config as a dict (:meth:`metarobot.training.config.TrainConfig.to_dict`).
         model: the policy (:class:`ModelState`).
         optimizer: the Adam optimizer's state dict.
         normalizer: the observation normaliser's state dict (``mean``, ``var`` ``[O]``, ...).

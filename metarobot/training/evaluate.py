@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarobot.checkpoint import load_run
-from metarobot.config import TrainConfig, config_from_dict
-from metarobot.policy import GaussianMLPPolicy, Params
-from metarobot.rollouts import collect_adaptation_rollouts
+from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.sampling.rollouts import collect_adaptation_rollouts
+from metarobot.training.checkpoint import load_run
+from metarobot.training.config import TrainConfig, config_from_dict
 from sim_envs.registry import env_id, make_family
 from sim_envs.tasks import Split
 
@@ -152,7 +152,7 @@ def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: i
     Each step samples ``episodes`` episodes per task (default: the training meta-batch's),
     refits the baseline and takes the trainer's inner step on them.
     """
-    from metarobot.sampler import MultiTaskSampler
+    from metarobot.sampling.sampler import MultiTaskSampler
 
     _check_counts(adapt_steps=(adapt_steps, 0), num_tasks=(num_tasks, 1),
                   episodes=(episodes, 1))

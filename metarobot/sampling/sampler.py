@@ -23,7 +23,7 @@ How one :meth:`MultiTaskSampler.sample` call runs:
   whose episode ends is reset for its next job within the same message, so no step is
   spent idle between episodes.
 * The policy call: each slot's parameters are gathered from the stacked dict by its task
-  index, one batched matmul per slot (:func:`~metarobot.policy.rows_policy_forward`;
+  index, one batched matmul per slot (:func:`~metarobot.core.policy.rows_policy_forward`;
   when every task has the same parameters, as for pre-update sampling, one plain matmul).
   The log-std does not depend on the observation, so the actions' offsets from the mean
   and their log-probabilities are computed for the whole call up front.
@@ -70,8 +70,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarobot.batch import EpisodeBatch
-from metarobot.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
 from sim_envs.tasks import Task
 
 _log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
 2. collect K pre-update batches, adapting after each (ProMP: step k's data comes from the
    k-times adapted policy), then one post-update batch with the adapted parameters; with
    ``advantages.baseline: mlp`` the post-update advantages come from the learned value
-   function (:mod:`metarobot.value`), which then trains on that batch;
+   function (:mod:`metarobot.algos.value`), which then trains on that batch;
 3. ``outer.epochs`` Adam steps on PPO-clip(post-update data) + eta * KL(pre-update policy
    vs its sampling version), no resampling in between; the first reuses the adaptation
    graph from step 2, later ones adapt again from the updated theta;
@@ -35,9 +35,13 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarobot import maml
-from metarobot.batch import EpisodeBatch
-from metarobot.checkpoint import (
+from metarobot.algos import maml, promp, reptile
+from metarobot.algos.value import LearnedBaseline
+from metarobot.core.batch import EpisodeBatch
+from metarobot.core.inner import adapted_names, inner_loss, step_sizes
+from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.sampling.rollouts import AdaptationRollouts, collect_adaptation_rollouts
+from metarobot.training.checkpoint import (
     CHECKPOINT_NAME,
     AlgoState,
     Checkpoint,
@@ -47,18 +51,14 @@ from metarobot.checkpoint import (
     save_checkpoint,
     temporary_files,
 )
-from metarobot.config import TrainConfig, resume_config, save_config
-from metarobot.inner import adapted_names, inner_loss, step_sizes
-from metarobot.normalizer import RunningMeanStd
-from metarobot.policy import GaussianMLPPolicy, Params
-from metarobot.rollouts import AdaptationRollouts, adapt_params, collect_adaptation_rollouts
-from metarobot.runlog import RunLogger
-from metarobot.value import LearnedBaseline
+from metarobot.training.config import TrainConfig, resume_config, save_config
+from metarobot.training.normalizer import RunningMeanStd
+from metarobot.training.runlog import RunLogger
 from sim_envs.registry import env_id, make_family
 from sim_envs.tasks import Task
 
 if TYPE_CHECKING:  # the sampler module is imported when the first sampler is made
-    from metarobot.sampler import MultiTaskSampler
+    from metarobot.sampling.sampler import MultiTaskSampler
 
 CONFIG_NAME = "config.yaml"
 #: Files that make a directory a run (any one of them: a new run refuses to start there).
@@ -173,7 +173,7 @@ def clear_run_dir(run_dir: Path) -> list[str]:
 
 
 def make_sampler(config: TrainConfig, device: torch.device) -> MultiTaskSampler:
-    from metarobot.sampler import MultiTaskSampler
+    from metarobot.sampling.sampler import MultiTaskSampler
 
     return MultiTaskSampler(env_id(config.family), config.sampler.num_workers,
                             config.sampler.envs_per_worker, device=device,
@@ -218,7 +218,7 @@ class MetaTrainer:
         # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
             {k: torch.full_like(self.params[k], config.inner.lr).requires_grad_(True)
-             for k in adapted_names(config.inner, self.params)}
+             for k in adapted_names(config.inner.adapt, self.params)}
             if config.inner.meta_sgd else None)
         trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
@@ -359,7 +359,7 @@ class MetaTrainer:
         """Continue the run in ``run_dir`` from its last checkpoint.
 
         ``overrides`` (``key=value``) may change only
-        :data:`~metarobot.config.RESUME_SAFE_KEYS`; any other key raises ``ValueError``.
+        :data:`~metarobot.training.config.RESUME_SAFE_KEYS`; any other key raises ``ValueError``.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -393,7 +393,6 @@ class MetaTrainer:
             cfg.inner.steps, cfg.inner, cfg.advantages, self.meta_sgd_lr,
             seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator,
             keep_graph=cfg.outer.algo == "ppo")
-        pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
         adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
@@ -407,49 +406,25 @@ class MetaTrainer:
         t_scored = time.perf_counter()
 
         # 3. Outer update.
-        stats: dict[str, float] = {}
-        t_inner = 0.0
+        rates = step_sizes(cfg.inner.adapt, cfg.inner.lr, self.params, self.meta_sgd_lr)
         if cfg.outer.algo == "ppo":
-            adapted = rollouts.adapted
-            for epoch in range(cfg.outer.epochs):
-                t0 = time.perf_counter()
-                if epoch > 0:  # theta moved: adapt again (epoch 0 reuses the sampling graph)
-                    adapted, _, _ = adapt_params(self.model, self.params, pre, pre_advs,
-                                                 cfg.inner, self.meta_sgd_lr)
-                t_inner += time.perf_counter() - t0
-                outer, stats = maml.outer_loss(self.model, adapted, post, post_adv,
-                                               cfg.outer.clip)
-                kl = maml.kl_penalty(self.model, self.params, old_params, pre[0])
-                loss = outer + self.eta * kl
-                stats.update(loss=loss.item(), kl_penalty=kl.item())
-                if not self._apply_update(loss):
-                    break
-            if cfg.outer.adaptive_eta:
-                self.eta = maml.update_eta(self.eta, stats["kl_penalty"], cfg.outer.kl_target)
-        else:  # Reptile: theta moves toward each task's parameters after k inner PPO steps
-            # (``outer.epochs`` clipped steps on the task's pre-update data, first order).
-            t0 = time.perf_counter()
-            lr = step_sizes(cfg.inner, self.params, self.meta_sgd_lr)
-            with torch.no_grad():
-                task_params, _, _ = maml.adapt(self.model, self.params, pre[:1], pre_advs[:1],
-                                               lr, cfg.outer.epochs, "lvc", first_order=True,
-                                               clip=cfg.outer.clip)
-                new = maml.reptile_update(self.params, task_params, cfg.outer.reptile_lr)
-                for k, v in self.params.items():
-                    v.copy_(new[k])
-            t_inner += time.perf_counter() - t0
+            stats, self.eta = promp.update(self.model, self.params, old_params, rollouts,
+                                           post_adv, rates, cfg.inner, cfg.outer, self.eta,
+                                           self._apply_update)
+        else:
+            stats = reptile.update(self.model, self.params, rollouts, rates, cfg.outer)
         t_done = time.perf_counter()
 
         # 4. Bookkeeping.
-        self.normalizer.update(pre[0].obs, pre[0].mask)
+        self.normalizer.update(rollouts.batches[0].obs, rollouts.batches[0].mask)
         self.env_steps += int(sum(b.mask.sum().item() for b in rollouts.batches))
         self.iteration += 1
         scalars = self._iteration_scalars(rollouts, stats)
         scalars["inner/adaptation_kl_mean"] = adaptation_kl.mean().item()
         scalars["inner/adaptation_kl_max"] = adaptation_kl.max().item()
         scalars.update({"time/sampling": t_sampled - t_start,
-                        "time/value_baseline": t_scored - t_sampled, "time/inner_step": t_inner,
-                        "time/outer_step": t_done - t_scored - t_inner,
+                        "time/value_baseline": t_scored - t_sampled,
+                        "time/outer_update": t_done - t_scored,
                         "time/iteration": t_done - t_start, "outer/eta": self.eta,
                         "env_steps": float(self.env_steps)})
         self._save_episodes(it, tasks, rollouts.batches)

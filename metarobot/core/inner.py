@@ -33,14 +33,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple, Protocol, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
 import torch
 from torch import Tensor
 from torch.func import grad
 
-from metarobot.config import InnerConfig, InnerLossName
-from metarobot.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
+from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
+
+#: ``inner.loss``: the inner objectives of :data:`INNER_LOSS_FUNCTIONS`.
+InnerLossName = Literal["lvc", "dice", "vpg"]
+INNER_LOSSES: tuple[InnerLossName, ...] = get_args(InnerLossName)
+#: ``inner.adapt``: which parameters the inner step changes (:func:`adapted_names`).
+InnerAdaptName = Literal["all", "context"]
+INNER_ADAPTS: tuple[InnerAdaptName, ...] = get_args(InnerAdaptName)
 
 
 class InnerBatch(NamedTuple):
@@ -114,16 +120,16 @@ INNER_LOSS_FUNCTIONS: dict[InnerLossName, InnerLossFunction] = {
                                                                  horizon),
     "vpg": lambda model, params, batch, clip, horizon: vpg_loss(model, params, batch),
 }
-assert set(INNER_LOSS_FUNCTIONS) == set(get_args(InnerLossName))
+assert set(INNER_LOSS_FUNCTIONS) == set(INNER_LOSSES)
 
 
 #: The parameter an ``inner.adapt: context`` step changes (:class:`GaussianMLPPolicy`).
 CONTEXT_NAME = "context"
 
 
-def adapted_names(config: InnerConfig, params: Params) -> list[str]:
+def adapted_names(adapt: InnerAdaptName, params: Params) -> list[str]:
     """The parameters the inner step changes: all, or the policy's context alone."""
-    if config.adapt == "all":
+    if adapt == "all":
         return list(params)
     if CONTEXT_NAME not in params:
         raise ValueError("inner.adapt: context needs a policy with a context input "
@@ -131,19 +137,19 @@ def adapted_names(config: InnerConfig, params: Params) -> list[str]:
     return [CONTEXT_NAME]
 
 
-def step_sizes(config: InnerConfig, params: Params, meta_sgd_lr: Params | None,
+def step_sizes(adapt: InnerAdaptName, lr: float, params: Params, meta_sgd_lr: Params | None,
                ) -> float | Params:
     """The learning rate(s) of the inner step, as :func:`inner_step` takes them.
 
-    ``inner.lr`` (a float), or Meta-SGD's learned rates ``meta_sgd_lr`` (one tensor per
-    adapted parameter). With ``inner.adapt: context`` every other parameter gets rate 0,
-    so a bundle's per-parameter ``lr`` vector says what the device may change.
+    ``lr`` (the config's ``inner.lr``), or Meta-SGD's learned rates ``meta_sgd_lr`` (one
+    tensor per adapted parameter). With ``adapt="context"`` every other parameter gets
+    rate 0, so a bundle's per-parameter ``lr`` vector says what the device may change.
     """
-    names = adapted_names(config, params)
+    names = adapted_names(adapt, params)
     if len(names) == len(params):
-        return meta_sgd_lr if meta_sgd_lr is not None else config.lr
+        return meta_sgd_lr if meta_sgd_lr is not None else lr
     rates = meta_sgd_lr if meta_sgd_lr is not None else {
-        k: torch.full_like(params[k], config.lr) for k in names}
+        k: torch.full_like(params[k], lr) for k in names}
     return {k: rates[k] if k in names else torch.zeros_like(v) for k, v in params.items()}
 
 

@@ -21,20 +21,16 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from metarobot.core.inner import INNER_ADAPTS, INNER_LOSSES, InnerAdaptName, InnerLossName
+
 #: The values of the string switches (the types of their config keys).
 DeviceName = Literal["auto", "cpu", "cuda"]
-#: ``inner.loss``: the inner objectives of :data:`metarobot.inner.INNER_LOSS_FUNCTIONS`.
-InnerLossName = Literal["lvc", "dice", "vpg"]
 #: ``outer.algo``: PPO-MAML (ProMP) or Reptile.
 OuterAlgoName = Literal["ppo", "reptile"]
-#: ``inner.adapt``: which parameters the inner step changes.
-InnerAdaptName = Literal["all", "context"]
 #: ``advantages.baseline``: the linear feature baseline or a learned value network.
 BaselineName = Literal["linear", "mlp"]
 #: Allowed values of the string keys (for validation messages and the CLI).
 DEVICES: tuple[DeviceName, ...] = get_args(DeviceName)
-INNER_LOSSES: tuple[InnerLossName, ...] = get_args(InnerLossName)
-INNER_ADAPTS: tuple[InnerAdaptName, ...] = get_args(InnerAdaptName)
 OUTER_ALGOS: tuple[OuterAlgoName, ...] = get_args(OuterAlgoName)
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 #: The largest seed torch's generators take as a signed 64-bit integer.
@@ -87,7 +83,7 @@ class AdvantageConfig:
     normalize: bool = True
     #: "linear": per-task linear feature baseline everywhere (ProMP). "mlp": the outer
     #: objective's advantages come from a value network trained across iterations
-    #: (:mod:`metarobot.value`); the inner step keeps the linear baseline (as the device).
+    #: (:mod:`metarobot.algos.value`); the inner step keeps the linear baseline (as the device).
     baseline: BaselineName = "linear"
     value_hidden: list[int] = field(default_factory=lambda: [64, 64])
     value_lr: float = 1e-3
@@ -128,7 +124,7 @@ class TrainConfig:
 
         Raises ``ValueError`` naming the first key out of range and its allowed range;
         returns self. ``env_kwargs`` is only checked to be a mapping with string keys here:
-        :func:`metarobot.trainer.env_spaces` checks that the env accepts it by building it.
+        :func:`metarobot.training.trainer.env_spaces` checks that the env accepts it by building it.
         """
         _from_dict(type(self), self.to_dict())  # types, also of a config built in Python
         for key, value, ok, allowed in self._range_checks():
@@ -139,7 +135,7 @@ class TrainConfig:
 
     def _range_checks(self) -> list[tuple[str, Any, bool, str]]:
         """``(key, value, in range, allowed range)`` for every key of the config."""
-        from metarobot.policy import LOG_STD_MAX, LOG_STD_MIN
+        from metarobot.core.policy import LOG_STD_MAX, LOG_STD_MIN
         from sim_envs.registry import FAMILY_NAMES
 
         p, mb, inner, outer = self.policy, self.meta_batch, self.inner, self.outer
@@ -317,7 +313,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 #: The keys ``metarobot train --resume`` may change. They decide how long, where and
 #: how fast a run goes, not what it computes: the sampler gives the same episodes for
-#: any worker layout (see :mod:`metarobot.sampler`), and a checkpoint loads on either
+#: any worker layout (see :mod:`metarobot.sampling.sampler`), and a checkpoint loads on either
 #: device. Every other key is fixed by the run's saved config.
 RESUME_SAFE_KEYS = ("iterations", "checkpoint_every", "max_nonfinite_updates", "device",
                     "sampler.num_workers", "sampler.envs_per_worker")
@@ -380,7 +376,7 @@ def load_config(path: str | Path | None = None, family: str | None = None,
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the config as YAML, atomically (a temporary file renamed into place)."""
-    from metarobot.checkpoint import atomic_write_bytes
+    from metarobot.training.checkpoint import atomic_write_bytes
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))

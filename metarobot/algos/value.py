@@ -1,6 +1,6 @@
 """A learned value baseline for the outer objective (``advantages.baseline: mlp``).
 
-The linear feature baseline (:mod:`metarobot.advantages`) is refit per task on the very
+The linear feature baseline (:mod:`metarobot.core.advantages`) is refit per task on the very
 episodes it scores; with few episodes and a large observation it fits the returns' noise
 as well as their signal. A value network shared by all tasks and trained across
 iterations (as SB3's PPO does) scores each batch *before* it has seen it, so it cannot
@@ -28,15 +28,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from metarobot.advantages import (
+from metarobot.core.advantages import (
     TIME_SCALE,
     discounted_returns,
     explained_variance,
     gae,
     normalize_per_task,
 )
-from metarobot.normalizer import RunningMeanStd
-from metarobot.policy import OBS_CLIP
+from metarobot.core.policy import OBS_CLIP
+from metarobot.training.normalizer import RunningMeanStd
 
 
 class ValueFunction(nn.Module):
