@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy.safety import SAFETY_RANGES, check_rule
+
 FORMAT = "metarobot.bundle"
 #: Bumped on any incompatible change of files, graph signatures or metadata keys.
 FORMAT_VERSION = 1
@@ -55,13 +57,8 @@ ADAPT_OUTPUTS = ("new_params", "loss", "approx_kl")
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 #: Safety rules a bundle may record in ``metadata["safety"]`` (defaults for the runtime's
-#: :class:`deploy.SafetyConfig`): name -> (type, lower bound, bound excluded).
-SAFETY_RULES: dict[str, tuple[type, float, bool]] = {
-    "max_kl": (float, 0.0, True),
-    "max_update_norm": (float, 0.0, True),
-    "trial_episodes": (int, 0, False),
-    "worse_margin": (float, 0.0, False),
-}
+#: :class:`deploy.SafetyConfig`; ranges: :data:`deploy.safety.SAFETY_RANGES`).
+SAFETY_RULES: tuple[str, ...] = ("max_kl", "max_update_norm", "trial_episodes", "worse_margin")
 
 
 class BundleError(ValueError):
@@ -537,7 +534,7 @@ class InnerSpec:
 class SafetySpec:
     """Safety rules recorded at export (``metadata["safety"]``): defaults of the runtime's
     :class:`deploy.SafetyConfig` for the rules set here (None: the runtime's default).
-    Ranges: :data:`SAFETY_RULES`.
+    Ranges: :data:`deploy.safety.SAFETY_RANGES`.
 
     Attributes:
         max_kl: trust region on the adaptation's approximate KL (nats, > 0).
@@ -559,14 +556,18 @@ class SafetySpec:
     def from_dict(safety: Any) -> SafetySpec:
         """Parse and range-check; raises :class:`BundleError` for a non-mapping, an
         unknown rule, or a value of the wrong type or range."""
-        safety = _mapping(safety, "metadata 'safety'", optional=tuple(SAFETY_RULES))
+        safety = _mapping(safety, "metadata 'safety'", optional=SAFETY_RULES)
         checked: dict[str, float | int] = {}
         for key, value in safety.items():
-            kind, low, low_open = SAFETY_RULES[key]
-            if kind is int:
-                checked[key] = _integer(value, f"safety {key}", int(low), 1_000_000)
-            else:
-                checked[key] = _number(value, f"safety {key}", low=low, low_open=low_open)
+            if SAFETY_RANGES[key][0] is float:  # JSON writes inf/nan as strings
+                try:
+                    value = decode_float(value)
+                except BundleError as err:
+                    raise BundleError(f"safety {key}: {err}") from None
+            try:
+                checked[key] = check_rule(key, value)
+            except ValueError as err:
+                raise BundleError(f"safety {err}") from None
         return SafetySpec(**checked)
 
 

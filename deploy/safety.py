@@ -20,17 +20,35 @@ from typing import Any
 
 import numpy as np
 
+#: Every safety rule's type and range: name -> (type, lower bound, bound excluded).
+#: Numbers must be finite, integers at most :data:`MAX_RULE_INT`. The one range check of
+#: the rules, for :class:`SafetyConfig` and for a bundle's recorded defaults.
+SAFETY_RANGES: dict[str, tuple[type, float, bool]] = {
+    "max_update_norm": (float, 0.0, True),
+    "max_kl": (float, 0.0, True),
+    "max_backtracks": (int, 0, False),
+    "min_episodes": (int, 1, False),
+    "trial_episodes": (int, 0, False),
+    "worse_margin": (float, 0.0, False),
+}
+MAX_RULE_INT = 1_000_000
 
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
-
-def _check_float(value: Any, name: str, *, positive: bool) -> None:
+def check_rule(name: str, value: Any) -> float | int:
+    """``value`` of the safety rule ``name`` if it is of its type and in its range
+    (:data:`SAFETY_RANGES`); ``ValueError`` naming the rule otherwise."""
+    kind, low, low_open = SAFETY_RANGES[name]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                low <= value <= MAX_RULE_INT):
+            raise ValueError(f"{name} must be an integer in [{low:g}, {MAX_RULE_INT}], "
+                             f"got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                         f"got {value!r}")
+            math.isfinite(value) and (value > low if low_open else value >= low)):
+        raise ValueError(f"{name} must be a finite number {'>' if low_open else '>='} "
+                         f"{low:g}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -64,12 +82,8 @@ class SafetyConfig:
     worse_margin: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_float(self.max_update_norm, "max_update_norm", positive=True)
-        _check_float(self.max_kl, "max_kl", positive=True)
-        _check_float(self.worse_margin, "worse_margin", positive=False)
-        _check_int(self.max_backtracks, "max_backtracks", 0)
-        _check_int(self.min_episodes, "min_episodes", 1)
-        _check_int(self.trial_episodes, "trial_episodes", 0)
+        for name in SAFETY_RANGES:
+            check_rule(name, getattr(self, name))
 
 
 # ---------------------------------------------------------------- float32 values

@@ -24,7 +24,8 @@ from metarobot.core.policy import (
     policy_forward,
     rows_policy_forward,
 )
-from metarobot.sampling.sampler import MultiTaskSampler, _LocalWorker, _ProcessWorker, reset_seed
+from metarobot.sampling.sampler import MultiTaskSampler, reset_seed
+from metarobot.sampling.workers import LocalWorker, ProcessWorker
 from sim_envs.base_env import MetaEnv
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param
 
@@ -408,9 +409,9 @@ def test_worker_killed_with_both_halves_outstanding_gives_the_undisturbed_batch(
 @pytest.mark.parametrize("kind", ["local", "process"])
 def test_worker_handles_keep_two_calls_outstanding(kind):
     if kind == "local":
-        worker = _LocalWorker(POINT_ID, {}, 2)
+        worker = LocalWorker(POINT_ID, {}, 2)
     else:
-        worker = _ProcessWorker(multiprocessing.get_context("spawn"), POINT_ID, {}, 2, "test")
+        worker = ProcessWorker(multiprocessing.get_context("spawn"), POINT_ID, {}, 2, "test")
         worker.describe(60.0)
     try:
         first = worker.send("raw_steps", 3, 0)

@@ -41,6 +41,11 @@ different batch layouts: bit-identical on CPU with per-task parameters (a batche
 matmul per slot); with shared parameters the plain matmul's float32 rounding can depend
 on the number of rows.
 
+The pieces: worker processes and their handles in :mod:`~metarobot.sampling.workers`, the
+job queue, pipeline groups and reset seeds in :mod:`~metarobot.sampling.schedule`, the
+episode buffers and slot table in :mod:`~metarobot.sampling.buffers`; one call's pipeline
+loop is :class:`_SampleCall`.
+
 Workers are started with ``spawn`` by default, so a script that creates a sampler with
 workers needs the usual ``if __name__ == "__main__":`` guard.
 
@@ -55,14 +60,9 @@ equals the one an undisturbed run would give. Each death and restart is appended
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 import multiprocessing
-import multiprocessing.connection
-import signal
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -72,290 +72,14 @@ from torch import Tensor
 
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
+from metarobot.sampling.buffers import EpisodeBuffers, SlotTable
+from metarobot.sampling.schedule import Group, JobQueue, pipeline_groups, reset_seed
+from metarobot.sampling.workers import LocalWorker, ProcessWorker, WorkerDied, WorkerFailed
 from sim_envs.tasks import Task
 
 _log = logging.getLogger(__name__)
 
-#: A job a slot starts: (task index, reset seed).
-_Start = tuple[int, int]
-
-
-class _JobQueue:
-    """The pending (task, episode) jobs of one sample call.
-
-    :meth:`take` prefers the given task (the one the slot's env simulates: no
-    ``set_task``), else the task with the most pending episodes, which spreads the first
-    wave of slots evenly over the tasks so each slot then stays on its task.
-    """
-
-    def __init__(self, num_tasks: int, episodes_per_task: int) -> None:
-        self.pending = [collections.deque(range(episodes_per_task)) for _ in range(num_tasks)]
-        self.count = num_tasks * episodes_per_task
-
-    def __len__(self) -> int:
-        return self.count
-
-    def take(self, preferred_task: int) -> tuple[int, int] | None:
-        if self.count == 0:
-            return None
-        m = preferred_task
-        if m < 0 or not self.pending[m]:
-            m = max(range(len(self.pending)), key=lambda k: len(self.pending[k]))
-        self.count -= 1
-        return m, self.pending[m].popleft()
-
-    def put_back(self, jobs: list[tuple[int, int]]) -> None:
-        for m, e in sorted(jobs, reverse=True):  # keeps each task's episodes in order
-            self.pending[m].appendleft(e)
-            self.count += 1
-
-
-@dataclasses.dataclass
-class _Group:
-    """Envs ``lo..hi-1`` of worker ``worker`` (the sampler's slots ``slots``): they step
-    together, one message at a time, while the main process handles other groups."""
-
-    worker: int
-    lo: int
-    hi: int
-    slots: slice
-    seq: int | None = None  # the step message whose reply is due
-    starts: list[tuple[int, int] | None] | None = None  # its (task, episode) jobs, per env
-
-
-# ============================================================== worker side (no torch)
-class _EnvGroup:
-    """The envs of one worker and the commands the sampler sends them."""
-
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int) -> None:
-        import gymnasium
-
-        import sim_envs  # noqa: F401  (registers the sim_envs ids in this process)
-
-        self.envs: list[Any] = []
-        for _ in range(num_envs):
-            self.envs.append(gymnasium.make(env_id, **env_kwargs))
-        first = self.envs[0].unwrapped
-        if not hasattr(first, "set_task") or not hasattr(first, "family"):
-            raise ValueError(f"{env_id!r} is not a sim_envs MetaEnv (no set_task/family)")
-        self.task_ids = [env.unwrapped.get_task().task_id for env in self.envs]
-        self.tasks: Sequence[Task] = ()
-
-    def describe(self) -> dict[str, Any]:
-        env = self.envs[0]
-        return {"family": env.unwrapped.family.name,
-                "obs_shape": tuple(env.observation_space.shape),
-                "act_shape": tuple(env.action_space.shape),
-                "max_episode_steps": env.spec.max_episode_steps if env.spec else None}
-
-    def set_tasks(self, tasks: Sequence[Task]) -> None:
-        self.tasks = tasks
-
-    def step(self, actions: np.ndarray, stepping: np.ndarray, starts: list[_Start | None],
-             lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, ...]:
-        """Step envs ``lo..hi-1`` (default: all); the arguments are indexed from ``lo``. Env
-        ``lo + i`` steps with ``actions[i]`` if ``stepping[i]``, and starts ``starts[i]`` if
-        it is idle or its episode ended at this step. Returns ``(obs, rew, terminated,
-        truncated, success, started)``, each ``[hi - lo, ...]``; ``obs`` is the reset
-        observation where a job started."""
-        envs = self.envs[lo:hi]
-        n = len(envs)
-        obs = np.zeros((n, *self.envs[0].observation_space.shape), np.float32)
-        rew = np.zeros(n, np.float32)
-        terminated, truncated, success, started = (np.zeros(n, bool) for _ in range(4))
-        for i, env in enumerate(envs):
-            done = False
-            if stepping[i]:
-                obs[i], rew[i], terminated[i], truncated[i], info = env.step(actions[i])
-                success[i] = bool(info.get("success", False))
-                done = bool(terminated[i] or truncated[i])
-            if starts[i] is not None and (done or not stepping[i]):
-                obs[i] = self._start(lo + i, *starts[i])
-                started[i] = True
-        return obs, rew, terminated, truncated, success, started
-
-    def _start(self, i: int, task_index: int, reset_seed: int) -> np.ndarray:
-        task = self.tasks[task_index]
-        if self.task_ids[i] != task.task_id:
-            self.envs[i].unwrapped.set_task(task)
-            self.task_ids[i] = task.task_id
-        return self.envs[i].reset(seed=reset_seed)[0]
-
-    def raw_steps(self, steps_per_env: int, seed: int) -> tuple[int, float]:
-        """Step every env ``steps_per_env`` times with uniform random actions, resetting
-        finished episodes, with no IPC in between. Returns ``(env steps, seconds)``."""
-        rng = np.random.default_rng(seed)
-        shape = self.envs[0].action_space.shape
-        actions = rng.uniform(-1.0, 1.0, (steps_per_env, len(self.envs), *shape))
-        actions = actions.astype(np.float32)
-        for i, env in enumerate(self.envs):
-            env.reset(seed=seed + i)
-        start = time.perf_counter()
-        for k in range(steps_per_env):
-            for i, env in enumerate(self.envs):
-                _, _, terminated, truncated, _ = env.step(actions[k, i])
-                if terminated or truncated:
-                    env.reset()
-        return steps_per_env * len(self.envs), time.perf_counter() - start
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        self.envs = []
-
-
-def _worker_main(conn: multiprocessing.connection.Connection, env_id: str,
-                 env_kwargs: dict[str, Any], num_envs: int) -> None:
-    """Worker process loop: build the envs, then answer ``(seq, command, args)`` messages
-    with ``(seq, "ok", result)`` or ``(seq, "error", traceback)``."""
-    # Ctrl-C goes to the whole process group; the sampler shuts workers down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        group = _EnvGroup(env_id, env_kwargs, num_envs)
-        conn.send((0, "ok", group.describe()))
-    except Exception:
-        conn.send((0, "error", traceback.format_exc()))
-        return
-    try:
-        while True:
-            try:
-                seq, command, args = conn.recv()
-            except (EOFError, OSError):
-                return  # the sampler is gone
-            try:
-                conn.send((seq, "ok", getattr(group, command)(*args)))
-            except Exception:
-                conn.send((seq, "error", traceback.format_exc()))
-            if command == "close":
-                return
-    finally:
-        group.close()
-
-
-# ============================================================== main-process handles
-class _WorkerDied(Exception):
-    """The worker process died or stopped answering."""
-
-
-class _WorkerFailed(RuntimeError):
-    """A command raised inside the worker (the worker itself is fine)."""
-
-
-class _LocalWorker:
-    """The envs in this process, behind the same send/recv interface as a worker: calls
-    are queued by :meth:`send` and run in order by :meth:`recv`."""
-
-    pid = None
-
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int) -> None:
-        self.group = _EnvGroup(env_id, env_kwargs, num_envs)
-        self._seq = 0
-        self._calls: collections.deque[tuple[int, str, tuple]] = collections.deque()
-        self._results: dict[int, Any] = {}
-
-    def describe(self, timeout: float) -> dict[str, Any]:
-        return self.group.describe()
-
-    def send(self, command: str, *args: Any) -> int:
-        self._seq += 1
-        self._calls.append((self._seq, command, args))
-        return self._seq
-
-    def recv(self, seq: int, timeout: float | None) -> Any:
-        # Run the queued calls up to this one, in order, as a worker process would.
-        while seq not in self._results:
-            call_seq, command, args = self._calls.popleft()
-            self._results[call_seq] = getattr(self.group, command)(*args)
-        return self._results.pop(seq)
-
-    def forget(self) -> None:
-        """Drop the calls not received yet (a sample call that raised left them)."""
-        self._calls.clear()
-        self._results.clear()
-
-    def close(self) -> None:
-        self.group.close()
-
-
-class _ProcessWorker:
-    """One worker process and its pipe; every failure to talk to it raises _WorkerDied."""
-
-    def __init__(self, ctx: multiprocessing.context.BaseContext, env_id: str,
-                 env_kwargs: dict[str, Any], num_envs: int, name: str) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, name=name, daemon=True,
-                                   args=(child, env_id, env_kwargs, num_envs))
-        self.process.start()
-        child.close()  # the worker holds the only other end, so its death gives us EOF
-        self.pid = self.process.pid
-        self._seq = 0
-        self._waiting: set[int] = set()  # sent, reply not received yet
-        self._early: dict[int, tuple[str, Any]] = {}  # replies that came before their recv
-
-    def describe(self, timeout: float) -> dict[str, Any]:
-        """The hello message the worker sends once its envs are built."""
-        return self._reply(0, timeout)
-
-    def send(self, command: str, *args: Any) -> int:
-        """Sends one call and returns its sequence number, for :meth:`recv`."""
-        self._seq += 1
-        try:
-            self.conn.send((self._seq, command, args))
-        except (BrokenPipeError, EOFError, OSError) as error:
-            raise _WorkerDied(f"send failed ({error!r})") from error
-        self._waiting.add(self._seq)
-        return self._seq
-
-    def recv(self, seq: int, timeout: float | None) -> Any:
-        """The reply to call ``seq``; other calls may be outstanding (replies come in order)."""
-        return self._reply(seq, timeout)
-
-    def forget(self) -> None:
-        """Give up on the outstanding calls: their replies are skipped when they arrive."""
-        self._waiting.clear()
-        self._early.clear()
-
-    def _reply(self, seq: int, timeout: float | None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while seq not in self._early:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], left)
-            if not ready:
-                raise _WorkerDied(f"no reply within {timeout} s")
-            if self.conn not in ready:
-                raise _WorkerDied(f"process exited (exit code {self.process.exitcode})")
-            try:
-                reply_seq, status, value = self.conn.recv()
-            except (EOFError, OSError) as error:
-                self.process.join(1.0)
-                raise _WorkerDied(
-                    f"pipe closed (exit code {self.process.exitcode})") from error
-            if reply_seq == seq or reply_seq in self._waiting:
-                self._early[reply_seq] = (status, value)
-            # else: a stale reply of a call given up on (forget), skipped
-        self._waiting.discard(seq)
-        status, value = self._early.pop(seq)
-        if status == "error":
-            raise _WorkerFailed(f"worker {self.process.name} (pid {self.pid}): {value}")
-        return value
-
-    def close(self, timeout: float = 5.0) -> None:
-        if self.process.is_alive():
-            try:
-                self.send("close")
-            except _WorkerDied:
-                pass
-            self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout)
-        self.conn.close()
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5.0)
-        self.conn.close()
+__all__ = ["MultiTaskSampler", "RawThroughput", "reset_seed"]
 
 
 class RawThroughput(NamedTuple):
@@ -367,11 +91,6 @@ class RawThroughput(NamedTuple):
     @property
     def steps_per_second(self) -> float:
         return self.env_steps / self.seconds
-
-
-def reset_seed(seed: int, task_index: int, episode: int) -> int:
-    """The env reset seed of episode ``episode`` of task ``task_index`` in a call with ``seed``."""
-    return int(np.random.SeedSequence([seed, task_index, episode]).generate_state(1)[0])
 
 
 # ============================================================== the sampler
@@ -436,12 +155,12 @@ class MultiTaskSampler:
         self.last_stats: dict[str, float] = {}
         self._logger = logger if logger is not None else _log.warning
         self._ctx = multiprocessing.get_context(start_method)
-        self._workers: list[_LocalWorker | _ProcessWorker] = []
+        self._workers: list[LocalWorker | ProcessWorker] = []
         self._closed = False
         try:
             if num_workers == 0:
                 try:
-                    self._workers = [_LocalWorker(env_id, self.env_kwargs, envs_per_worker)]
+                    self._workers = [LocalWorker(env_id, self.env_kwargs, envs_per_worker)]
                 except Exception as error:
                     raise ValueError(f"cannot create {env_id!r}: {error!r}") from error
                 spec = self._workers[0].describe(self.step_timeout)
@@ -473,7 +192,7 @@ class MultiTaskSampler:
     @property
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (empty with ``num_workers=0``)."""
-        return [w.pid for w in self._workers if isinstance(w, _ProcessWorker)]
+        return [w.pid for w in self._workers if isinstance(w, ProcessWorker)]
 
     # ---------------------------------------------------------------- sampling
     def sample(self, model: GaussianMLPPolicy, params: Params, tasks: Sequence[Task],
@@ -503,8 +222,9 @@ class MultiTaskSampler:
             torch.set_num_threads(self.policy_threads)
         try:
             with torch.no_grad():
-                return self._sample(model, params, list(tasks), episodes_per_task, seed,
-                                    generator, deterministic)
+                call = _SampleCall(self, model, params, list(tasks), episodes_per_task,
+                                   seed, generator, deterministic)
+                return call.run()
         finally:
             torch.set_num_threads(threads)
 
@@ -543,202 +263,6 @@ class MultiTaskSampler:
             raise ValueError(f"model is on {model.obs_mean.device}, the sampler's device is "
                              f"{self.device}")
 
-    def _sample(self, model: GaussianMLPPolicy, params: Params, tasks: list[Task], num_eps: int,
-                seed: int, generator: torch.Generator, deterministic: bool) -> EpisodeBatch:
-        started_at = time.perf_counter()
-        num_tasks, T, A = len(tasks), self.max_episode_steps, self.act_dim
-        params = {k: v.detach().to(self.device) for k, v in params.items()}
-        seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)] for m in range(num_tasks)]
-        evaluate = self._batched_policy(model, params)
-        # The log-std does not depend on the observation, so every (task, episode, step)'s
-        # action offset from the mean (std * noise) and log-probability are known up front,
-        # and a policy call only computes means. Rows are flat (task, episode, step) indices.
-        _, task_log_std = evaluate(torch.arange(num_tasks, device=self.device),
-                                   torch.zeros(num_tasks, self.obs_dim, device=self.device))
-        log_std = task_log_std[:, None, None].expand(num_tasks, num_eps, T, A)
-        if deterministic:
-            offset = torch.zeros_like(log_std)
-        else:
-            noise = torch.randn((num_tasks, num_eps, T, A), generator=generator,
-                                device=generator.device).to(self.device)
-            offset = torch.exp(log_std) * noise
-        logp_table = gaussian_log_prob(torch.zeros_like(offset), log_std, offset).reshape(-1)
-        offset = offset.reshape(-1, A)
-
-        obs_buf = np.zeros((num_tasks, num_eps, T, self.obs_dim), np.float32)
-        act_buf = np.zeros((num_tasks, num_eps, T, A), np.float32)
-        logp_buf = np.zeros((num_tasks, num_eps, T), np.float32)
-        rew_buf = np.zeros((num_tasks, num_eps, T), np.float32)
-        length = np.zeros((num_tasks, num_eps), np.int64)
-        success = np.zeros((num_tasks, num_eps), np.float32)
-        obs_rows, act_rows = obs_buf.reshape(-1, self.obs_dim), act_buf.reshape(-1, A)  # views
-        logp_rows = logp_buf.reshape(-1)
-        jobs = _JobQueue(num_tasks, num_eps)
-
-        # Slot state: the (task, episode) it runs (-1: idle), its step, current obs and next
-        # action, and the task it last started in this call. (Not the task its env kept from
-        # an earlier call: the assignment must not depend on history for the batch to be
-        # reproducible.)
-        S = self.num_slots
-        slot_env_task = [-1] * S
-        slot_task = np.full(S, -1)
-        slot_episode = np.full(S, -1)
-        slot_t = np.zeros(S, np.int64)
-        slot_obs = np.zeros((S, self.obs_dim), np.float32)
-        slot_act = np.zeros((S, A), np.float32)
-        stages = self._pipeline()
-        groups = [group for stage in stages for group in stage]
-        stage_slots = [np.concatenate([np.arange(S)[g.slots] for g in stage]) for stage in stages]
-        stats = {"policy_seconds": 0.0, "worker_seconds": 0.0, "policy_calls": 0,
-                 "restarts": 0}
-
-        def finish(m: int, e: int, steps: int, succeeded: bool) -> None:
-            length[m, e], success[m, e] = steps, float(succeeded)
-            # Clear what a run of this episode on a worker that died may have left.
-            obs_buf[m, e, steps:], act_buf[m, e, steps:] = 0.0, 0.0
-            logp_buf[m, e, steps:], rew_buf[m, e, steps:] = 0.0, 0.0
-
-        def act(running: np.ndarray) -> None:
-            """One batched policy call: the next action of every slot in ``running``."""
-            policy_start = time.perf_counter()
-            task = slot_task[running]
-            row = (task * num_eps + slot_episode[running]) * T + slot_t[running]
-            # One host-to-device copy for the indices, one back for actions and logp.
-            index = torch.as_tensor(np.stack([task, row]), device=self.device)
-            obs = torch.as_tensor(slot_obs[running], device=self.device)
-            mean, _ = evaluate(index[0], obs)
-            both = torch.cat([mean + offset[index[1]], logp_table[index[1], None]], 1)
-            both = both.float().cpu().numpy()
-            stats["policy_seconds"] += time.perf_counter() - policy_start
-            stats["policy_calls"] += 1
-            obs_rows[row] = slot_obs[running]
-            act_rows[row] = both[:, :A]
-            logp_rows[row] = both[:, A]
-            slot_act[running] = both[:, :A]
-
-        def send(group: _Group) -> None:
-            """Hand the group's idle slots the next jobs, its running slots one to start if
-            their episode ends at this step (handed back if it does not), and send the step."""
-            stepping = slot_task[group.slots] >= 0
-            starts: list[tuple[int, int] | None] = [None] * len(stepping)
-            for i in [*np.flatnonzero(~stepping), *np.flatnonzero(stepping)]:
-                if not jobs:
-                    break
-                starts[i] = jobs.take(slot_env_task[group.slots.start + i])
-            if not stepping.any() and all(job is None for job in starts):
-                return
-            group.starts = starts  # before sending: a failed send hands them back too
-            worker_starts = [None if job is None else (job[0], seeds[job[0]][job[1]])
-                             for job in starts]
-            try:
-                group.seq = self._workers[group.worker].send(
-                    "step", slot_act[group.slots], stepping, worker_starts, group.lo, group.hi)
-            except _WorkerDied as error:
-                worker_died(group.worker, str(error))
-
-        def receive(group: _Group) -> None:
-            """Wait for the group's step reply and record it."""
-            assert group.seq is not None and group.starts is not None
-            wait_start = time.perf_counter()
-            try:
-                reply = self._workers[group.worker].recv(group.seq, self.step_timeout)
-            except _WorkerDied as error:
-                reply, death = None, str(error)
-            stats["worker_seconds"] += time.perf_counter() - wait_start
-            if reply is None:
-                worker_died(group.worker, death)
-                return
-            starts, group.seq, group.starts = group.starts, None, None
-            obs, rew, terminated, truncated, succ, started = reply
-            unused: list[tuple[int, int]] = []
-            for i, s in enumerate(range(group.slots.start, group.slots.stop)):
-                if slot_task[s] >= 0:
-                    m, e, t = slot_task[s], slot_episode[s], slot_t[s]
-                    rew_buf[m, e, t] = rew[i]
-                    slot_t[s] = t + 1
-                    if terminated[i] or truncated[i]:
-                        finish(m, e, t + 1, bool(succ[i]))
-                        slot_task[s] = slot_episode[s] = -1
-                    elif t + 1 >= T:
-                        raise RuntimeError(f"episode ran past max_episode_steps={T} "
-                                           "without being truncated")
-                    else:
-                        slot_obs[s] = obs[i]
-                if started[i]:
-                    slot_task[s], slot_episode[s] = starts[i]
-                    slot_t[s], slot_obs[s] = 0, obs[i]
-                    slot_env_task[s] = slot_task[s]
-                elif starts[i] is not None:
-                    unused.append(starts[i])
-            jobs.put_back(unused)
-
-        def worker_died(w: int, reason: str) -> None:
-            """Re-queue the running episodes and pending starts of both of the worker's
-            groups, forget their outstanding messages and replace the worker."""
-            block = range(w * self.envs_per_worker, (w + 1) * self.envs_per_worker)
-            lost = [(int(slot_task[s]), int(slot_episode[s])) for s in block
-                    if slot_task[s] >= 0]
-            pending = [job for group in groups if group.worker == w and group.starts
-                       for job in group.starts if job is not None]
-            for group in groups:
-                if group.worker == w:
-                    group.seq = group.starts = None
-            slot_task[block.start:block.stop] = slot_episode[block.start:block.stop] = -1
-            stats["restarts"] += 1
-            if stats["restarts"] > self.max_restarts:
-                raise RuntimeError(f"{stats['restarts']} worker restarts in one sample call "
-                                   f"(max_restarts={self.max_restarts}); last: {reason}")
-            self._replace_worker(w, reason, lost, tasks)
-            jobs.put_back(pending + lost)
-
-        for worker in self._workers:
-            worker.forget()  # replies still due from an earlier call that raised
-        self._broadcast_tasks(tasks)
-        # The pipeline: each stage receives its groups' replies, runs the policy once for
-        # their running slots and sends their next steps, while the workers step their
-        # other groups. The order is fixed, so the schedule does not depend on timing.
-        while jobs or (slot_task >= 0).any() or any(g.seq is not None for g in groups):
-            for stage, slots in zip(stages, stage_slots):
-                for group in stage:
-                    if group.seq is not None:
-                        receive(group)
-                running = slots[slot_task[slots] >= 0]
-                if running.size:
-                    act(running)
-                for group in stage:
-                    send(group)
-
-        mask = (np.arange(T) < length[..., None]).astype(np.float32)
-        self.last_stats = {"seconds": time.perf_counter() - started_at,
-                           "env_steps": float(length.sum()),
-                           **{key: float(value) for key, value in stats.items()}}
-
-        def out(array: np.ndarray) -> Tensor:
-            return torch.from_numpy(array).to(self.device)
-
-        return EpisodeBatch(out(obs_buf), out(act_buf), out(rew_buf), out(mask), out(logp_buf),
-                            out(success))
-
-    def _pipeline(self) -> list[list[_Group]]:
-        """The pipeline's stages in their fixed order: each worker's envs are split in two
-        groups (a worker with one env has one), stage 0 holds the first group of every
-        worker, stage 1 the second, so a worker steps one group while the main process
-        handles the other. (One stage per group would cost a policy call per group.)"""
-        per = self.envs_per_worker
-        halves = [(0, per)] if per == 1 else [(0, per // 2), (per // 2, per)]
-        return [[_Group(w, lo, hi, slice(w * per + lo, w * per + hi))
-                 for w in range(len(self._workers))] for lo, hi in halves]
-
-    def _batched_policy(self, model: GaussianMLPPolicy, params: Params,
-                        ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """``(task index [N], obs [N, O]) -> (mean, log_std)`` each ``[N, A]``, slot i
-        evaluated with the parameters of task ``index[i]``."""
-        if all(bool((v == v[:1]).all()) for v in params.values()):
-            # Every task has the same parameters (pre-update sampling): no gather.
-            shared = {k: v[0] for k, v in params.items()}
-            return lambda task_index, obs: rows_policy_forward(model, shared, obs)
-        return lambda task_index, obs: rows_policy_forward(model, params, obs, task_index)
-
     def _broadcast_tasks(self, tasks: list[Task]) -> None:
         for w in range(len(self._workers)):
             for attempt in range(2):
@@ -746,30 +270,30 @@ class MultiTaskSampler:
                     worker = self._workers[w]
                     worker.recv(worker.send("set_tasks", tasks), self.step_timeout)
                     break
-                except _WorkerDied as error:
+                except WorkerDied as error:
                     if attempt == 1:
                         raise RuntimeError(f"worker {w} died twice while receiving the tasks"
                                            ) from error
                     self._replace_worker(w, str(error), [], None)
 
     # ---------------------------------------------------------------- workers
-    def _new_process(self, index: int) -> _ProcessWorker:
-        return _ProcessWorker(self._ctx, self.env_id, self.env_kwargs, self.envs_per_worker,
+    def _new_process(self, index: int) -> ProcessWorker:
+        return ProcessWorker(self._ctx, self.env_id, self.env_kwargs, self.envs_per_worker,
                               name=f"metarobot-sampler-{index}")
 
-    def _hello(self, worker: _ProcessWorker) -> dict[str, Any]:
+    def _hello(self, worker: ProcessWorker) -> dict[str, Any]:
         try:
             return worker.describe(max(self.step_timeout, 120.0))
-        except _WorkerDied as error:
+        except WorkerDied as error:
             raise RuntimeError(f"sampler worker {worker.process.name} failed to start: "
                                f"{error}") from error
-        except _WorkerFailed as error:
+        except WorkerFailed as error:
             raise ValueError(f"cannot create {self.env_id!r} in a worker: {error}") from error
 
     def _replace_worker(self, index: int, reason: str, lost: list[tuple[int, int]],
                         tasks: list[Task] | None) -> None:
         old = self._workers[index]
-        assert isinstance(old, _ProcessWorker)
+        assert isinstance(old, ProcessWorker)
         old.kill()
         self._record({"event": "worker_died", "worker": index, "pid": old.pid,
                       "exitcode": old.process.exitcode, "reason": reason,
@@ -802,7 +326,7 @@ class MultiTaskSampler:
                      for w, worker in enumerate(self._workers)]
             for worker, seq in zip(self._workers, calls):
                 total += worker.recv(seq, None)[0]
-        except _WorkerDied as error:
+        except WorkerDied as error:
             raise RuntimeError(f"a worker died during the throughput run: {error}") from error
         return RawThroughput(total, time.perf_counter() - start)
 
@@ -830,3 +354,175 @@ class MultiTaskSampler:
             self.close()
         except Exception:
             pass
+
+
+# ============================================================== one sample call
+class _SampleCall:
+    """One :meth:`MultiTaskSampler.sample` call: its episodes, slots, job queue and the
+    pipeline loop (:meth:`run`) that receives step replies, calls the policy and sends
+    the next steps."""
+
+    def __init__(self, sampler: MultiTaskSampler, model: GaussianMLPPolicy, params: Params,
+                 tasks: list[Task], num_eps: int, seed: int, generator: torch.Generator,
+                 deterministic: bool) -> None:
+        self.sampler, self.tasks, self.num_eps = sampler, tasks, num_eps
+        self.started_at = time.perf_counter()
+        device, num_tasks = sampler.device, len(tasks)
+        T, A = sampler.max_episode_steps, sampler.act_dim
+        self.seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)]
+                      for m in range(num_tasks)]
+        self.policy = _batched_policy(model, {k: v.detach().to(device)
+                                              for k, v in params.items()})
+        # The log-std does not depend on the observation, so every (task, episode, step)'s
+        # action offset from the mean (std * noise) and log-probability are known up front,
+        # and a policy call only computes means. Rows are flat (task, episode, step) indices.
+        _, task_log_std = self.policy(torch.arange(num_tasks, device=device),
+                                      torch.zeros(num_tasks, sampler.obs_dim, device=device))
+        log_std = task_log_std[:, None, None].expand(num_tasks, num_eps, T, A)
+        if deterministic:
+            offset = torch.zeros_like(log_std)
+        else:
+            noise = torch.randn((num_tasks, num_eps, T, A), generator=generator,
+                                device=generator.device).to(device)
+            offset = torch.exp(log_std) * noise
+        self.logp_table = gaussian_log_prob(torch.zeros_like(offset), log_std, offset).reshape(-1)
+        self.offset = offset.reshape(-1, A)
+
+        self.episodes = EpisodeBuffers(num_tasks, num_eps, T, sampler.obs_dim, A)
+        self.slots = SlotTable(sampler.num_slots, sampler.obs_dim, A)
+        self.jobs = JobQueue(num_tasks, num_eps)
+        self.stages = pipeline_groups(len(sampler._workers), sampler.envs_per_worker)
+        self.groups = [group for stage in self.stages for group in stage]
+        self.stats = {"policy_seconds": 0.0, "worker_seconds": 0.0, "policy_calls": 0,
+                      "restarts": 0}
+
+    def run(self) -> EpisodeBatch:
+        sampler, slots = self.sampler, self.slots
+        for worker in sampler._workers:
+            worker.forget()  # replies still due from an earlier call that raised
+        sampler._broadcast_tasks(self.tasks)
+        every_slot = np.arange(sampler.num_slots)
+        stage_slots = [np.concatenate([every_slot[g.slots] for g in stage])
+                       for stage in self.stages]
+        # The pipeline: each stage receives its groups' replies, runs the policy once for
+        # their running slots and sends their next steps, while the workers step their
+        # other groups. The order is fixed, so the schedule does not depend on timing.
+        while self.jobs or slots.any_running() or any(g.seq is not None for g in self.groups):
+            for stage, stage_slot in zip(self.stages, stage_slots):
+                for group in stage:
+                    if group.seq is not None:
+                        self.receive(group)
+                running = stage_slot[slots.task[stage_slot] >= 0]
+                if running.size:
+                    self.act(running)
+                for group in stage:
+                    self.send(group)
+        sampler.last_stats = {"seconds": time.perf_counter() - self.started_at,
+                              "env_steps": float(self.episodes.length.sum()),
+                              **{key: float(value) for key, value in self.stats.items()}}
+        return self.episodes.to_batch(sampler.device)
+
+    def act(self, running: np.ndarray) -> None:
+        """One batched policy call: the next action of every slot in ``running``."""
+        policy_start = time.perf_counter()
+        slots, A = self.slots, self.sampler.act_dim
+        task = slots.task[running]
+        row = self.episodes.rows(task, slots.episode[running], slots.t[running])
+        # One host-to-device copy for the indices, one back for actions and logp.
+        index = torch.as_tensor(np.stack([task, row]), device=self.sampler.device)
+        obs = torch.as_tensor(slots.obs[running], device=self.sampler.device)
+        mean, _ = self.policy(index[0], obs)
+        both = torch.cat([mean + self.offset[index[1]], self.logp_table[index[1], None]], 1)
+        both = both.float().cpu().numpy()
+        self.stats["policy_seconds"] += time.perf_counter() - policy_start
+        self.stats["policy_calls"] += 1
+        self.episodes.record_actions(row, slots.obs[running], both[:, :A], both[:, A])
+        slots.act[running] = both[:, :A]
+
+    def send(self, group: Group) -> None:
+        """Hand the group's idle slots the next jobs, its running slots one to start if
+        their episode ends at this step (handed back if it does not), and send the step."""
+        slots, jobs = self.slots, self.jobs
+        stepping = slots.task[group.slots] >= 0
+        starts: list[tuple[int, int] | None] = [None] * len(stepping)
+        for i in [*np.flatnonzero(~stepping), *np.flatnonzero(stepping)]:
+            if not jobs:
+                break
+            starts[i] = jobs.take(slots.env_task[group.slots.start + i])
+        if not stepping.any() and all(job is None for job in starts):
+            return
+        group.starts = starts  # before sending: a failed send hands them back too
+        worker_starts = [None if job is None else (job[0], self.seeds[job[0]][job[1]])
+                         for job in starts]
+        try:
+            group.seq = self.sampler._workers[group.worker].send(
+                "step", slots.act[group.slots], stepping, worker_starts, group.lo, group.hi)
+        except WorkerDied as error:
+            self.worker_died(group.worker, str(error))
+
+    def receive(self, group: Group) -> None:
+        """Wait for the group's step reply and record it."""
+        assert group.seq is not None and group.starts is not None
+        slots, episodes = self.slots, self.episodes
+        wait_start = time.perf_counter()
+        try:
+            reply = self.sampler._workers[group.worker].recv(group.seq,
+                                                              self.sampler.step_timeout)
+        except WorkerDied as error:
+            reply, death = None, str(error)
+        self.stats["worker_seconds"] += time.perf_counter() - wait_start
+        if reply is None:
+            self.worker_died(group.worker, death)
+            return
+        starts, group.seq, group.starts = group.starts, None, None
+        obs, rew, terminated, truncated, succ, started = reply
+        unused: list[tuple[int, int]] = []
+        for i, s in enumerate(range(group.slots.start, group.slots.stop)):
+            if slots.task[s] >= 0:
+                m, e, t = slots.task[s], slots.episode[s], slots.t[s]
+                episodes.rew[m, e, t] = rew[i]
+                slots.t[s] = t + 1
+                if terminated[i] or truncated[i]:
+                    episodes.finish(m, e, t + 1, bool(succ[i]))
+                    slots.stop(s)
+                elif t + 1 >= episodes.horizon:
+                    raise RuntimeError(f"episode ran past max_episode_steps={episodes.horizon} "
+                                       "without being truncated")
+                else:
+                    slots.obs[s] = obs[i]
+            if started[i]:
+                slots.start(s, starts[i], obs[i])
+            elif starts[i] is not None:
+                unused.append(starts[i])
+        self.jobs.put_back(unused)
+
+    def worker_died(self, w: int, reason: str) -> None:
+        """Re-queue the running episodes and pending starts of both of the worker's
+        groups, forget their outstanding messages and replace the worker."""
+        sampler, slots = self.sampler, self.slots
+        block = range(w * sampler.envs_per_worker, (w + 1) * sampler.envs_per_worker)
+        lost = [(int(slots.task[s]), int(slots.episode[s])) for s in block
+                if slots.task[s] >= 0]
+        pending = [job for group in self.groups if group.worker == w and group.starts
+                   for job in group.starts if job is not None]
+        for group in self.groups:
+            if group.worker == w:
+                group.seq = group.starts = None
+        slots.stop(slice(block.start, block.stop))
+        self.stats["restarts"] += 1
+        if self.stats["restarts"] > sampler.max_restarts:
+            raise RuntimeError(f"{self.stats['restarts']} worker restarts in one sample call "
+                               f"(max_restarts={sampler.max_restarts}); last: {reason}")
+        sampler._replace_worker(w, reason, lost, self.tasks)
+        self.jobs.put_back(pending + lost)
+
+
+def _batched_policy(model: GaussianMLPPolicy, params: Params,
+                    ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(task index [N], obs [N, O]) -> (mean, log_std)`` each ``[N, A]``, slot i
+    evaluated with the parameters of task ``index[i]``."""
+    if all(bool((v == v[:1]).all()) for v in params.values()):
+        # Every task has the same parameters (pre-update sampling): no gather.
+        shared = {k: v[0] for k, v in params.items()}
+        return lambda task_index, obs: rows_policy_forward(model, shared, obs)
+    return lambda task_index, obs: rows_policy_forward(model, params, obs, task_index)
