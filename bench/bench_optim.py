@@ -3,8 +3,10 @@
 Measures, for a meta-batch of M tasks x E episodes x T steps (default 40 x 20 x 100, the
 issue's reference size):
 
-* wall time of one meta-update: K inner steps vmapped over tasks (second order) and
-  ``epochs`` outer Adam steps, as the trainer runs them (``time_update``);
+* wall time of one meta-update: :func:`metarobot.algos.promp.update`, ``epochs`` outer
+  Adam steps on ``maml.meta_loss`` (K inner steps vmapped over tasks, second order), as
+  the trainer runs it (``time_update``), and the time of the one adaptation it saves by
+  reusing the sampling graph in epoch 0 (``adapt_forward_seconds``);
 * peak memory against inner steps K and meta-batch size M (CUDA: max allocated; CPU:
   peak RSS growth, measured per configuration in a fresh subprocess);
 * memory growth across repeated updates (should be ~0).
@@ -30,9 +32,11 @@ from pathlib import Path
 import torch
 
 from bench.common import REPO, command_line, machine_info
-from metarobot.algos import maml
+from metarobot.algos import maml, promp
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.policy import GaussianMLPPolicy, gaussian_log_prob, policy_forward
+from metarobot.sampling.rollouts import AdaptationRollouts
+from metarobot.training.config import InnerConfig, OuterConfig
 
 OBS_DIM, ACT_DIM = 37, 4  # Grasp's sizes: a realistic, not a toy, input
 
@@ -62,33 +66,46 @@ def time_update(device: torch.device, m: int, e: int, t: int, inner_steps: int, 
     post, post_adv = synthetic_batch(model, params, m, e, t, device, seed=99)
     pre_batches, pre_advs = [b for b, _ in pre], [a for _, a in pre]
 
-    def update() -> None:
+    inner = InnerConfig(steps=inner_steps, lr=0.1)
+    outer = OuterConfig(epochs=epochs, adaptive_eta=False)
+
+    def step(loss: torch.Tensor) -> bool:
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return True
+
+    def sampling_adaptation() -> AdaptationRollouts:
+        """What sampling leaves for the update: the adapted parameters with their graph."""
+        adapted, _, _ = maml.adapt(model, params, pre_batches, pre_advs, inner.lr, inner_steps)
+        return AdaptationRollouts(pre_batches + [post], pre_advs + [post_adv], [], adapted)
+
+    def update(rollouts: AdaptationRollouts) -> None:
         old = {k: v.detach().clone() for k, v in params.items()}
-        for _ in range(epochs):
-            adapted, _, _ = maml.adapt(model, params, pre_batches, pre_advs, 0.1, inner_steps)
-            outer, _ = maml.outer_loss(model, adapted, post, post_adv, 0.3)
-            loss = outer + 1.0 * maml.kl_penalty(model, params, old, pre_batches[0])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        promp.update(model, params, old, rollouts, post_adv, inner.lr, inner, outer, 1.0, step)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    update()  # warm-up (CUDA kernels, allocator)
+    update(sampling_adaptation())  # warm-up (CUDA kernels, allocator)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    times, adapt_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        update()
+        rollouts = sampling_adaptation()
+        sync()
+        adapt_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        update(rollouts)
         sync()
         times.append(time.perf_counter() - start)
     out = {"M": m, "E": e, "T": t, "inner_steps": inner_steps, "epochs": epochs,
            "seconds_per_update": sorted(times)[len(times) // 2], "all_seconds": times,
+           "adapt_forward_seconds": sorted(adapt_times)[len(adapt_times) // 2],
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "rss_growth_during_repeats_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                             - rss_before) / 1024}
@@ -130,7 +147,8 @@ def main() -> None:
                           args.inner_steps, args.epochs, args.repeats)
     print(f"{args.device}: one meta-update ({args.tasks} tasks x {args.episodes} episodes x "
           f"{args.horizon} steps, K={args.inner_steps}, {args.epochs} outer Adam steps): "
-          f"{reference['seconds_per_update']:.3f} s")
+          f"{reference['seconds_per_update']:.3f} s; reusing the sampling graph in epoch 0 "
+          f"saves one adaptation of {reference['adapt_forward_seconds']:.3f} s")
     sizes = [10, 20, 40] if args.quick else [5, 10, 20, 40]
     steps = [1, 2] if args.quick else [1, 2, 3]
     memory = []
