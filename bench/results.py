@@ -210,7 +210,7 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
                              "run the same command again to resume")
         copy_atomically(run_dir / CHECKPOINT_NAME, snapshot / CHECKPOINT_NAME)
     policy = load_trained_policy(snapshot)
-    env_steps = load_run(snapshot).algo_state.env_steps
+    env_steps = policy.env_steps
     log(f"evaluating iteration {iteration} ({env_steps} env steps) on {ctx['eval_tasks']} "
         f"test tasks")
     t0 = time.perf_counter()

@@ -43,6 +43,8 @@ class TrainedPolicy:
     meta_sgd_lr: Params | None
     config: TrainConfig
     iteration: int
+    #: Env steps of meta-training up to this checkpoint.
+    env_steps: int = 0
     #: Largest adaptation KL of each of the last training iterations (nats).
     recent_adaptation_kl: list[float] = field(default_factory=list)
 
@@ -63,7 +65,7 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     lr = state.algo_state.meta_sgd_lr
     lr = None if lr is None else {k: v.to(device) for k, v in lr.items()}
     return TrainedPolicy(model, params, lr, config, state.iteration,
-                         list(state.algo_state.recent_adaptation_kl))
+                         state.algo_state.env_steps, list(state.algo_state.recent_adaptation_kl))
 
 
 @dataclass
