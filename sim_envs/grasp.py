@@ -194,7 +194,8 @@ class GraspEnv(MetaEnv):
         cid = self.client._client
         self._cid = cid
         self.robot = panda_scene(cid, max_ee_step=MAX_EE_STEP, workspace_low=WORKSPACE_LOW,
-                           workspace_high=WORKSPACE_HIGH, finger_force=FINGER_FORCE)
+                           workspace_high=WORKSPACE_HIGH, finger_force=FINGER_FORCE,
+                           visual=self.render_mode is not None)
         self._shapes = ShapeCache(cid, visual=self.render_mode is not None)
 
     def _apply_task(self, task: Task) -> None:

@@ -190,7 +190,7 @@ class LeggedEnv(MetaEnv):
         c.setGravity(0.0, 0.0, -GRAVITY)
         c.setTimeStep(PHYSICS_DT)
         self.terrain = Terrain(c)
-        self.robot = A1(c, SPAWN_POSITION)
+        self.robot = A1(c, SPAWN_POSITION, visual=self.render_mode is not None)
         self._prev_action = np.zeros(NUM_JOINTS)
         self._phase = 0.0
         self._payload_offset = np.zeros(3)  # payload position, trunk frame (m)

@@ -154,7 +154,8 @@ class ReachEnv(MetaEnv):
         cid = self.client._client
         self._cid = cid
         self.robot = panda_scene(cid, max_ee_step=MAX_EE_STEP, finger_width=FINGER_WIDTH,
-                           workspace_low=WORKSPACE_LOW, workspace_high=WORKSPACE_HIGH)
+                           workspace_low=WORKSPACE_LOW, workspace_high=WORKSPACE_HIGH,
+                           visual=self.render_mode is not None)
         # Target marker for rendering only: no collision shape, no mass, never observed.
         marker = pybullet.createVisualShape(pybullet.GEOM_SPHERE, radius=0.025,
                                             rgbaColor=(0.1, 0.8, 0.2, 0.7), physicsClientId=cid)

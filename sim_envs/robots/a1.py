@@ -52,18 +52,20 @@ class A1:
     Args:
         client: the PyBullet client to load into.
         base_position: initial base position (m, world frame).
+        visual: load the visual meshes (needed only to render; the physics is the same).
     """
 
     def __init__(self, client: BulletClient,
-                 base_position: tuple[float, float, float] = (0.0, 0.0, STANDING_HEIGHT)
-                 ) -> None:
+                 base_position: tuple[float, float, float] = (0.0, 0.0, STANDING_HEIGHT),
+                 visual: bool = True) -> None:
         self.client = client
         # Per-step calls go to pybullet directly: BulletClient's attribute lookup builds a
         # functools.partial on every call.
         self._client_id: int = client._client
         self.body_id = client.loadURDF(
             pybullet_data.getDataPath() + "/a1/a1.urdf", list(base_position),
-            flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+            flags=pybullet.URDF_USE_INERTIA_FROM_FILE
+            | (0 if visual else pybullet.URDF_IGNORE_VISUAL_SHAPES))
         by_name = {}
         toes = {}
         for j in range(client.getNumJoints(self.body_id)):

@@ -70,6 +70,7 @@ class Panda:
         finger_width: when not ``None``, the fingers are held at this total opening (m)
             and the gripper command is ignored (for tasks without grasping).
         finger_force: maximum force of each finger motor (N).
+        visual: load the visual meshes (needed only to render; the physics is the same).
 
     State read by :meth:`read_state` (after each physics update):
         ``state`` (21,) float64, the proprioception vector (see :meth:`proprioception`);
@@ -87,6 +88,7 @@ class Panda:
         workspace_high: Sequence[float] = (0.80, 0.65, 0.70),
         finger_width: float | None = None,
         finger_force: float = 20.0,
+        visual: bool = True,
     ) -> None:
         if not max_ee_step > 0:
             raise ValueError(f"max_ee_step must be positive, got {max_ee_step}")
@@ -101,7 +103,8 @@ class Panda:
         self.fixed_finger_width = finger_width
         self.body = pybullet.loadURDF(
             pybullet_data.getDataPath() + "/franka_panda/panda.urdf", useFixedBase=True,
-            flags=pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES, physicsClientId=client_id)
+            flags=pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES | _visual_flags(visual),
+            physicsClientId=client_id)
         # Never sleep: a restored state must not depend on an earlier episode (precaution).
         pybullet.changeDynamics(self.body, -1,
                                 activationState=pybullet.ACTIVATION_STATE_DISABLE_SLEEPING,
@@ -204,6 +207,12 @@ class Panda:
         """(21,) float32: arm q (7, rad), arm dq (7, rad/s), EE position (3, m),
         EE velocity (3, m/s), finger opening (1, m)."""
         return self.state.astype(np.float32)
+
+
+def _visual_flags(visual: bool) -> int:
+    """``loadURDF`` flags: without ``visual`` the meshes are not loaded (about 50 MB per
+    Panda); the physics (collision shapes, inertia) is the same."""
+    return 0 if visual else pybullet.URDF_IGNORE_VISUAL_SHAPES
 
 
 def panda_scene(client_id: int, **panda_kwargs: Any) -> Panda:
