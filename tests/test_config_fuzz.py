@@ -66,7 +66,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "inner.meta_sgd": ("bool", None),
     "inner.clip": _float(lambda v: v > 0),
     "inner.adapt": _choice("all", "context"),  # context: with policy.context_dim >= 1
-    "outer.algo": _choice("ppo", "reptile"),
+    "outer.algo": _choice("ppo", "reptile", "es"),
     "outer.lr": _float(lambda v: 0 < v < INF),
     "outer.epochs": _int(1),
     "outer.clip": _float(lambda v: 0 < v < 1),
@@ -74,6 +74,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "outer.eta": _float(lambda v: 0 < v < INF),  # adaptive_eta is on in the base config
     "outer.adaptive_eta": ("bool", None),
     "outer.reptile_lr": _float(lambda v: 0 < v <= 1),
+    "outer.es_sigma": _float(lambda v: 0 < v < INF),
     "outer.max_grad_norm": _float(lambda v: v > 0),
     "advantages.gamma": _float(lambda v: 0 < v <= 1),
     "advantages.lam": _float(lambda v: 0 <= v <= 1),

@@ -152,7 +152,8 @@ def test_non_finite_updates_are_skipped_then_training_stops(tmp_path, monkeypatc
     assert "update skipped" in events
 
 
-@pytest.mark.parametrize("options", [["outer.algo=reptile"], ["inner.meta_sgd=true"],
+@pytest.mark.parametrize("options", [["outer.algo=reptile"], ["outer.algo=es"],
+                                     ["inner.meta_sgd=true"],
                                      ["inner.first_order=true", "inner.steps=2"],
                                      ["inner.loss=dice"], ["advantages.baseline=mlp"]])
 def test_algorithm_options_train_and_move_parameters(tmp_path, options):

@@ -64,7 +64,7 @@ def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
 def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[EpisodeBatch],
           pre_advs: Sequence[Tensor], inner_lr: float | Tensor | Params, num_steps: int,
           inner_loss: InnerLossName = "lvc", first_order: bool = False,
-          clip: float = math.inf) -> tuple[Params, Tensor, Tensor]:
+          clip: float = math.inf, stacked: bool = False) -> tuple[Params, Tensor, Tensor]:
     """``num_steps`` inner steps for all M tasks at once (``vmap`` over tasks).
 
     Args:
@@ -78,6 +78,8 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         inner_loss: "lvc", "vpg" or "dice" (see module docstring).
         first_order: FOMAML, the inner gradients are constants to outer differentiation.
         clip: likelihood-ratio clip of the "lvc" surrogate (inf = none).
+        stacked: ``params`` are already one set per task, ``[M, ...]`` (ES-MAML's
+            perturbed thetas), instead of one theta shared by all tasks.
 
     Returns:
         ``(adapted params stacked [M, ...], inner losses [K, M], inner approx KLs [K, M])``;
@@ -106,7 +108,8 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
                                 loss_fn=loss_fn)
 
     num_tasks = pre_batches[0].obs.shape[0]
-    task_params = {k: v.expand(num_tasks, *v.shape) for k, v in params.items()}
+    task_params = params if stacked else {k: v.expand(num_tasks, *v.shape)
+                                          for k, v in params.items()}
     losses, kls = [], []
     for k in range(num_steps):
         j = k if len(pre_batches) > 1 else 0

@@ -45,31 +45,35 @@ class AdaptationRollouts:
 
 def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[EpisodeBatch],
                  advs: list[Tensor], inner: InnerConfig, meta_sgd_lr: Params | None,
-                 ) -> tuple[Params, Tensor, Tensor]:
+                 stacked: bool = False) -> tuple[Params, Tensor, Tensor]:
     """``len(batches)`` inner steps, step k on ``batches[k]`` (see :func:`maml.adapt`), with
     the rates of :func:`metarobot.core.inner.step_sizes` (Meta-SGD's learned ones when given,
-    else ``inner.lr``; 0 for what ``inner.adapt`` leaves alone)."""
+    else ``inner.lr``; 0 for what ``inner.adapt`` leaves alone). ``stacked``: ``params``
+    hold one set per task ``[M, ...]`` instead of one shared theta."""
     clip = inner.clip if inner.loss == "lvc" else math.inf
-    rates = step_sizes(inner.adapt, inner.lr, params, meta_sgd_lr)
+    one_task = {k: v[0] for k, v in params.items()} if stacked else params
+    rates = step_sizes(inner.adapt, inner.lr, one_task, meta_sgd_lr)
     return maml.adapt(model, params, batches, advs, rates, num_steps=len(batches),
-                      inner_loss=inner.loss,
-                      first_order=inner.first_order, clip=clip)
+                      inner_loss=inner.loss, first_order=inner.first_order, clip=clip,
+                      stacked=stacked)
 
 
 def collect_adaptation_rollouts(
     sampler: Sampler, model: GaussianMLPPolicy, params: Params, tasks: list[Task],
     episodes: int, steps: int, inner: InnerConfig, advantages: AdvantageConfig,
     meta_sgd_lr: Params | None, seed: int, generator: torch.Generator,
-    keep_graph: bool = False,
+    keep_graph: bool = False, stacked: bool = False,
 ) -> AdaptationRollouts:
     """Sample with theta, adapt on that data, sample with the adapted policy, ``steps`` times.
 
     The adaptation of each step is computed once; sampling uses a detached copy, and with
     ``keep_graph`` the returned ``adapted`` keeps the graph back to ``params`` so the first
-    outer step can reuse it instead of adapting again.
+    outer step can reuse it instead of adapting again. ``stacked``: ``params`` hold one
+    set per task ``[M, ...]`` (ES-MAML's perturbed thetas) instead of one shared theta.
     """
     num_tasks = len(tasks)
-    adapted = {k: v.detach().expand(num_tasks, *v.shape) for k, v in params.items()}
+    adapted = {k: v.detach() if stacked else v.detach().expand(num_tasks, *v.shape)
+               for k, v in params.items()}
     batches, advs, evs = [], [], []
     for k in range(steps + 1):
         sampling_params = {n: v.detach() for n, v in adapted.items()}
@@ -82,5 +86,6 @@ def collect_adaptation_rollouts(
         evs.append(ev)
         if k < steps:
             with torch.enable_grad() if keep_graph else torch.no_grad():
-                adapted, _, _ = adapt_params(model, params, batches, advs, inner, meta_sgd_lr)
+                adapted, _, _ = adapt_params(model, params, batches, advs, inner, meta_sgd_lr,
+                                             stacked)
     return AdaptationRollouts(batches, advs, evs, adapted)

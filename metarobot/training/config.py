@@ -26,7 +26,7 @@ from metarobot.core.inner import INNER_ADAPTS, INNER_LOSSES, InnerAdaptName, Inn
 #: The values of the string switches (the types of their config keys).
 DeviceName = Literal["auto", "cpu", "cuda"]
 #: ``outer.algo``: PPO-MAML (ProMP) or Reptile.
-OuterAlgoName = Literal["ppo", "reptile"]
+OuterAlgoName = Literal["ppo", "reptile", "es"]
 #: ``advantages.baseline``: the linear feature baseline or a learned value network.
 BaselineName = Literal["linear", "mlp"]
 #: Allowed values of the string keys (for validation messages and the CLI).
@@ -65,7 +65,7 @@ class InnerConfig:
 
 @dataclass
 class OuterConfig:
-    algo: OuterAlgoName = "ppo"  #: "ppo" (PPO-MAML / ProMP) or "reptile"
+    algo: OuterAlgoName = "ppo"  #: "ppo" (PPO-MAML / ProMP), "reptile" or "es" (ES-MAML)
     lr: float = 1e-3
     epochs: int = 5  #: Adam steps per meta-batch (no resampling); Reptile: inner PPO steps
     clip: float = 0.3
@@ -73,6 +73,7 @@ class OuterConfig:
     eta: float = 1.0  #: initial KL-penalty coefficient
     adaptive_eta: bool = True
     reptile_lr: float = 0.1  #: Reptile's step toward the tasks' adapted parameters
+    es_sigma: float = 0.02  #: ES-MAML's perturbation scale (std of the noise on theta)
     max_grad_norm: float = 10.0
 
 
@@ -176,6 +177,8 @@ class TrainConfig:
              "a finite number > 0"),
             ("outer.eta", outer.eta, eta_ok, "a finite number > 0 with outer.adaptive_eta "
              "(it is doubled and halved), else >= 0"),
+            ("outer.es_sigma", outer.es_sigma, _positive(outer.es_sigma),
+             "a finite number > 0"),
             ("outer.reptile_lr", outer.reptile_lr, 0 < outer.reptile_lr <= 1,
              "a number in (0, 1] (the fraction of the way toward the adapted parameters)"),
             ("outer.max_grad_norm", outer.max_grad_norm, outer.max_grad_norm > 0,

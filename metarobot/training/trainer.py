@@ -1,4 +1,4 @@
-"""The PPO-MAML meta-trainer: iterations, checkpoints, logging, resume.
+"""The meta-trainer: iterations, checkpoints, logging, resume.
 
 One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
 
@@ -7,10 +7,11 @@ One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
    k-times adapted policy), then one post-update batch with the adapted parameters; with
    ``advantages.baseline: mlp`` the post-update advantages come from the learned value
    function (:mod:`metarobot.algos.value`), which then trains on that batch;
-3. ``outer.epochs`` Adam steps on PPO-clip(post-update data) + eta * KL(pre-update policy
-   vs its sampling version), no resampling in between; the first reuses the adaptation
-   graph from step 2, later ones adapt again from the updated theta;
-4. adapt eta, update the observation normaliser, log, checkpoint.
+3. the outer update of ``outer.algo``: :func:`metarobot.algos.promp.update` (``outer.epochs``
+   Adam steps on PPO-clip(post-update data) + eta * KL, then the adaptive eta),
+   :func:`metarobot.algos.reptile.update`, or :func:`metarobot.algos.es.update` (ES-MAML:
+   step 2 ran each task with two antithetic perturbations of theta);
+4. update the observation normaliser, log, checkpoint.
 
 A non-finite loss or gradient skips the update (logged); ``max_nonfinite_updates`` in a
 row stops training with :class:`TrainingDiverged`, leaving the last good checkpoint.
@@ -35,7 +36,7 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarobot.algos import maml, promp, reptile
+from metarobot.algos import es, maml, promp, reptile
 from metarobot.algos.value import LearnedBaseline
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.inner import adapted_names, inner_loss, step_sizes
@@ -388,11 +389,17 @@ class MetaTrainer:
         old_params = {k: v.detach().clone() for k, v in self.params.items()}
 
         # 1-2. Pre-update data with theta (and the k-times adapted policies), post-update data.
+        # ES-MAML samples every task twice, with theta + sigma * eps_i and theta - sigma * eps_i.
+        sampling_params, eps = self.params, None
+        if cfg.outer.algo == "es":
+            eps, sampling_params = es.perturb(self.params, len(tasks), cfg.outer.es_sigma,
+                                              self.generator)
+            tasks = tasks + tasks
         rollouts = collect_adaptation_rollouts(
-            self._sampler_instance(), self.model, self.params, tasks, cfg.meta_batch.episodes,
-            cfg.inner.steps, cfg.inner, cfg.advantages, self.meta_sgd_lr,
-            seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator,
-            keep_graph=cfg.outer.algo == "ppo")
+            self._sampler_instance(), self.model, sampling_params, tasks,
+            cfg.meta_batch.episodes, cfg.inner.steps, cfg.inner, cfg.advantages,
+            self.meta_sgd_lr, seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator,
+            keep_graph=cfg.outer.algo == "ppo", stacked=eps is not None)
         post, post_adv = rollouts.batches[-1], rollouts.advs[-1]
         adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
@@ -411,8 +418,12 @@ class MetaTrainer:
             stats, self.eta = promp.update(self.model, self.params, old_params, rollouts,
                                            post_adv, rates, cfg.inner, cfg.outer, self.eta,
                                            self._apply_update)
-        else:
+        elif cfg.outer.algo == "reptile":
             stats = reptile.update(self.model, self.params, rollouts, rates, cfg.outer)
+        else:
+            assert eps is not None
+            fitness = post.episode_returns.mean(1)  # [2N]: each perturbed theta's return
+            stats = es.update(self.params, eps, fitness, cfg.outer.es_sigma, self._apply_update)
         t_done = time.perf_counter()
 
         # 4. Bookkeeping.
@@ -476,7 +487,8 @@ class MetaTrainer:
             out[f"return/{tag}"] = batch.episode_returns.mean().item()
             out[f"success/{tag}"] = batch.success.mean().item()
             out[f"baseline/explained_variance_{tag}"] = rollouts.explained_variance[k].mean().item()
-        for key in ("outer_loss", "outer_kl", "clip_frac", "entropy", "loss", "kl_penalty"):
+        for key in ("outer_loss", "outer_kl", "clip_frac", "entropy", "loss", "kl_penalty",
+                    "es_fitness_mean", "es_fitness_std", "es_grad_norm"):
             if key in stats:
                 out[f"outer/{'kl' if key == 'kl_penalty' else key}"] = stats[key]
         return out
