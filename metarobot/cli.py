@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="return and success before/after adaptation",
                        description="Adapt a trained policy on held-out tasks; prints a table "
-                       "(mean ± 95%% CI over tasks) and saves JSON + PNG.")
+                       "(mean ± 95% CI over tasks) and saves JSON + PNG.")
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--adapt-steps", type=int, default=3, help="adaptation steps K")
