@@ -29,12 +29,20 @@ messages) weigh less with more envs per worker; the sweep shows by how much. The
 scheduling priority of the run (nice value, Linux autogroup) is recorded, as other jobs on
 the machine change the figures.
 
+With ``--scaling`` it measures a scaling curve instead: 1, 2, ... ``--workers`` workers
+(default: every core) at the first ``--envs-per-worker`` value, the workload sized to the
+slots (``--slot-episodes`` episodes per slot: tasks = slots x slot-episodes / episodes),
+and reports at each point the sampler's throughput, its ratio to the same workers' raw
+throughput, and its ratio to linear scaling from one worker (targets: >= 0.8 each).
+
 Usage::
 
     python -m bench.bench_sampler     # Reach, 10 tasks x 10 episodes, 2 workers x 10/25/50 envs
     python -m bench.bench_sampler --quick   # 2 rounds, 10 envs per worker only
+    python -m bench.bench_sampler --scaling --envs-per-worker 10 --rounds 2   # 1..cores workers
 
-Writes ``bench/results/sampler/bench_sampler.json`` and ``bench_sampler.png``.
+Writes ``bench/results/sampler/bench_sampler.json`` and ``bench_sampler.png``
+(``--scaling``: ``bench_sampler_scaling.json`` and ``.png``).
 """
 
 from __future__ import annotations
@@ -145,6 +153,52 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
             "sampler_over_raw_min_max": [min(ratios), max(ratios)]}
 
 
+def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The sampler at 1..``args.workers`` workers, the workload sized to the slots."""
+    envs = args.envs_per_worker[0]
+    points = []
+    for workers in range(1, args.workers + 1):
+        tasks = max(1, workers * envs * args.slot_episodes // args.episodes)
+        point_args = argparse.Namespace(**{**vars(args), "workers": workers, "tasks": tasks})
+        result = measure(point_args, envs)
+        result.update(workers=workers, tasks=tasks)
+        points.append(result)
+    one = points[0]["median"]["sampler_steps_per_s"]
+    for point in points:
+        rate = point["median"]["sampler_steps_per_s"]
+        point["over_linear"] = rate / (one * point["workers"])
+        print(f"{point['workers']:>3} workers x {envs} envs, {point['tasks']} tasks: "
+              f"{rate:8.0f} env steps/s, sampler/raw {point['median']['sampler_over_raw']:.3f},"
+              f" over linear {point['over_linear']:.3f}", flush=True)
+    return points
+
+
+def plot_scaling(points: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workers = [p["workers"] for p in points]
+    rate = [p["median"]["sampler_steps_per_s"] for p in points]
+    raw = [p["median"]["raw_steps_per_s"] for p in points]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot(workers, rate, "o-", label="sampler")
+    ax.plot(workers, raw, "s--", label="raw (same workers)")
+    ax.plot(workers, [rate[0] * w for w in workers], ":", label="linear from 1 worker")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("env steps / s")
+    ax.legend()
+    bx.plot(workers, [p["median"]["sampler_over_raw"] for p in points], "o-", label="sampler / raw")
+    bx.plot(workers, [p["over_linear"] for p in points], "s-", label="sampler / linear")
+    bx.axhline(TARGET_SAMPLER_OVER_RAW, color="grey", ls=":", label="target 0.8")
+    bx.set_ylim(0, 1.2)
+    bx.set_xlabel("workers")
+    bx.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
@@ -202,13 +256,20 @@ def main() -> None:
     parser.add_argument("--env", default="sim_envs/Reach-v0")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default 2; with --scaling: every core)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="measure 1..--workers workers, the workload sized to the slots")
+    parser.add_argument("--slot-episodes", type=int, default=2,
+                        help="with --scaling: episodes per slot per sample call")
     parser.add_argument("--envs-per-worker", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="2 rounds, first config only")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = (os.cpu_count() or 2) if args.scaling else 2
     if args.quick:
         args.rounds, args.envs_per_worker = 2, args.envs_per_worker[:1]
     if args.rounds < 1 or args.workers < 1 or min(args.envs_per_worker) < 1:
@@ -219,6 +280,22 @@ def main() -> None:
     info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_average_before"] = os.getloadavg()
     info["scheduling"] = scheduling()
+    if args.scaling:
+        points = scaling(args)
+        info["load_average_after"] = os.getloadavg()
+        args.out.mkdir(parents=True, exist_ok=True)
+        worst_raw = min(p["median"]["sampler_over_raw"] for p in points)
+        worst_linear = min(p["over_linear"] for p in points)
+        payload = {"machine": info, "config": {k: (str(v) if isinstance(v, Path) else v)
+                                               for k, v in vars(args).items()},
+                   "target": TARGET_SAMPLER_OVER_RAW, "min_sampler_over_raw": worst_raw,
+                   "min_over_linear": worst_linear, "points": points}
+        (args.out / "bench_sampler_scaling.json").write_text(json.dumps(payload, indent=2))
+        plot_scaling(points, args.out / "bench_sampler_scaling.png")
+        print(f"worst sampler/raw {worst_raw:.3f}, worst over linear {worst_linear:.3f} "
+              f"(targets >= {TARGET_SAMPLER_OVER_RAW}); wrote "
+              f"{args.out / 'bench_sampler_scaling.json'}")
+        return
     results = [measure(args, n) for n in args.envs_per_worker]
     info["load_average_after"] = os.getloadavg()
 
