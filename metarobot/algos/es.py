@@ -37,10 +37,7 @@ def perturb(params: Params, pairs: int, sigma: float, generator: torch.Generator
     theta = layout.flatten({k: v.detach() for k, v in params.items()})
     eps = torch.randn((pairs, layout.size), generator=generator,
                       device=generator.device).to(theta)
-    flat = torch.cat([theta + sigma * eps, theta - sigma * eps])
-    return eps, {name: flat[:, offset:offset + size].reshape(len(flat), *shape)
-                 for name, offset, size, shape
-                 in zip(layout.names, layout.offsets, layout.sizes, layout.shapes)}
+    return eps, layout.unflatten(torch.cat([theta + sigma * eps, theta - sigma * eps]))
 
 
 def centered_ranks(fitness: Tensor) -> Tensor:

@@ -192,8 +192,10 @@ class ParamLayout:
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
     def unflatten(self, flat: Tensor) -> Params:
-        """``[P] -> dict`` of views with the layout's shapes."""
-        return {n: flat[o:o + s].reshape(shape) for n, o, s, shape
+        """``[..., P] -> dict`` of ``[..., *shape]`` views with the layout's shapes (leading
+        dims kept: a stack of flat vectors gives stacked parameters)."""
+        lead = flat.shape[:-1]
+        return {n: flat[..., o:o + s].reshape(*lead, *shape) for n, o, s, shape
                 in zip(self.names, self.offsets, self.sizes, self.shapes)}
 
     def to_dict(self) -> dict[str, list]:
