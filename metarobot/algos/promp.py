@@ -8,7 +8,6 @@ pre-update policy from its sampling version. Then ProMP's adaptive ``eta``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from torch import Tensor
@@ -40,7 +39,6 @@ def update(model: GaussianMLPPolicy, params: Params, old_params: Params,
         ``(stats of the last epoch, eta for the next iteration)``.
     """
     pre, pre_advs = rollouts.batches[:-1], rollouts.advs[:-1]
-    inner_clip = inner.clip if inner.loss == "lvc" else math.inf
     stats: dict[str, float] = {}
     for epoch in range(outer.epochs):
         # Epoch 0: theta has not moved since sampling, so the adaptation computed then (and
@@ -48,7 +46,7 @@ def update(model: GaussianMLPPolicy, params: Params, old_params: Params,
         loss, stats = maml.meta_loss(
             model, params, old_params, pre, pre_advs, rollouts.batches[-1], post_adv, rates,
             num_steps=inner.steps, eta=eta, inner_loss=inner.loss,
-            first_order=inner.first_order, inner_clip=inner_clip, outer_clip=outer.clip,
+            first_order=inner.first_order, inner_clip=inner.loss_clip, outer_clip=outer.clip,
             adapted=rollouts.adapted if epoch == 0 else None)
         if not apply_step(loss):
             break

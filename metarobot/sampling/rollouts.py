@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,11 +49,10 @@ def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[Episode
     the rates of :func:`metarobot.core.inner.step_sizes` (Meta-SGD's learned ones when given,
     else ``inner.lr``; 0 for what ``inner.adapt`` leaves alone). ``stacked``: ``params``
     hold one set per task ``[M, ...]`` instead of one shared theta."""
-    clip = inner.clip if inner.loss == "lvc" else math.inf
     one_task = {k: v[0] for k, v in params.items()} if stacked else params
     rates = step_sizes(inner.adapt, inner.lr, one_task, meta_sgd_lr)
     return maml.adapt(model, params, batches, advs, rates, num_steps=len(batches),
-                      inner_loss=inner.loss, first_order=inner.first_order, clip=clip,
+                      inner_loss=inner.loss, first_order=inner.first_order, clip=inner.loss_clip,
                       stacked=stacked)
 
 

@@ -62,6 +62,11 @@ class InnerConfig:
     #: needs ``policy.context_dim`` > 0), the other rates are 0.
     adapt: InnerAdaptName = "all"
 
+    @property
+    def loss_clip(self) -> float:
+        """The clip the inner loss takes: ``clip`` for "lvc", inf for the losses without one."""
+        return self.clip if self.loss == "lvc" else math.inf
+
 
 @dataclass
 class OuterConfig:
