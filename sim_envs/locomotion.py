@@ -12,6 +12,11 @@ seeded generator (uniform over :data:`COMMAND_RANGES`), not per task: the task i
 robot must adapt to (its dynamics), the command is the operator's input and changes at
 will, so an adapted policy must follow any command on its task.
 ``env.reset(options={"command": (vx, vy, wz)})`` sets one instead (videos, tests).
+``command_sampling="task"`` draws one command per task instead (from the task's
+``terrain_seed``, same ranges): every episode of a task, before and after adaptation,
+follows the same command, as when an operator holds the stick while the robot adapts.
+It takes the command's variation out of the adaptation batch, so the inner step's
+advantages compare episodes that differ only by the policy's noise.
 
 **Task parameters** (:class:`LocomotionParams`, all hidden from the policy):
 
@@ -75,7 +80,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -86,6 +91,9 @@ from sim_envs.terrain import TERRAIN_TYPES
 
 #: Per-episode command ranges: forward and lateral speed (m/s), yaw rate (rad/s).
 COMMAND_RANGES = ((0.4, 1.0), (-0.2, 0.2), (-0.5, 0.5))
+#: ``command_sampling``: a new command every episode, or one per task.
+CommandSampling = Literal["episode", "task"]
+COMMAND_SAMPLINGS: tuple[CommandSampling, ...] = get_args(CommandSampling)
 #: Fraction of the commanded distance (|c_xy| x episode duration) that counts as success.
 SUCCESS_FRACTION = 0.5
 TRACKING_SIGMA = 0.15  # (m/s)^2 and (rad/s)^2
@@ -184,6 +192,14 @@ def held_out_factors(params: LocomotionParams) -> list[str]:
     return factors
 
 
+def task_command(params: LocomotionParams) -> np.ndarray:
+    """The command ``(vx, vy, wz)`` of a task under ``command_sampling="task"``: uniform over
+    :data:`COMMAND_RANGES`, drawn from the task's ``terrain_seed`` (a seed stream of its own,
+    so the terrain's random parts do not change it)."""
+    rng = np.random.default_rng([params.terrain_seed, 0xC0])
+    return np.array([rng.uniform(lo, hi) for lo, hi in COMMAND_RANGES])
+
+
 class LocomotionFamily(TaskFamily):
     """A1 tasks: terrain, friction, payload and its offset, motor strength, a damaged leg."""
 
@@ -242,10 +258,21 @@ class LocomotionEnv(LeggedEnv):
         task: initial task (default: the first train task of seed 0).
         render_mode: ``None`` or ``"rgb_array"`` (camera follows the robot).
         gait_generator: add the action to a trot in place (:mod:`sim_envs.legged`).
+        command_sampling: ``"episode"`` (a new command every episode) or ``"task"`` (one
+            command per task, drawn from its ``terrain_seed``); see the module docstring.
     """
 
     family_type = LocomotionFamily
     task_obs_size = 3
+
+    def __init__(self, task: Task | None = None, render_mode: str | None = None,
+                 gait_generator: bool = False,
+                 command_sampling: CommandSampling = "episode") -> None:
+        if command_sampling not in COMMAND_SAMPLINGS:
+            raise ValueError(f"command_sampling must be one of {list(COMMAND_SAMPLINGS)}, "
+                             f"got {command_sampling!r}")
+        self.command_sampling = command_sampling
+        super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
 
     def dynamics_of(self, task: Task) -> Dynamics:
         return task.params.dynamics()  # type: ignore[attr-defined]
@@ -270,6 +297,8 @@ class LocomotionEnv(LeggedEnv):
     def _start_episode(self) -> None:
         if self._fixed_command is not None:
             self._command = self._fixed_command.copy()
+        elif self.command_sampling == "task":
+            self._command = task_command(self.get_task().params)  # type: ignore[arg-type]
         else:
             self._command = np.array([self.np_random.uniform(lo, hi)
                                       for lo, hi in COMMAND_RANGES])

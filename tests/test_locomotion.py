@@ -34,6 +34,7 @@ from sim_envs.locomotion import (
     LocomotionFamily,
     LocomotionParams,
     held_out_factors,
+    task_command,
 )
 from sim_envs.robots.a1 import ACTION_SCALE, STANDING_POSE, TRUNK_MASS
 from sim_envs.terrain import (
@@ -298,6 +299,26 @@ def test_commands_are_drawn_per_episode_in_range_and_observed(env):
     assert np.allclose(env.command, (0.5, 0.1, -0.2))
     with pytest.raises(ValueError, match="command"):
         env.reset(options={"command": (0.5, float("nan"), 0.0)})
+
+
+def test_command_sampling_task_holds_one_command_per_task():
+    env = LocomotionEnv(command_sampling="task")
+    try:
+        first, second = (make_task(env.family, terrain_seed=s) for s in (11, 12))
+        env.set_task(first)
+        commands = [env.reset(seed=seed)[0][45:48] for seed in range(5)]
+        assert all(np.array_equal(c, commands[0]) for c in commands)  # every episode
+        assert np.allclose(commands[0], task_command(first.params))
+        for k, (lo, hi) in enumerate(COMMAND_RANGES):
+            assert lo <= commands[0][k] <= hi
+        env.set_task(second)
+        assert not np.allclose(env.reset(seed=0)[0][45:48], commands[0])  # another task
+        env.reset(seed=0, options={"command": (0.5, 0.0, 0.0)})  # an explicit one wins
+        assert np.allclose(env.command, (0.5, 0.0, 0.0))
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="command_sampling"):
+        LocomotionEnv(command_sampling="step")
 
 
 def test_feet_air_time_pays_at_touchdown_only_when_walking_is_commanded(env):

@@ -31,7 +31,8 @@ def tiny_config(*extra: str):
 
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
-                                  "locomotion", "locomotion-cpu", "locomotion-context-cpu", "walk",
+                                  "locomotion", "locomotion-cpu", "locomotion-context-cpu",
+                                  "locomotion-context-taskcmd-cpu", "walk",
                                   "walk-cpu", "walk-context-cpu"])
 def test_shipped_configs_load(name):
     cfg = api.resolve_config(name)
