@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -202,3 +203,35 @@ def test_a_lost_run_dir_continues_from_the_latest_saved_stage_beside_the_results
     fresh = tmp_path / "runs" / "seed1"
     results.restore_run_dir(fresh, seed_out, 40)
     assert not (fresh / results.CHECKPOINT_NAME).exists()
+
+
+def test_learners_table_reads_each_learner_and_the_baseline(tmp_path):
+    from bench import learners
+
+    meta = tmp_path / "meta"
+    shutil.copytree(REACH_SEED0, meta / "reach" / "seed0")
+    other = tmp_path / "meta_es"
+    shutil.copytree(REACH_SEED0, other / "reach" / "seed0")
+    stage = 60
+    # The second learner's returns shifted by +5: the table must show exactly that.
+    path = other / "reach" / "seed0" / f"meta_it{stage:05d}.json"
+    record = json.loads(path.read_text())
+    record["evaluation"]["returns"] = (np.asarray(record["evaluation"]["returns"]) + 5).tolist()
+    path.write_text(json.dumps(record))
+
+    learners.main(["--family", "reach", "--seeds", "0", "--out", str(tmp_path / "out"),
+                   "--learner", f"A={meta}:{stage}", "--learner", f"B={other}:{stage}",
+                   "--baseline", "A"])
+
+    rows = json.loads((tmp_path / "out" / "reach.json").read_text())["rows"]
+    assert [r["learner"] for r in rows] == ["A", "multi-task PPO", "B"]
+    a, base, b = rows
+    for k in range(4):
+        assert b["return"][k][0] == pytest.approx(a["return"][k][0] + 5)
+        assert b["return"][k][1] == pytest.approx(a["return"][k][1])
+    assert base["env_steps"] > 0 and a["env_steps"] == 600_000
+    assert (tmp_path / "out" / "reach.png").stat().st_size > 0
+    assert "| B | 1 | 600,000 |" in (tmp_path / "out" / "reach.md").read_text()
+    with pytest.raises(SystemExit, match="no results"):
+        learners.main(["--family", "reach", "--seeds", "0", "--out", str(tmp_path / "x"),
+                       "--learner", f"C={tmp_path / 'missing'}:{stage}"])
