@@ -89,6 +89,12 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
+    if cfg.inner.loss == "dynamics":
+        # The bundle's adapt graph and the device runtime are the "lvc" step: no dynamics
+        # model, no next observations. Refused before anything is written.
+        raise ValueError("inner.loss: dynamics is not exportable yet: the bundle's adapt "
+                         "graph (and the device runtime) is the 'lvc' policy-gradient step, "
+                         "with no dynamics model or next observations")
     obs_space, act_space = env_spaces(cfg.family, cfg.env_kwargs)
     # The bundle's baseline is the device's (deploy.advantages), the one the trainer's
     # inner step uses too: export_bundle records it.

@@ -57,15 +57,17 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.hidden": ("widths", None),
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
+    "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "meta_batch.tasks": _int(1),
     "meta_batch.episodes": _int(1),
     "inner.steps": _int(1),
     "inner.lr": _float(lambda v: 0 < v < INF),
-    "inner.loss": _choice("lvc", "dice", "vpg"),
+    "inner.loss": _choice("lvc", "dice", "vpg", "dynamics"),  # dynamics: see below
     "inner.first_order": ("bool", None),
     "inner.meta_sgd": ("bool", None),
     "inner.clip": _float(lambda v: v > 0),
     "inner.adapt": _choice("all", "context"),  # context: with policy.context_dim >= 1
+    "inner.dynamics_coef": _float(lambda v: 0 <= v < INF),
     "outer.algo": _choice("ppo", "reptile", "es"),
     "outer.lr": _float(lambda v: 0 < v < INF),
     "outer.epochs": _int(1),
@@ -150,6 +152,9 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
     allowed, converted = expected_value(kind, ok, value)
     if key == "inner.adapt" and value == "context":
         allowed = False  # it needs policy.context_dim >= 1, and base() has 0
+    if (key == "inner.loss" and value == "dynamics") or (
+            key == "policy.dynamics_hidden" and allowed and value):
+        allowed = False  # the dynamics loss and its model need each other and a context
     data = with_key(base(), key, value)
     if allowed:
         cfg = config_from_dict(data)

@@ -32,7 +32,8 @@ def tiny_config(*extra: str):
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
                                   "locomotion", "locomotion-cpu", "locomotion-context-cpu",
-                                  "locomotion-context-taskcmd-cpu", "walk",
+                                  "locomotion-context-taskcmd-cpu", "locomotion-dyn-cpu",
+                                  "walk",
                                   "walk-cpu", "walk-context-cpu"])
 def test_shipped_configs_load(name):
     cfg = api.resolve_config(name)

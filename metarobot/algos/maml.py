@@ -20,8 +20,11 @@ steps on one batch, first order.
 
 Inner steps (``adapt``) are :func:`metarobot.core.inner.inner_step` (what the device runs),
 ``theta' = theta - lr * grad L(theta)``, with ``L`` one of the inner objectives of
-:data:`metarobot.core.inner.INNER_LOSS_FUNCTIONS` (``"lvc"``, ``"vpg"``, ``"dice"``; defined and
-explained in :mod:`metarobot.core.inner`).
+:data:`metarobot.core.inner.INNER_LOSS_FUNCTIONS` (``"lvc"``, ``"vpg"``, ``"dice"``,
+``"dynamics"``; defined and explained in :mod:`metarobot.core.inner`). With ``"dynamics"``
+the outer loss also has ``dynamics_coef`` times the dynamics model's loss on the
+post-update data at the adapted context (:func:`task_dynamics_losses`): the model's direct
+training signal, besides the second-order path through the inner step.
 
 Parameters across tasks are "stacked": each tensor has a leading task dim ``M``.
 Shapes follow :class:`metarobot.core.batch.EpisodeBatch` (``[M, E, T, ...]``); ``adv`` tensors
@@ -75,7 +78,7 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
             does), otherwise there must be exactly ``num_steps``.
         inner_lr: scalar, or a dict of per-parameter learning rates (Meta-SGD).
         num_steps: K >= 1.
-        inner_loss: "lvc", "vpg" or "dice" (see module docstring).
+        inner_loss: "lvc", "vpg", "dice" or "dynamics" (see module docstring).
         first_order: FOMAML, the inner gradients are constants to outer differentiation.
         clip: likelihood-ratio clip of the "lvc" surrogate (inf = none).
         stacked: ``params`` are already one set per task, ``[M, ...]`` (ES-MAML's
@@ -150,6 +153,16 @@ def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: Epi
     return loss, stats
 
 
+def task_dynamics_losses(model: GaussianMLPPolicy, task_params: Params,
+                         batch: EpisodeBatch) -> Tensor:
+    """The dynamics loss (:func:`metarobot.core.inner.dynamics_loss`) of each task ``[M]``
+    on ``batch``, with parameters stacked ``[M, ...]`` (differentiable)."""
+    data = batch_to_inner(batch, torch.zeros_like(batch.rew))  # it reads no advantages
+    horizon = batch.obs.shape[2]
+    losses, _ = vmap(lambda p, b: inner.dynamics_loss(model, p, b, horizon))(task_params, data)
+    return losses
+
+
 def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
     """Closed-form ``KL(p || q)`` of diagonal Gaussians, summed over the last dim."""
     var_p, var_q = torch.exp(2.0 * log_std_p), torch.exp(2.0 * log_std_q)
@@ -186,8 +199,10 @@ def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
               num_steps: int, eta: float, inner_loss: InnerLossName = "lvc",
               first_order: bool = False, inner_clip: float = math.inf,
               outer_clip: float = 0.3, adapted: Params | None = None,
-              ) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one outer Adam step: ``outer_loss(adapt(theta)) + eta * kl_penalty``.
+              dynamics_coef: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    """The loss of one outer Adam step: ``outer_loss(adapt(theta)) + eta * kl_penalty``,
+    plus ``dynamics_coef * dynamics loss(adapt(theta), post_batch)`` with the "dynamics"
+    inner loss (:func:`task_dynamics_losses`, mean over tasks).
 
     Arguments are those of :func:`adapt`, :func:`outer_loss` and :func:`kl_penalty` (the
     penalty is measured on ``pre_batches[0]``, the data sampled with ``old_params``).
@@ -197,9 +212,10 @@ def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
 
     Returns:
         ``(scalar loss, stats)``: stats are :func:`outer_loss`'s plus ``loss``,
-        ``kl_penalty``, ``eta`` and ``inner_loss_k`` / ``inner_kl_k`` (mean over tasks) for
-        each inner step ``k``. ``inner_kl_0`` is 0 while ``params == old_params`` (the
-        first step's ratio is 1 there).
+        ``kl_penalty``, ``eta``, ``inner_loss_k`` / ``inner_kl_k`` (mean over tasks) for
+        each inner step ``k`` and, with the "dynamics" inner loss, ``dynamics_loss`` (the
+        post-update data's, before the coefficient). ``inner_kl_0`` is 0 while
+        ``params == old_params`` (the first step's ratio is 1 there).
     """
     inner_stats: dict[str, float] = {}
     if adapted is None:
@@ -212,5 +228,9 @@ def meta_loss(model: GaussianMLPPolicy, params: Params, old_params: Params,
     outer, stats = outer_loss(model, adapted, post_batch, post_adv, outer_clip)
     kl = kl_penalty(model, params, old_params, pre_batches[0])
     loss = outer + eta * kl
+    if inner_loss == "dynamics":
+        dynamics = task_dynamics_losses(model, adapted, post_batch).mean()
+        stats["dynamics_loss"] = dynamics.item()
+        loss = loss + dynamics_coef * dynamics
     stats.update(loss=loss.item(), kl_penalty=kl.item(), eta=float(eta), **inner_stats)
     return loss, stats

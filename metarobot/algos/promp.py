@@ -3,7 +3,8 @@
 ``outer.epochs`` Adam steps on the same data (no resampling), each on
 :func:`metarobot.algos.maml.meta_loss`, the objective the finite-difference tests check:
 PPO-clip of the adapted policies on the post-update data plus ``eta`` times the KL of the
-pre-update policy from its sampling version. Then ProMP's adaptive ``eta``.
+pre-update policy from its sampling version (and, with ``inner.loss: dynamics``,
+``inner.dynamics_coef`` times the dynamics model's loss). Then ProMP's adaptive ``eta``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def update(model: GaussianMLPPolicy, params: Params, old_params: Params,
             model, params, old_params, pre, pre_advs, rollouts.batches[-1], post_adv, rates,
             num_steps=inner.steps, eta=eta, inner_loss=inner.loss,
             first_order=inner.first_order, inner_clip=inner.loss_clip, outer_clip=outer.clip,
-            adapted=rollouts.adapted if epoch == 0 else None)
+            adapted=rollouts.adapted if epoch == 0 else None,
+            dynamics_coef=inner.dynamics_coef)
         if not apply_step(loss):
             break
     if outer.adaptive_eta and "kl_penalty" in stats:

@@ -17,7 +17,12 @@ weights transitions. The others, for the trainer only (the adapt graph is LVC):
 * ``"vpg"``: ``-mean(log pi * A)`` (MAML's original surrogate, no sampling term);
 * ``"dice"``: DiCE, ``-mean(exp(sum_{t'<=t} (log pi - old_logp)) * A_t)`` per trajectory;
   the stored ``old_logp`` plays the magic box's stop-gradient, so every derivative order
-  is DiCE's at the sampling parameters.
+  is DiCE's at the sampling parameters;
+* ``"dynamics"``: self-supervised, no rewards: the squared error of the policy's dynamics
+  model predicting each transition's change of (normalised) observation from the
+  observation, the action and the context (:func:`dynamics_loss`). Rewards are a noisy,
+  indirect signal of a task's dynamics; the robot's own transitions are a direct one.
+  Used with ``inner.adapt: context`` (CAVIA with a self-supervised inner objective).
 
 Each returns ``(loss, approx_kl)`` with the one approximate-KL estimator :func:`approx_kl`.
 
@@ -39,10 +44,16 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, Params, log_prob
+from metarobot.core.policy import (
+    GaussianMLPPolicy,
+    ParamLayout,
+    Params,
+    dynamics_forward,
+    log_prob,
+)
 
 #: ``inner.loss``: the inner objectives of :data:`INNER_LOSS_FUNCTIONS`.
-InnerLossName = Literal["lvc", "dice", "vpg"]
+InnerLossName = Literal["lvc", "dice", "vpg", "dynamics"]
 INNER_LOSSES: tuple[InnerLossName, ...] = get_args(InnerLossName)
 #: ``inner.adapt``: which parameters the inner step changes (:func:`adapted_names`).
 InnerAdaptName = Literal["all", "context"]
@@ -104,6 +115,36 @@ def dice_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horiz
     return loss, approx_kl(log_ratio, batch.weight)
 
 
+def transition_weights(weight: Tensor, horizon: int) -> Tensor:
+    """The weight ``[N]`` of each step's transition to the next step of its episode:
+    ``w_t * w_{t+1}`` within an episode of the flattened ``[E * horizon]`` batch, 0 on
+    each episode's last row (its successor is the next episode's first step) and wherever
+    either step is padding (so the last real step of an episode has none)."""
+    w = weight.reshape(-1, horizon)
+    return torch.cat([w[:, :-1] * w[:, 1:], torch.zeros_like(w[:, :1])], -1).reshape(-1)
+
+
+def dynamics_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horizon: int,
+                  ) -> tuple[Tensor, Tensor]:
+    """One task's dynamics-prediction loss and the policy's approx KL; ``batch`` is ``E``
+    episodes of ``horizon`` steps flattened (``N = E * horizon``).
+
+    ``sum_t v_t * mean_o (f(s_t, a_t, c) - (s_{t+1} - s_t))_o^2 / sum_t v_t`` over the
+    transitions of :func:`transition_weights` (``v``), with ``s`` the policy's normalised
+    observations and ``f`` :func:`metarobot.core.policy.dynamics_forward`. The KL is the
+    policy's (its context moves), as for the other losses.
+    """
+    norm = model.normalize(batch.obs).reshape(-1, horizon, model.obs_dim)
+    target = torch.cat([norm[:, 1:] - norm[:, :-1], torch.zeros_like(norm[:, :1])], 1)
+    valid = transition_weights(batch.weight, horizon)
+    pred = dynamics_forward(model, params, batch.obs, batch.act)
+    error = (pred - target.reshape(-1, model.obs_dim)).pow(2).mean(-1)
+    # Clamped: a batch of one-step episodes has no transition (loss 0, not 0/0).
+    loss = (valid * error).sum() / valid.sum().clamp_min(1e-12)
+    logp = log_prob(model, params, batch.obs, batch.act)
+    return loss, approx_kl(logp - batch.old_logp, batch.weight)
+
+
 class InnerLossFunction(Protocol):
     """One task's inner objective: ``(model, params, batch, clip, horizon) -> (loss,
     approx_kl)``. ``clip`` is the "lvc" ratio clip (inf: none); ``horizon`` the episode
@@ -119,6 +160,8 @@ INNER_LOSS_FUNCTIONS: dict[InnerLossName, InnerLossFunction] = {
     "dice": lambda model, params, batch, clip, horizon: dice_loss(model, params, batch,
                                                                  horizon),
     "vpg": lambda model, params, batch, clip, horizon: vpg_loss(model, params, batch),
+    "dynamics": lambda model, params, batch, clip, horizon: dynamics_loss(model, params, batch,
+                                                                         horizon),
 }
 assert set(INNER_LOSS_FUNCTIONS) == set(INNER_LOSSES)
 
@@ -165,7 +208,7 @@ def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
         first_order: drop the second-order terms (FOMAML): the gradient is treated as a
             constant by any outer differentiation.
         loss_fn: another inner objective ``params -> (loss, approx_kl)`` (the trainer's
-            "vpg" and "dice" options); default :func:`inner_loss` on ``batch`` with ``clip``.
+            other options); default :func:`inner_loss` on ``batch`` with ``clip``.
     """
     if loss_fn is None:
         loss_fn = partial(inner_loss, model, batch=batch, clip=clip)

@@ -38,16 +38,24 @@ class GaussianMLPPolicy(nn.Module):
     first layer (CAVIA, Zintgraf et al. 2019). An inner step that changes only the context
     (``inner.adapt: context``) adapts C numbers, through directions the outer loop learns.
 
+    With ``dynamics_hidden`` (needs a context) it also holds a small dynamics model
+    ``dyn``: a tanh MLP ``(normalised obs, action, context) -> normalised next obs -
+    normalised obs`` (:func:`dynamics_forward`), the model of the self-supervised inner
+    loss ``inner.loss: dynamics``. It is part of theta (the outer loop trains it) and
+    shares the policy's context; the policy's outputs never read it.
+
     Args:
         obs_dim: observation size O.
         act_dim: action size A.
         hidden: hidden layer widths (default two layers of 64).
         init_log_std: initial log standard deviation of every action dimension.
         context_dim: size C of the adaptable context input (0: none).
+        dynamics_hidden: hidden widths of the dynamics model (empty: no model).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64),
-                 init_log_std: float = 0.0, context_dim: int = 0) -> None:
+                 init_log_std: float = 0.0, context_dim: int = 0,
+                 dynamics_hidden: Sequence[int] = ()) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(hidden)
         self.context_dim = int(context_dim)
@@ -67,6 +75,19 @@ class GaussianMLPPolicy(nn.Module):
             self.context = nn.Parameter(torch.zeros(self.context_dim))
         self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
         self.register_buffer("obs_var", torch.ones(self.obs_dim))
+        self.dynamics_hidden = tuple(dynamics_hidden)
+        if self.dynamics_hidden:
+            # Built last, so a policy without it draws the same initial weights as before.
+            if not self.context_dim:
+                raise ValueError("a dynamics model needs a context input (context_dim > 0)")
+            dyn: list[nn.Module] = []
+            width = self.obs_dim + self.act_dim + self.context_dim
+            for h in self.dynamics_hidden:
+                dyn += [nn.Linear(width, h), nn.Tanh()]
+                width = h
+            # The default (not a small) last layer: the context's gradient flows through it.
+            dyn.append(nn.Linear(width, self.obs_dim))
+            self.dyn = nn.Sequential(*dyn)
 
     def normalize(self, obs: Tensor) -> Tensor:
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
@@ -135,6 +156,29 @@ def rows_policy_forward(model: GaussianMLPPolicy, params: Params, obs: Tensor,
     mean = x if index is None else x.squeeze(1)
     log_std = params["log_std"] if index is None else params["log_std"].index_select(0, index)
     return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
+
+
+def dynamics_forward(model: GaussianMLPPolicy, params: Params, obs: Tensor, act: Tensor,
+                     ) -> Tensor:
+    """The dynamics model's predicted change of the normalised observation, ``[N, O]``, for
+    raw observations ``[N, O]`` and actions ``[N, A]``, with ``params``' context ``[C]``.
+
+    Normalised observations (the policy's normaliser): every dimension of the target is on
+    the same scale, so no dimension dominates the squared error.
+    """
+    if not model.dynamics_hidden:
+        raise ValueError("this policy has no dynamics model (policy.dynamics_hidden is empty)")
+    x = model.normalize(obs)
+    context = params["context"].expand(*x.shape[:-1], model.context_dim)
+    x = torch.cat([x, act, context], -1)
+    for name, layer in model.dyn.named_children():
+        if isinstance(layer, nn.Linear):
+            x = nn.functional.linear(x, params[f"dyn.{name}.weight"], params[f"dyn.{name}.bias"])
+        elif isinstance(layer, nn.Tanh):
+            x = torch.tanh(x)
+        else:
+            raise TypeError(f"dynamics_forward does not know the layer {layer!r}")
+    return x
 
 
 def gaussian_log_prob(mean: Tensor, log_std: Tensor, act: Tensor) -> Tensor:

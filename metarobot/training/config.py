@@ -42,6 +42,8 @@ class PolicyConfig:
     init_log_std: float = 0.0
     #: Size of the policy's context input (CAVIA), adapted alone by ``inner.adapt: context``.
     context_dim: int = 0
+    #: Hidden widths of the dynamics model of ``inner.loss: dynamics`` (empty: none).
+    dynamics_hidden: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -54,13 +56,20 @@ class MetaBatchConfig:
 class InnerConfig:
     steps: int = 1  #: inner policy-gradient steps (K)
     lr: float = 0.1
-    loss: InnerLossName = "lvc"  #: "lvc" (ProMP), "dice" or "vpg" (plain log pi * A)
+    #: "lvc" (ProMP), "dice", "vpg" (plain log pi * A) or "dynamics" (self-supervised:
+    #: the dynamics model's prediction error; with ``adapt: context``,
+    #: ``policy.dynamics_hidden`` and ``outer.algo: ppo``)
+    loss: InnerLossName = "lvc"
     first_order: bool = False  #: FOMAML: drop second-order terms
     meta_sgd: bool = False  #: learn one inner learning rate per parameter
     clip: float = math.inf  #: likelihood-ratio clip of the inner surrogate (inf = none)
     #: "all": every policy parameter; "context": only the policy's context input (CAVIA;
     #: needs ``policy.context_dim`` > 0), the other rates are 0.
     adapt: InnerAdaptName = "all"
+    #: ``inner.loss: dynamics``: the weight of the dynamics model's loss on the post-update
+    #: data (at the adapted context) in the outer objective, the model's direct training
+    #: signal (0: it learns only through the second-order path).
+    dynamics_coef: float = 1.0
 
     @property
     def loss_clip(self) -> float:
@@ -146,6 +155,10 @@ class TrainConfig:
 
         p, mb, inner, outer = self.policy, self.meta_batch, self.inner, self.outer
         adv, smp = self.advantages, self.sampler
+        # The dynamics loss adapts the context through the model, which the PPO outer
+        # objective trains (its dynamics_coef term and the second-order path).
+        dynamics_ok = (inner.adapt == "context" and p.context_dim >= 1
+                       and bool(p.dynamics_hidden) and outer.algo == "ppo")
         eta_ok = math.isfinite(outer.eta) and (
             outer.eta > 0 if outer.adaptive_eta else outer.eta >= 0)
         return [
@@ -165,15 +178,26 @@ class TrainConfig:
              LOG_STD_MIN <= p.init_log_std <= LOG_STD_MAX,
              f"a number in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the policy's log-std clamp)"),
             ("policy.context_dim", p.context_dim, p.context_dim >= 0, "an integer >= 0"),
+            ("policy.dynamics_hidden", p.dynamics_hidden,
+             all(h >= 1 for h in p.dynamics_hidden) and (
+                 not p.dynamics_hidden or inner.loss == "dynamics"),
+             "a list of layer widths, each an integer >= 1; not empty only with "
+             "inner.loss: dynamics (the model's only use)"),
             ("meta_batch.tasks", mb.tasks, mb.tasks >= 1, "an integer >= 1"),
             ("meta_batch.episodes", mb.episodes, mb.episodes >= 1, "an integer >= 1"),
             ("inner.steps", inner.steps, inner.steps >= 1, "an integer >= 1"),
             ("inner.lr", inner.lr, _positive(inner.lr), "a finite number > 0"),
-            ("inner.loss", inner.loss, inner.loss in INNER_LOSSES, f"one of {list(INNER_LOSSES)}"),
+            ("inner.loss", inner.loss, inner.loss in INNER_LOSSES and (
+                inner.loss != "dynamics" or dynamics_ok),
+             f"one of {list(INNER_LOSSES)} ('dynamics' needs inner.adapt: context, "
+             "policy.context_dim >= 1, a model in policy.dynamics_hidden and outer.algo: "
+             "ppo)"),
             ("inner.adapt", inner.adapt, inner.adapt == "all" or (
                 inner.adapt == "context" and p.context_dim >= 1),
              f"one of {list(INNER_ADAPTS)} ('context' needs policy.context_dim >= 1)"),
             ("inner.clip", inner.clip, inner.clip > 0, "a number > 0 (inf: no clipping)"),
+            ("inner.dynamics_coef", inner.dynamics_coef, 0 <= inner.dynamics_coef < math.inf,
+             "a finite number >= 0"),
             ("outer.algo", outer.algo, outer.algo in OUTER_ALGOS, f"one of {list(OUTER_ALGOS)}"),
             ("outer.lr", outer.lr, _positive(outer.lr), "a finite number > 0"),
             ("outer.epochs", outer.epochs, outer.epochs >= 1, "an integer >= 1"),

@@ -55,7 +55,8 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     config = config_from_dict(state.config)
     model = GaussianMLPPolicy(state.model.obs_dim, state.model.act_dim,
                               config.policy.hidden, config.policy.init_log_std,
-                              config.policy.context_dim).to(device)
+                              config.policy.context_dim,
+                              config.policy.dynamics_hidden).to(device)
     norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
     params = {k: v.to(device) for k, v in state.model.params.items()}

@@ -214,7 +214,8 @@ class MetaTrainer:
         self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
         self.model = GaussianMLPPolicy(self.obs_dim, self.act_dim, config.policy.hidden,
                                        config.policy.init_log_std,
-                                       config.policy.context_dim).to(self.device)
+                                       config.policy.context_dim,
+                                       config.policy.dynamics_hidden).to(self.device)
         self.params: Params = self.model.init_params()  # leaves, on the model's device
         # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
@@ -433,6 +434,8 @@ class MetaTrainer:
         scalars = self._iteration_scalars(rollouts, stats)
         scalars["inner/adaptation_kl_mean"] = adaptation_kl.mean().item()
         scalars["inner/adaptation_kl_max"] = adaptation_kl.max().item()
+        if cfg.inner.loss == "dynamics":
+            scalars.update(self._dynamics_losses(rollouts, old_params))
         scalars.update({"time/sampling": t_sampled - t_start,
                         "time/value_baseline": t_scored - t_sampled,
                         "time/outer_update": t_done - t_scored,
@@ -453,6 +456,21 @@ class MetaTrainer:
                 lambda p, b: inner_loss(self.model, p, b, math.inf))(adapted, pre_inner)
         self.recent_adaptation_kl = (self.recent_adaptation_kl + [kl.max().item()])[-20:]
         return kl
+
+    def _dynamics_losses(self, rollouts: AdaptationRollouts, theta: Params,
+                         ) -> dict[str, float]:
+        """``inner.loss: dynamics``: the dynamics loss on the first adaptation batch at
+        ``theta`` (the parameters that sampled it; ``inner/dynamics_loss_pre``) and at
+        the adapted context (``inner/dynamics_loss_post``), means over tasks: how much
+        the inner step fits the model to the task (the step descends this loss, so post
+        < pre unless the rate is too large)."""
+        batch, num_tasks = rollouts.batches[0], rollouts.batches[0].obs.shape[0]
+        with torch.no_grad():
+            stacked = {k: v.detach().expand(num_tasks, *v.shape) for k, v in theta.items()}
+            adapted = {k: v.detach() for k, v in rollouts.adapted.items()}
+            pre = maml.task_dynamics_losses(self.model, stacked, batch).mean().item()
+            post = maml.task_dynamics_losses(self.model, adapted, batch).mean().item()
+        return {"inner/dynamics_loss_pre": pre, "inner/dynamics_loss_post": post}
 
     def _apply_update(self, loss: torch.Tensor) -> bool:
         """Backward and Adam step; skip (and count) if loss or gradients are non-finite."""
@@ -488,7 +506,7 @@ class MetaTrainer:
             out[f"success/{tag}"] = batch.success.mean().item()
             out[f"baseline/explained_variance_{tag}"] = rollouts.explained_variance[k].mean().item()
         for key in ("outer_loss", "outer_kl", "clip_frac", "entropy", "loss", "kl_penalty",
-                    "es_fitness_mean", "es_fitness_std", "es_grad_norm"):
+                    "dynamics_loss", "es_fitness_mean", "es_fitness_std", "es_grad_norm"):
             if key in stats:
                 out[f"outer/{'kl' if key == 'kl_penalty' else key}"] = stats[key]
         return out
