@@ -76,7 +76,7 @@ def pack_trials(batch: EpisodeBatch) -> PackedTrials:
     def previous(x: Tensor) -> Tensor:
         return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
 
-    prev_done = previous(first) * mask_p
+    prev_done = torch.cat([torch.zeros_like(first[:, :1]), first[:, 1:]], 1) * mask_p
     inputs = TrialInputs(take(batch.obs), previous(act) * mask_p[..., None],
                          previous(rew) * mask_p, prev_done, mask_p)
     episode_p = torch.where(mask_p > 0, take(episode), torch.full_like(mask_p, -1).long())

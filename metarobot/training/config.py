@@ -171,8 +171,10 @@ class TrainConfig:
              "an integer >= 1"),
             ("max_nonfinite_updates", self.max_nonfinite_updates,
              self.max_nonfinite_updates >= 0, "an integer >= 0"),
-            ("policy.hidden", p.hidden, all(h >= 1 for h in p.hidden),
-             "a list of layer widths, each an integer >= 1"),
+            ("policy.hidden", p.hidden, all(h >= 1 for h in p.hidden) and (
+                p.kind != "gru" or len(p.hidden) >= 1),
+             "a list of layer widths, each an integer >= 1 (with policy.kind: gru at least "
+             "one: the last is the GRU's width)"),
             ("policy.init_log_std", p.init_log_std,
              LOG_STD_MIN <= p.init_log_std <= LOG_STD_MAX,
              f"a number in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the policy's log-std clamp)"),
