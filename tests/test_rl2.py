@@ -88,7 +88,7 @@ def test_truncated_bptt_equals_full_bptt_when_it_covers_the_trial():
     h0 = model.initial_state(4).double()
     full = grads(lambda: _reference_full_bptt(model, params, inputs))
     for tbptt in (length, length + 5, None):
-        got = grads(lambda: recurrent_sequence(model, params, inputs, h0, tbptt)[:2])
+        got = grads(lambda k=tbptt: recurrent_sequence(model, params, inputs, h0, k)[:2])
         for name, a, b in zip(params, got, full):
             assert (a - b).abs().max() < 1e-6, (tbptt, name)
     short = grads(lambda: recurrent_sequence(model, params, inputs, h0, 3)[:2])
