@@ -213,3 +213,103 @@ def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path):
     assert all(math.isfinite(x) for x in result.returns.ravel())
     # Each column is its own block of episodes of the one trial: they differ.
     assert len({round(float(x), 6) for x in result.returns[:, 0]}) == 3
+
+
+# ----------------------------------------------------------------------------- export
+def _export_random_gru(tmp_path, hidden=(32, 24)):
+    import gymnasium
+
+    from metarobot.export.bundle import export_bundle
+
+    env = gymnasium.make("sim_envs/Reach-v0")
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    torch.manual_seed(2)
+    model = GaussianGRUPolicy(obs_space.shape[0], act_space.shape[0], hidden=hidden,
+                              init_log_std=-0.5)
+    model.set_normalizer(0.1 * torch.randn(model.obs_dim), 0.5 + torch.rand(model.obs_dim))
+    params = {k: (v + 0.3 * torch.randn_like(v)).detach() for k, v in
+              model.init_params().items()}
+    path = export_bundle(model, params, tmp_path / "bundle", family="reach",
+                         env_id="sim_envs/Reach-v0", observation_space=obs_space,
+                         action_space=act_space, inner_config=None)
+    return model, params, path
+
+
+def test_exported_recurrent_policy_follows_torch_over_a_whole_trial(tmp_path):
+    """A memory bundle run by deploy's RecurrentPolicy (numpy + onnxruntime) acts as the
+    torch policy over a trial of 3 episodes of 8 steps, its state carried across them:
+    actions and the final state within 1e-5."""
+    from deploy.bundle import load_bundle
+    from deploy.recurrent import RecurrentPolicy
+    from metarobot.core.recurrent import recurrent_step
+
+    model, params, path = _export_random_gru(tmp_path)
+    bundle = load_bundle(path, family="reach")
+    assert bundle.adaptation == "memory" and bundle.adapt_files == {}
+    assert bundle.spec.recurrent.hidden_size == 24
+    policy = RecurrentPolicy.load(path, family="reach")
+    g = torch.Generator().manual_seed(5)
+    low, high = torch.from_numpy(bundle.act_low), torch.from_numpy(bundle.act_high)
+    h = model.initial_state(1)
+    prev_act, prev_rew, prev_done = torch.zeros(1, model.act_dim), torch.zeros(1), torch.zeros(1)
+    worst = 0.0
+    for _episode in range(3):
+        for t in range(8):
+            obs = torch.randn(1, model.obs_dim, generator=g)
+            reward = float(torch.randn((), generator=g))
+            with torch.no_grad():
+                mean, _, h = recurrent_step(model, params, obs, prev_act, prev_rew, prev_done, h)
+            action = policy.act(obs[0].numpy(), deterministic=True)
+            want = torch.minimum(torch.maximum(mean[0], low), high).numpy()
+            worst = max(worst, float(abs(action - want).max()))
+            policy.observe(obs[0].numpy(), action, reward, False, t == 7)
+            prev_act, prev_rew = mean, torch.tensor([reward])
+            prev_done = torch.tensor([1.0 if t == 7 else 0.0])
+    assert worst < 1e-5, worst
+    assert abs(policy.state - h[0].numpy()).max() < 1e-5
+    assert abs(policy.state).max() > 0.05  # the state did move
+    policy.reset_task()
+    assert not policy.state.any()
+
+
+def test_recurrent_runtime_resets_a_faulty_state_and_bundles_are_told_apart(tmp_path):
+    import dataclasses
+
+    from deploy.bundle import BundleError, BundleMetadata, load_bundle
+    from deploy.recurrent import RecurrentPolicy
+    from deploy.runtime import AdaptivePolicy
+
+    _, _, path = _export_random_gru(tmp_path, hidden=(8,))
+    policy = RecurrentPolicy.load(path, seed=0)
+    obs = torch.zeros(policy.obs_dim).numpy()
+    fresh = policy.act(obs, deterministic=True)
+    policy.reset_task()
+    policy._h[:] = float("nan")  # a corrupted state
+    with pytest.warns(RuntimeWarning, match="hidden state"):
+        again = policy.act(obs, deterministic=True)
+    assert policy.state_resets == 1 and "non-finite" in policy.last_reset_reason
+    assert (again == fresh).all()
+    policy.reset_task()
+    policy._h[:] = 50.0  # finite, but no GRU state from a zero start gets there
+    with pytest.warns(RuntimeWarning, match="beyond the bound"):
+        assert (policy.act(obs, deterministic=True) == fresh).all()
+    assert policy.state_resets == 2
+    with pytest.raises(ValueError, match="reward"):
+        policy.observe(obs, again, float("inf"), False, False)
+    # The two kinds of bundle go to their own runtime.
+    with pytest.raises(BundleError, match="RecurrentPolicy"):
+        AdaptivePolicy.load(path)
+    with pytest.raises(BundleError, match="AdaptivePolicy"):
+        RecurrentPolicy.load("reach")  # the shipped gradient bundle
+    # The one metadata definition refuses a memory bundle with an inner step, or an
+    # unknown kind of adaptation.
+    metadata = load_bundle(path).metadata
+    with pytest.raises(BundleError, match="inner"):
+        BundleMetadata.from_dict({**metadata, "inner": {}})
+    with pytest.raises(BundleError, match="adaptation"):
+        BundleMetadata.from_dict({**metadata, "adaptation": "telepathy"})
+    spec = BundleMetadata.from_dict(metadata)
+    assert BundleMetadata.from_dict(spec.to_dict()) == spec
+    with pytest.raises(BundleError, match="recurrent"):
+        dataclasses.replace(spec, recurrent=None)
