@@ -213,6 +213,22 @@ def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path):
     assert all(math.isfinite(x) for x in result.returns.ravel())
     # Each column is its own block of episodes of the one trial: they differ.
     assert len({round(float(x), 6) for x in result.returns[:, 0]}) == 3
+    # `metarobot export` of the run: a memory bundle that acts on the reach env.
+    import gymnasium
+
+    from deploy.recurrent import RecurrentPolicy
+
+    bundle = api.export(tmp_path / "a", tmp_path / "bundle")
+    policy = RecurrentPolicy.load(bundle, family="reach", seed=0)
+    env = gymnasium.make("sim_envs/Reach-v0")
+    obs, _ = env.reset(seed=0)
+    for _ in range(10):
+        action = policy.act(obs)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        policy.observe(obs, action, reward, terminated, truncated)
+        obs = next_obs
+    env.close()
+    assert policy.state_resets == 0 and abs(policy.state).max() > 0
 
 
 # ----------------------------------------------------------------------------- export
