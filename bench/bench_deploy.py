@@ -19,6 +19,11 @@ then measured with onnxruntime on the CPU, one intra-op thread, sequential execu
   clock for 2 s: on a shared VM the host deschedules the guest for milliseconds, which no
   runtime can hide.
 * **bundle size** (files and total bytes).
+* **RL2's memory bundle** beside it: a GRU policy of the same widths (one tanh layer of 64,
+  a GRU of 64; ``adaptation: "memory"``, no adapt graph): ``policy.onnx`` forward at batch
+  1 (obs, previous action, reward, episode end and the hidden state in; mean, log-std and
+  the new state out), ``RecurrentPolicy.act`` (the state safety check included), its
+  peak RSS (act and observe 1000 times, torch blocked) and its bundle size.
 
 Targets: policy p99 <= 20 µs, adapt step (N = 1000) <= 1 ms, runtime peak RSS <= 80 MB,
 zero missed deadlines at 100 Hz.
@@ -81,6 +86,24 @@ def export_reach_bundle(out: Path) -> Path:
         adapt_steps_options=(1, 2, 3))
 
 
+def export_recurrent_reach_bundle(out: Path) -> Path:
+    """RL2's memory bundle of the same widths: a tanh layer of 64, then a GRU of 64."""
+    import gymnasium
+    import torch
+
+    from metarobot.core.recurrent import GaussianGRUPolicy
+    from metarobot.export.bundle import export_bundle
+
+    torch.manual_seed(0)
+    model = GaussianGRUPolicy(OBS_DIM, ACT_DIM, HIDDEN)
+    params = {k: v.detach() for k, v in model.init_params().items()}
+    return export_bundle(
+        model.eval(), params, out, family="reach", env_id="sim_envs/Reach-v0",
+        observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+        action_space=gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
+        inner_config=None)
+
+
 def timed(fn, repeats: int, warmup: int = 100) -> np.ndarray:
     """Per-call wall times (s) of ``fn()``."""
     for _ in range(warmup):
@@ -115,10 +138,18 @@ RSS_SCRIPT = textwrap.dedent("""
                     raise ImportError("torch blocked")
         sys.meta_path.insert(0, BlockTorch())
     import numpy as np
-    from deploy import AdaptivePolicy
-    policy = AdaptivePolicy.load(bundle, seed=0)
     rng = np.random.default_rng(0)
-    for i in range(5):
+    if sys.argv[3] == "memory":
+        from deploy.recurrent import RecurrentPolicy
+        policy = RecurrentPolicy.load(bundle, seed=0)
+        for t in range(1000):
+            obs = rng.standard_normal(policy.obs_dim).astype(np.float32)
+            a = policy.act(obs)
+            policy.observe(obs, a, float(obs[0]), False, t % 50 == 49)
+    else:
+        from deploy import AdaptivePolicy
+        policy = AdaptivePolicy.load(bundle, seed=0)
+    for i in range(5 if sys.argv[3] == "gradient" else 0):
         for e in range(4):
             for t in range(50):
                 obs = rng.standard_normal(policy.obs_dim).astype(np.float32)
@@ -133,7 +164,7 @@ RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def peak_rss_mb(bundle: Path, mode: str) -> tuple[float, float, bool]:
+def peak_rss_mb(bundle: Path, mode: str, kind: str = "gradient") -> tuple[float, float, bool]:
     """(ru_maxrss MB, VmHWM MB, torch imported) of a fresh runtime process.
 
     Linux carries ru_maxrss across fork + exec, so a child forked straight from this
@@ -143,7 +174,7 @@ def peak_rss_mb(bundle: Path, mode: str) -> tuple[float, float, bool]:
     """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c",
-                           RSS_SCRIPT, str(bundle), mode], env=env, capture_output=True,
+                           RSS_SCRIPT, str(bundle), mode, kind], env=env, capture_output=True,
                           text=True, check=True, cwd=REPO)
     maxrss_kb, hwm_kb, torch_loaded = proc.stdout.split()
     return int(maxrss_kb) / 1024.0, int(hwm_kb) / 1024.0, bool(int(torch_loaded))
@@ -213,6 +244,35 @@ def control_loop(bundle: Path, steps: int, mode: str) -> dict:
             "adapt_transitions_max": max((r.transitions for r in reports), default=0),
             "adapt_seconds_p50_ms": float(np.median([r.seconds for r in reports]) * 1e3)
             if reports else None}
+
+
+def measure_recurrent(out: Path, repeats: int) -> dict:
+    """RL2's memory bundle: forward and act latency at batch 1, peak RSS, size."""
+    from deploy.bundle import open_session
+    from deploy.recurrent import RecurrentPolicy
+
+    bundle = export_recurrent_reach_bundle(out)
+    files = {p.name: p.stat().st_size for p in sorted(bundle.iterdir())}
+    policy = RecurrentPolicy.load(bundle, seed=0)
+    session = open_session(policy.bundle.policy_file, threads=1)
+    feeds = {"obs": np.zeros((1, OBS_DIM), np.float32),
+             "prev_action": np.zeros((1, ACT_DIM), np.float32),
+             "prev_reward": np.zeros(1, np.float32), "prev_done": np.zeros(1, np.float32),
+             "h_in": np.zeros((1, policy.hidden_size), np.float32)}
+    fwd = timed(lambda: session.run(None, feeds), repeats)
+    obs = np.random.default_rng(0).standard_normal(OBS_DIM).astype(np.float32)
+    act = timed(lambda: policy.act(obs), repeats)
+    rss, hwm, torch_in = peak_rss_mb(bundle, "runtime", "memory")
+    return {"bundle": {"hidden": list(HIDDEN), "hidden_size": policy.hidden_size,
+                       "params": policy.bundle.layout.size, "files": files,
+                       "total_bytes": sum(files.values())},
+            "policy_forward_us": {"p50": np.percentile(fwd, 50) * 1e6,
+                                  "p99": np.percentile(fwd, 99) * 1e6,
+                                  "mean": fwd.mean() * 1e6, "repeats": repeats},
+            "act_us": {"p50": np.percentile(act, 50) * 1e6, "p99": np.percentile(act, 99) * 1e6},
+            "peak_rss_mb": {"runtime": rss, "runtime_vmhwm": hwm,
+                            "runtime_imported_torch": torch_in},
+            "state_resets": policy.state_resets}
 
 
 def cpu_model() -> str:
@@ -287,6 +347,8 @@ def main() -> None:
                               "runtime_imported_torch": torch_in,
                               "with_torch_imported": rss_torch,
                               "with_torch_imported_vmhwm": hwm_torch}
+
+    results["recurrent"] = measure_recurrent(tmp / "recurrent", repeats)
 
     results["scheduler_stall_ms"] = scheduler_stall_ms()
     results["control_loop_100hz"] = {
@@ -369,6 +431,16 @@ def report(r: dict) -> None:
                      f"step p99 {loop['step_time_p99_ms']:.2f} ms, late start max "
                      f"{loop['start_lateness_max_ms']:.1f} ms, {loop['adaptations']} adapts",
                      "0 missed", loop["missed_deadlines"] == 0))
+    rec = r["recurrent"]
+    rows += [
+        ("RL2 GRU policy forward B=1 p50 / p99", f"{rec['policy_forward_us']['p50']:.1f} / "
+         f"{rec['policy_forward_us']['p99']:.1f} µs", "", None),
+        ("RL2 RecurrentPolicy.act p50 / p99", f"{rec['act_us']['p50']:.1f} / "
+         f"{rec['act_us']['p99']:.1f} µs", "", None),
+        ("RL2 peak RSS runtime (no torch)", f"{rec['peak_rss_mb']['runtime']:.1f} MB", "",
+         None),
+        ("RL2 bundle size", f"{rec['bundle']['total_bytes'] / 1024:.0f} KiB "
+         f"(P = {rec['bundle']['params']})", "", None)]
     rows.append(("longest stall of a busy loop (2 s)", f"{r['scheduler_stall_ms']:.2f} ms", "",
                  None))
     rows.append(("bundle size", f"{r['bundle']['total_bytes'] / 1024:.0f} KiB "

@@ -10,6 +10,17 @@ A bundle is a directory written by :func:`metarobot.export.export_bundle`::
     lr.npy           (Meta-SGD only) the per-parameter inner learning rates, float32 [P]
     manifest.json    {"format", "format_version", "files": {name: {size, sha256}}, "metadata"}
 
+A bundle adapts in one of two ways (``metadata["adaptation"]``, :data:`ADAPTATION_KINDS`;
+absent means ``"gradient"``): ``"gradient"`` is the one above (an MLP policy and its
+inner step, run by :class:`deploy.runtime.AdaptivePolicy`); ``"memory"`` is RL2's, whose
+policy is recurrent and adapts by carrying its state, with no adapt graph and no
+``inner`` section (run by :class:`deploy.recurrent.RecurrentPolicy`)::
+
+    policy.onnx      obs[B,O], prev_action[B,A], prev_reward[B], prev_done[B], h_in[B,H]
+                     (+ optional params[P])
+                     -> action_mean[B,A], log_std[B,A], h_out[B,H]
+    params.npy, manifest.json    as above; metadata["recurrent"] = {"hidden_size": H}
+
 Every model carries the same metadata JSON in its ``metadata_props`` under
 :data:`METADATA_KEY`. This module is numpy + onnxruntime only (it never imports torch), so
 the device runtime and the exporter share one definition of the format.
@@ -51,6 +62,11 @@ SHIPPED_FOLDER = "bundles"
 
 POLICY_INPUTS = ("obs", "params")
 POLICY_OUTPUTS = ("action_mean", "log_std")
+#: The recurrent (memory) policy graph's inputs and outputs.
+RECURRENT_POLICY_INPUTS = ("obs", "prev_action", "prev_reward", "prev_done", "h_in", "params")
+RECURRENT_POLICY_OUTPUTS = ("action_mean", "log_std", "h_out")
+#: ``metadata["adaptation"]``: by inner gradient steps (adapt graphs) or by memory (RL2).
+ADAPTATION_KINDS = ("gradient", "memory")
 ADAPT_INPUTS = ("params", "obs", "act", "adv", "old_logp", "weight", "lr", "clip")
 ADAPT_OUTPUTS = ("new_params", "loss", "approx_kl")
 
@@ -175,8 +191,9 @@ class Bundle:
         spec: the same metadata, typed and validated (:class:`BundleMetadata`).
         layout: the flat-parameter layout.
         params: the meta-learned parameters, float32 ``[P]`` (read-only).
-        lr: the inner learning rate: a float32 scalar array ``[]`` or ``[P]`` (Meta-SGD).
-        clip: the inner likelihood-ratio clip (``inf`` = none).
+        lr: the inner learning rate: a float32 scalar array ``[]`` or ``[P]`` (Meta-SGD);
+            None in a memory bundle.
+        clip: the inner likelihood-ratio clip (``inf`` = none; NaN in a memory bundle).
         obs_low, obs_high: observation bounds ``[O]`` (float32, may be infinite).
         act_low, act_high: action bounds ``[A]``; the runtime clips actions to them.
         adapt_files: unrolled step count K -> path of its adapt graph.
@@ -187,7 +204,7 @@ class Bundle:
     spec: BundleMetadata
     layout: Layout
     params: np.ndarray
-    lr: np.ndarray
+    lr: np.ndarray | None
     clip: float
     obs_low: np.ndarray
     obs_high: np.ndarray
@@ -218,8 +235,20 @@ class Bundle:
 
     @property
     def inner(self) -> InnerSpec:
-        """The inner step (loss, lr, clip, steps, gamma, lam, baseline, normalize)."""
+        """The inner step (loss, lr, clip, steps, gamma, lam, baseline, normalize).
+
+        Raises:
+            BundleError: a memory (RL2) bundle, which has none.
+        """
+        if self.spec.inner is None:
+            raise BundleError(f"{self.path} adapts by memory (RL2): it has no inner step; "
+                              "run it with deploy.recurrent.RecurrentPolicy")
         return self.spec.inner
+
+    @property
+    def adaptation(self) -> str:
+        """``"gradient"`` or ``"memory"`` (see :data:`ADAPTATION_KINDS`)."""
+        return self.spec.adaptation
 
     @property
     def safety_defaults(self) -> dict[str, float | int]:
@@ -314,8 +343,9 @@ def _vector(value: Any, length: int, what: str, *, finite: bool = True) -> np.nd
 _MANIFEST_KEYS = ("format", "format_version", "files", "metadata")
 _METADATA_KEYS = ("format", "format_version", "package", "versions", "opset", "family",
                   "env_id", "observation_space", "action_space", "normalizer", "policy",
-                  "params", "inner", "models")
-_METADATA_OPTIONAL = ("env_kwargs", "safety")
+                  "params", "models")
+#: ``inner`` is required with gradient adaptation, ``recurrent`` with memory.
+_METADATA_OPTIONAL = ("env_kwargs", "safety", "inner", "adaptation", "recurrent")
 _INNER_KEYS = ("loss", "lr", "clip", "steps", "gamma", "lam", "baseline")
 #: Largest number of unrolled inner steps a bundle may hold.
 MAX_UNROLLED_STEPS = 64
@@ -583,8 +613,9 @@ class ModelsSpec:
         return {"policy": self.policy, "adapt": {str(k): v for k, v in self.adapt.items()}}
 
     @staticmethod
-    def from_dict(models: Any) -> ModelsSpec:
-        """Parse and check; raises :class:`BundleError`."""
+    def from_dict(models: Any, adaptation: str = "gradient") -> ModelsSpec:
+        """Parse and check; raises :class:`BundleError`. A memory bundle has no adapt
+        graphs (``adapt`` is empty); a gradient bundle has the one-step graph."""
         models = _mapping(models, "metadata 'models'", ("policy", "adapt"))
         policy = _file_name(models["policy"], "models policy")
         adapt = _mapping(models["adapt"], "models adapt", closed=False)
@@ -595,9 +626,31 @@ class ModelsSpec:
                 raise BundleError(f"models adapt keys must be step counts "
                                   f"1..{MAX_UNROLLED_STEPS}, got {key!r:.40}")
             files[int(key)] = _file_name(name, f"models adapt {key}")
-        if 1 not in files:
+        if adaptation == "memory" and files:
+            raise BundleError("a memory (RL2) bundle has no adapt graphs (models adapt must "
+                              "be empty)")
+        if adaptation == "gradient" and 1 not in files:
             raise BundleError("the bundle has no one-step adapt graph (models adapt '1')")
         return ModelsSpec(policy, files)
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """The recurrent policy of a memory bundle (``metadata["recurrent"]``): the size H of
+    its hidden state, which starts at 0 for every new task and is carried across episodes.
+    """
+
+    hidden_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hidden_size": self.hidden_size}
+
+    @staticmethod
+    def from_dict(recurrent: Any) -> RecurrentSpec:
+        """Parse and check; raises :class:`BundleError`."""
+        recurrent = _mapping(recurrent, "metadata 'recurrent'", ("hidden_size",))
+        return RecurrentSpec(_integer(recurrent["hidden_size"], "recurrent hidden_size", 1,
+                                      1_000_000))
 
 
 @dataclass(frozen=True)
@@ -616,9 +669,13 @@ class BundleMetadata:
         normalizer: the observation normaliser folded into the policy graph.
         policy: a description of the policy network (informational, free-form).
         params: the meta-learned parameters' layout, file and hash.
-        inner: the inner step (:class:`InnerSpec`).
+        inner: the inner step (:class:`InnerSpec`); None in a memory bundle.
         safety: the recorded safety rules (:class:`SafetySpec`).
         models: the graph files (:class:`ModelsSpec`).
+        adaptation: ``"gradient"`` or ``"memory"`` (:data:`ADAPTATION_KINDS`); written
+            only for memory bundles (absent reads as gradient).
+        recurrent: the recurrent policy (:class:`RecurrentSpec`) of a memory bundle, else
+            None.
     """
 
     package: str
@@ -632,9 +689,21 @@ class BundleMetadata:
     normalizer: NormalizerSpec
     policy: dict[str, Any]
     params: ParamsSpec
-    inner: InnerSpec
+    inner: InnerSpec | None
     safety: SafetySpec
     models: ModelsSpec
+    adaptation: str = "gradient"
+    recurrent: RecurrentSpec | None = None
+
+    def __post_init__(self) -> None:
+        memory = self.adaptation == "memory"
+        if self.adaptation not in ADAPTATION_KINDS:
+            raise BundleError(f"metadata adaptation must be one of {list(ADAPTATION_KINDS)}, "
+                              f"got {self.adaptation!r:.40}")
+        if memory and (self.inner is not None or self.recurrent is None):
+            raise BundleError("a memory (RL2) bundle has a 'recurrent' section and no 'inner'")
+        if not memory and (self.inner is None or self.recurrent is not None):
+            raise BundleError("a gradient bundle has an 'inner' section and no 'recurrent'")
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as JSON values (non-finite floats still floats: see
@@ -645,8 +714,11 @@ class BundleMetadata:
                 "observation_space": self.observation_space.to_dict(),
                 "action_space": self.action_space.to_dict(),
                 "normalizer": self.normalizer.to_dict(), "policy": dict(self.policy),
-                "params": self.params.to_dict(), "inner": self.inner.to_dict(),
-                "safety": self.safety.to_dict(), "models": self.models.to_dict()}
+                "params": self.params.to_dict(), "safety": self.safety.to_dict(),
+                "models": self.models.to_dict(),
+                **({"inner": self.inner.to_dict()} if self.inner is not None else {}),
+                **({"adaptation": self.adaptation, "recurrent": self.recurrent.to_dict()}
+                   if self.recurrent is not None else {})}
 
     @staticmethod
     def from_dict(metadata: Any, where: str = "bundle") -> BundleMetadata:
@@ -663,6 +735,16 @@ class BundleMetadata:
             _mapping(env_kwargs, "metadata env_kwargs", closed=False)
         observation_space = SpaceSpec.from_dict(metadata["observation_space"],
                                                 "observation_space")
+        adaptation = metadata.get("adaptation", "gradient")
+        if adaptation not in ADAPTATION_KINDS:
+            raise BundleError(f"metadata adaptation must be one of {list(ADAPTATION_KINDS)}, "
+                              f"got {adaptation!r:.40}")
+        memory = adaptation == "memory"
+        for key, wanted in (("inner", not memory), ("recurrent", memory)):
+            if (key in metadata) != wanted:
+                raise BundleError(f"{where} metadata {'lacks' if wanted else 'has'} {key!r} "
+                                  f"(a {adaptation} bundle {'has' if wanted else 'has no'} "
+                                  "such section)")
         return BundleMetadata(
             package=_string(metadata["package"], "metadata package"),
             versions=_mapping(metadata["versions"], "metadata versions", closed=False),
@@ -676,9 +758,11 @@ class BundleMetadata:
                                                 observation_space.dim),
             policy=_mapping(metadata["policy"], "metadata policy", closed=False),
             params=ParamsSpec.from_dict(metadata["params"]),
-            inner=InnerSpec.from_dict(metadata["inner"]),
+            inner=None if memory else InnerSpec.from_dict(metadata["inner"]),
             safety=SafetySpec.from_dict(metadata.get("safety", {})),
-            models=ModelsSpec.from_dict(metadata["models"]))
+            models=ModelsSpec.from_dict(metadata["models"], adaptation),
+            adaptation=adaptation,
+            recurrent=RecurrentSpec.from_dict(metadata["recurrent"]) if memory else None)
 
 
 def check_safety(safety: Any) -> dict[str, float | int]:
@@ -752,12 +836,22 @@ def check_graph_signatures(bundle: Bundle, policy: Any, adapt: Mapping[int, Any]
         BundleError: naming the graph, what it has and what the metadata implies.
     """
     o, a, p = bundle.obs_dim, bundle.act_dim, bundle.layout.size
-    _expect(bundle.policy_file, "inputs", _signature(policy.get_inputs()), [("obs", (None, o))])
+    recurrent = bundle.spec.recurrent
+    if recurrent is None:
+        inputs = [("obs", (None, o))]
+        outputs = [("action_mean", (None, a)), ("log_std", (None, a))]
+    else:
+        h = recurrent.hidden_size
+        inputs = [("obs", (None, o)), ("prev_action", (None, a)), ("prev_reward", (None,)),
+                  ("prev_done", (None,)), ("h_in", (None, h))]
+        outputs = [("action_mean", (None, a)), ("log_std", (None, a)), ("h_out", (None, h))]
+    _expect(bundle.policy_file, "inputs", _signature(policy.get_inputs()), inputs)
     params = [s for s in _signature(policy.get_overridable_initializers()) if s[0] == "params"]
     _expect(bundle.policy_file, "overridable 'params' initializers", params,
             [("params", (p,))])
-    _expect(bundle.policy_file, "outputs", _signature(policy.get_outputs()),
-            [("action_mean", (None, a)), ("log_std", (None, a))])
+    _expect(bundle.policy_file, "outputs", _signature(policy.get_outputs()), outputs)
+    if bundle.lr is None:
+        return
     lr_shape = tuple(bundle.lr.shape)
     for steps, session in adapt.items():
         path = bundle.adapt_files[steps]
@@ -895,7 +989,7 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     if family is not None and spec.family != family:
         raise BundleError(f"bundle {root} is for task family {spec.family!r}, "
                           f"expected {family!r}")
-    lr_spec = spec.inner.lr
+    lr_spec = spec.inner.lr if spec.inner is not None else None
     named = {spec.models.policy, spec.params.file, *spec.models.adapt.values()}
     if isinstance(lr_spec, PerParameterLr):
         named.add(lr_spec.file)
@@ -909,7 +1003,10 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     if params_sha256(params) != spec.params.sha256:
         raise BundleError(f"{root}: the meta-learned parameters do not match the metadata's "
                           "SHA-256")
-    if isinstance(lr_spec, PerParameterLr):
+    lr: np.ndarray | None
+    if lr_spec is None:
+        lr = None  # a memory bundle: no inner step
+    elif isinstance(lr_spec, PerParameterLr):
         lr = _load_npy(root / lr_spec.file, layout.size, "per-parameter learning rates")
         if params_sha256(lr) != lr_spec.sha256:
             raise BundleError(f"{root}: {lr_spec.file} does not match its metadata SHA-256")
@@ -919,7 +1016,8 @@ def load_bundle(path: str | Path, *, family: str | None = None,
         if not (np.isfinite(lr) and lr > 0):  # also a float64 lr that overflows float32
             raise BundleError(f"{where}: inner lr {lr_spec!r} is not a finite float32 > 0")
         lr.setflags(write=False)
-    bundle = Bundle(root, metadata, spec, layout, params, lr, spec.inner.clip,
+    clip = spec.inner.clip if spec.inner is not None else math.nan
+    bundle = Bundle(root, metadata, spec, layout, params, lr, clip,
                     *spec.observation_space.bounds(), *spec.action_space.bounds(),
                     {k: root / v for k, v in spec.models.adapt.items()})
     if check_models:

@@ -128,6 +128,9 @@ class AdaptivePolicy:
 
     def __init__(self, bundle: Bundle, *, safety: SafetyConfig | None = None,
                  seed: int | None = None, threads: int = 1, max_episodes: int = 1000) -> None:
+        if bundle.adaptation != "gradient":
+            raise BundleError(f"{bundle.path} adapts by memory (an RL2 bundle): run it with "
+                              "deploy.recurrent.RecurrentPolicy")
         self.bundle = bundle
         self.safety = safety if safety is not None else SafetyConfig(**bundle.safety_defaults)
         self._rng = np.random.default_rng(seed)

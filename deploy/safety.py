@@ -6,6 +6,8 @@
   trust region (a line search on the step's approximate KL), or is rejected.
 * :class:`UpdateTrial`: an applied update is on trial for some episodes, and rolled back
   if it does worse than the parameters before it.
+* :func:`check_hidden_state`: a recurrent (RL2) policy's state is finite and bounded
+  (:class:`deploy.recurrent.RecurrentPolicy` resets it otherwise).
 
 numpy only; none of it is thread-safe (:class:`deploy.runtime.AdaptivePolicy` serialises).
 """
@@ -112,6 +114,24 @@ def check_observation(obs: Any, obs_dim: int) -> np.ndarray:
         raise ValueError(f"observation contains NaN or inf (in float32, the policy's "
                          f"dtype) at indices {np.flatnonzero(~np.isfinite(cast)).tolist()}")
     return cast
+
+
+# ---------------------------------------------------------------- recurrent state
+#: Largest absolute value of a recurrent (RL2) policy's hidden state entry: a GRU's state
+#: is a convex combination of tanh values and its previous state, so it stays in (-1, 1)
+#: from a zero start; the margin covers float32 rounding.
+HIDDEN_STATE_BOUND = 1.0 + 1e-4
+
+
+def check_hidden_state(h: np.ndarray, bound: float = HIDDEN_STATE_BOUND) -> str | None:
+    """Why the hidden state ``h`` may not be used (non-finite, or an entry beyond
+    ``bound``), or None if it may."""
+    if not np.isfinite(h).all():
+        return "the hidden state is not finite"
+    largest = float(np.abs(h).max(initial=0.0))
+    if largest > bound:
+        return f"a hidden state entry ({largest:.4g}) is beyond the bound {bound:g}"
+    return None
 
 
 # ---------------------------------------------------------------- the update

@@ -83,7 +83,8 @@ def evaluate(run_dir: str | Path, split: str = "test", adapt_steps: int = 3,
 
 def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, ...] = (1, 2, 3),
            overwrite: bool = False) -> Path:
-    """Export the run's policy and its adaptation step to an ONNX bundle."""
+    """Export the run's policy and its adaptation step to an ONNX bundle (an RL2 run: its
+    recurrent policy, a memory bundle)."""
     from metarobot.core.inner import step_sizes
     from metarobot.export.bundle import export_bundle
 
@@ -96,6 +97,11 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
                          "graph (and the device runtime) is the 'lvc' policy-gradient step, "
                          "with no dynamics model or next observations")
     obs_space, act_space = env_spaces(cfg.family, cfg.env_kwargs)
+    if cfg.outer.algo == "rl2":  # adapts by memory: the recurrent policy, no inner step
+        return export_bundle(policy.model, policy.params, out_dir, family=cfg.family,
+                             env_id=env_id(cfg.family), observation_space=obs_space,
+                             action_space=act_space, inner_config=None, overwrite=overwrite,
+                             env_kwargs=cfg.env_kwargs)
     # The bundle's baseline is the device's (deploy.advantages), the one the trainer's
     # inner step uses too: export_bundle records it.
     inner = {"loss": cfg.inner.loss, "steps": cfg.inner.steps,

@@ -54,6 +54,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "checkpoint_every": _int(1),
     "max_nonfinite_updates": _int(0),
     "deterministic": ("bool", None),
+    "policy.kind": _choice("mlp", "gru"),  # gru: exactly with outer.algo rl2
     "policy.hidden": ("widths", None),
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
@@ -68,7 +69,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "inner.clip": _float(lambda v: v > 0),
     "inner.adapt": _choice("all", "context"),  # context: with policy.context_dim >= 1
     "inner.dynamics_coef": _float(lambda v: 0 <= v < INF),
-    "outer.algo": _choice("ppo", "reptile", "es"),
+    "outer.algo": _choice("ppo", "reptile", "es", "rl2"),  # rl2: with policy.kind gru
     "outer.lr": _float(lambda v: 0 < v < INF),
     "outer.epochs": _int(1),
     "outer.clip": _float(lambda v: 0 < v < 1),
@@ -77,6 +78,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "outer.adaptive_eta": ("bool", None),
     "outer.reptile_lr": _float(lambda v: 0 < v <= 1),
     "outer.es_sigma": _float(lambda v: 0 < v < INF),
+    "outer.tbptt": _int(1),
     "outer.max_grad_norm": _float(lambda v: v > 0),
     "advantages.gamma": _float(lambda v: 0 < v <= 1),
     "advantages.lam": _float(lambda v: 0 <= v <= 1),
@@ -98,7 +100,8 @@ words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", max_size=8)
 scalars = (st.none() | st.booleans() | st.integers(-10, 10) | st.integers()
            | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
            | words | st.sampled_from(sorted(NUMERIC_STRINGS) + ["nan", "fast"])
-           | st.sampled_from(["reach", "grasp", "cpu", "cuda", "lvc", "reptile", "mlp"]))
+           | st.sampled_from(["reach", "grasp", "cpu", "cuda", "lvc", "reptile", "mlp", "gru",
+                             "rl2"]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(words | st.integers(), inner, max_size=3),
                       max_leaves=6)
@@ -155,6 +158,8 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
     if (key == "inner.loss" and value == "dynamics") or (
             key == "policy.dynamics_hidden" and allowed and value):
         allowed = False  # the dynamics loss and its model need each other and a context
+    if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2")):
+        allowed = False  # RL2 and its GRU policy go together; base() has neither
     data = with_key(base(), key, value)
     if allowed:
         cfg = config_from_dict(data)

@@ -34,6 +34,7 @@ from deploy.bundle import (
     NormalizerSpec,
     ParamsSpec,
     PerParameterLr,
+    RecurrentSpec,
     SafetySpec,
     SpaceSpec,
     adapt_file_name,
@@ -54,11 +55,13 @@ from metarobot.core.policy import (
     Params,
     policy_forward,
 )
+from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_step
 from metarobot.export.graphs import (
     OPSET,
     check_standard_ops,
     export_adapt_graph,
     export_policy_graph,
+    export_recurrent_policy_graph,
 )
 
 MODEL_AUTHOR = "metarobot"
@@ -235,13 +238,19 @@ def _replace_dir(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path, *,
+def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
+                  out_dir: str | Path, *,
                   family: str, env_id: str, observation_space: gymnasium.spaces.Box,
-                  action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any],
+                  action_space: gymnasium.spaces.Box, inner_config: Mapping[str, Any] | None,
                   adapt_steps_options: Sequence[int] = (1, 2, 3), opset: int = OPSET,
                   overwrite: bool = False, safety: Mapping[str, float] | None = None,
                   env_kwargs: Mapping[str, Any] | None = None) -> Path:
     """Write a deployable bundle (see :mod:`deploy.bundle` for the files and metadata).
+
+    A :class:`~metarobot.core.recurrent.GaussianGRUPolicy` (RL2) gives a memory bundle
+    (``adaptation: "memory"``): the recurrent policy graph and no adapt graphs;
+    ``inner_config`` and ``adapt_steps_options`` are not used (pass None), and ``safety``
+    defaults to no recorded rules.
 
     Args:
         model: the policy module (architecture and normaliser buffers; its own parameters
@@ -296,19 +305,34 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
     if (obs_space.dim, act_space.dim) != (model.obs_dim, model.act_dim):
         raise ValueError(f"spaces [{obs_space.dim}] / [{act_space.dim}] do not match the "
                          f"policy's obs_dim {model.obs_dim} / act_dim {model.act_dim}")
-    options = sorted(set(int(k) for k in adapt_steps_options))
-    if 1 not in options or options[0] < 1:
+    memory = isinstance(model, GaussianGRUPolicy)
+    options = [] if memory else sorted(set(int(k) for k in adapt_steps_options))
+    if not memory and (1 not in options or options[0] < 1):
         raise ValueError(f"adapt_steps_options must be positive and include 1, "
                          f"got {list(adapt_steps_options)}")
     layout = ParamLayout.of(params)
     flat = layout.flatten({k: v.detach() for k, v in params.items()}).to(torch.float32)
     if not torch.all(torch.isfinite(flat)):
         raise ValueError("the meta-learned parameters contain NaN or inf")
-    inner, lr_flat = _inner_spec(inner_config, params, layout)
+    inner: InnerSpec | None = None
+    lr_flat: np.ndarray | None = None
+    if not memory:
+        if inner_config is None:
+            raise ValueError("a gradient bundle (an MLP policy) needs inner_config")
+        inner, lr_flat = _inner_spec(inner_config, params, layout)
     try:
-        safety_spec = SafetySpec.from_dict({**DEFAULT_SAFETY, **(safety or {})})
+        safety_spec = SafetySpec.from_dict({**({} if memory else DEFAULT_SAFETY),
+                                            **(safety or {})})
     except BundleError as err:
         raise ValueError(f"bad safety rules: {err}") from None
+    policy_spec: dict[str, Any] = {
+        "hidden": list(model.hidden), "activation": "tanh",
+        "context_dim": model.context_dim, "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
+        "action_mean": "unclipped; the runtime clips actions to action_space"}
+    if isinstance(model, GaussianGRUPolicy):
+        policy_spec.update(kind="gru", hidden_size=model.hidden_size, inputs=(
+            "obs, and of the previous step: the action as sampled (unclipped), the reward, "
+            "1.0 if it ended an episode; all 0 at a task's first step"))
 
     metadata = BundleMetadata(
         package="metarobot",
@@ -318,13 +342,12 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
         observation_space=obs_space, action_space=act_space,
         normalizer=NormalizerSpec(tuple(model.obs_mean.double().tolist()),
                                   tuple(model.obs_var.double().tolist()), 1e-8, OBS_CLIP),
-        policy={"hidden": list(model.hidden), "activation": "tanh",
-                "context_dim": model.context_dim,
-                "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
-                "action_mean": "unclipped; the runtime clips actions to action_space"},
+        policy=policy_spec,
         params=ParamsSpec(Layout.from_dict(layout.to_dict()), params_sha256(flat.numpy())),
         inner=inner, safety=safety_spec,
-        models=ModelsSpec(POLICY_NAME, {k: adapt_file_name(k) for k in options}))
+        models=ModelsSpec(POLICY_NAME, {k: adapt_file_name(k) for k in options}),
+        adaptation="memory" if memory else "gradient",
+        recurrent=RecurrentSpec(model.hidden_size) if memory else None)
     metadata_json = dumps_metadata(metadata.to_dict())
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -336,19 +359,29 @@ def export_bundle(model: GaussianMLPPolicy, params: Params, out_dir: str | Path,
             np.save(tmp / LR_NAME, lr_flat.astype("<f4"))
             files.append(LR_NAME)
 
-        with torch.no_grad():
-            policy = export_policy_graph(model, layout, flat, opset=opset)
-        check_standard_ops(policy, POLICY_NAME)
-        onnx.save(_finish(policy, metadata_json, __doc__ or ""), tmp / POLICY_NAME)
         gen = torch.Generator().manual_seed(0)
         obs = torch.randn(5, model.obs_dim, generator=gen)
         with torch.no_grad():
-            want = policy_forward(model, layout.unflatten(flat), obs)
-        _verify(tmp / POLICY_NAME, {"obs": obs.numpy()}, want)
+            if isinstance(model, GaussianGRUPolicy):
+                policy = export_recurrent_policy_graph(model, layout, flat, opset=opset)
+                step_inputs = (obs, torch.randn(5, model.act_dim, generator=gen),
+                               torch.randn(5, generator=gen), torch.tensor([0.0, 1, 0, 0, 1]),
+                               torch.rand(5, model.hidden_size, generator=gen) * 2 - 1)
+                want = recurrent_step(model, layout.unflatten(flat), *step_inputs)
+                feeds = dict(zip(("obs", "prev_action", "prev_reward", "prev_done", "h_in"),
+                                 (x.numpy() for x in step_inputs)))
+            else:
+                policy = export_policy_graph(model, layout, flat, opset=opset)
+                want = policy_forward(model, layout.unflatten(flat), obs)
+                feeds = {"obs": obs.numpy()}
+        check_standard_ops(policy, POLICY_NAME)
+        onnx.save(_finish(policy, metadata_json, __doc__ or ""), tmp / POLICY_NAME)
+        _verify(tmp / POLICY_NAME, feeds, want)
 
-        lr_value = (torch.from_numpy(lr_flat) if lr_flat is not None
-                    else torch.tensor(inner.lr, dtype=torch.float32))
         for steps in options:
+            assert inner is not None
+            lr_value = (torch.from_numpy(lr_flat) if lr_flat is not None
+                        else torch.tensor(inner.lr, dtype=torch.float32))
             name = adapt_file_name(steps)
             proto = export_adapt_graph(model, layout, steps=steps,
                                        per_parameter_lr=lr_flat is not None, opset=opset)

@@ -13,7 +13,12 @@
   ``N``), ``lr`` (``[]``, or ``[P]`` for Meta-SGD) and ``clip []``; outputs
   ``new_params [P], loss [], approx_kl []`` (loss and KL of the last step, before it).
 
-Both are plain inference graphs with standard ``ai.onnx`` operators only
+* the recurrent ``policy.onnx`` of a memory (RL2) bundle: ``obs [B, O], prev_action
+  [B, A], prev_reward [B], prev_done [B], h_in [B, H]`` and the optional ``params [P]`` ->
+  ``action_mean [B, A], log_std [B, A], h_out [B, H]``: one step of
+  :func:`metarobot.core.recurrent.recurrent_step`, normaliser folded in.
+
+All are plain inference graphs with standard ``ai.onnx`` operators only
 (:func:`check_standard_ops`).
 """
 
@@ -29,9 +34,17 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from deploy.bundle import ADAPT_INPUTS, ADAPT_OUTPUTS, POLICY_INPUTS, POLICY_OUTPUTS
+from deploy.bundle import (
+    ADAPT_INPUTS,
+    ADAPT_OUTPUTS,
+    POLICY_INPUTS,
+    POLICY_OUTPUTS,
+    RECURRENT_POLICY_INPUTS,
+    RECURRENT_POLICY_OUTPUTS,
+)
 from metarobot.core.inner import InnerBatch, inner_steps_flat
 from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, policy_forward
+from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_step
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it).
 OPSET = 18
@@ -57,7 +70,7 @@ def _to_onnx(fn: Callable[..., Any], args: tuple[Tensor, ...], input_names: Sequ
     return program.model_proto
 
 
-def _free_size(model: GaussianMLPPolicy, layout: ParamLayout) -> int:
+def _free_size(model: GaussianMLPPolicy | GaussianGRUPolicy, layout: ParamLayout) -> int:
     """An example size for the dynamic batch dim equal to no other dim of the model:
     symbolic tracing gives equal sizes one symbol, which would tie B or N to them."""
     return max(model.obs_dim, model.act_dim, layout.size, *model.hidden) + 1
@@ -77,6 +90,26 @@ def export_policy_graph(model: GaussianMLPPolicy, layout: ParamLayout, flat: Ten
     example_obs = torch.zeros(_free_size(model, layout), model.obs_dim)
     proto = _to_onnx(forward, (example_obs, flat), POLICY_INPUTS, POLICY_OUTPUTS,
                      [{0: torch.export.Dim("B")}, None], opset)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(flat.numpy(), name="params"))
+    return proto
+
+
+def export_recurrent_policy_graph(model: GaussianGRUPolicy, layout: ParamLayout, flat: Tensor,
+                                  *, opset: int = OPSET) -> onnx.ModelProto:
+    """The recurrent policy graph (one step; see the module docstring), ``params``
+    defaulting to ``flat`` like :func:`export_policy_graph`'s."""
+    def forward(obs: Tensor, prev_action: Tensor, prev_reward: Tensor, prev_done: Tensor,
+                h_in: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(recurrent_step(model, layout.unflatten(params), obs, prev_action,
+                                    prev_reward, prev_done, h_in))
+
+    flat = flat.detach().to(torch.float32).contiguous()
+    b = _free_size(model, layout)
+    args = (torch.zeros(b, model.obs_dim), torch.zeros(b, model.act_dim), torch.zeros(b),
+            torch.zeros(b), torch.zeros(b, model.hidden_size), flat)
+    dim_b = torch.export.Dim("B")
+    proto = _to_onnx(forward, args, RECURRENT_POLICY_INPUTS, RECURRENT_POLICY_OUTPUTS,
+                     [{0: dim_b}] * 5 + [None], opset)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(flat.numpy(), name="params"))
     return proto
 

@@ -72,6 +72,7 @@ from torch import Tensor
 
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
+from metarobot.core.recurrent import GaussianGRUPolicy
 from metarobot.sampling.buffers import EpisodeBuffers, SlotTable
 from metarobot.sampling.schedule import Group, JobQueue, pipeline_groups, reset_seed
 from metarobot.sampling.workers import LocalWorker, ProcessWorker, WorkerDied, WorkerFailed
@@ -214,6 +215,26 @@ class MultiTaskSampler:
             ``max_episode_steps``; ``act`` is the sampled action (the env clips it) and
             ``logp`` its log-probability under the slot's parameters.
         """
+        return self._run_call(_SampleCall, model, params, tasks, episodes_per_task, seed,
+                              generator, deterministic)
+
+    def sample_trials(self, model: GaussianGRUPolicy, params: Params, tasks: Sequence[Task],
+                      episodes_per_task: int, *, seed: int, generator: torch.Generator,
+                      deterministic: bool = False) -> EpisodeBatch:
+        """RL2 trials: the ``episodes_per_task`` episodes of each task run on one slot, in
+        order, with the GRU policy's hidden state carried across them (reset at each
+        task's first episode). Arguments, noise, seeds and the returned batch as for
+        :meth:`sample`; see :mod:`metarobot.sampling.trials`."""
+        from metarobot.sampling.trials import TrialCall
+
+        return self._run_call(TrialCall, model, params, tasks, episodes_per_task, seed,
+                              generator, deterministic)
+
+    def _run_call(self, call_type: type[_SampleCall], model: Any, params: Params,
+                  tasks: Sequence[Task], episodes_per_task: int, seed: int,
+                  generator: torch.Generator, deterministic: bool) -> EpisodeBatch:
+        """Check the inputs and run one call of ``call_type`` without gradients, with
+        :attr:`policy_threads` torch threads."""
         if self._closed:
             raise ValueError("the sampler is closed")
         self._check_inputs(model, params, tasks, episodes_per_task, seed, generator)
@@ -222,8 +243,8 @@ class MultiTaskSampler:
             torch.set_num_threads(self.policy_threads)
         try:
             with torch.no_grad():
-                call = _SampleCall(self, model, params, list(tasks), episodes_per_task,
-                                   seed, generator, deterministic)
+                call = call_type(self, model, params, list(tasks), episodes_per_task,
+                                 seed, generator, deterministic)
                 return call.run()
         finally:
             torch.set_num_threads(threads)
@@ -360,7 +381,8 @@ class MultiTaskSampler:
 class _SampleCall:
     """One :meth:`MultiTaskSampler.sample` call: its episodes, slots, job queue and the
     pipeline loop (:meth:`run`) that receives step replies, calls the policy and sends
-    the next steps."""
+    the next steps. :class:`metarobot.sampling.trials.TrialCall` (RL2) overrides the
+    hooks :meth:`setup_policy`, :meth:`task_log_std`, :meth:`job_queue` and :meth:`act`."""
 
     def __init__(self, sampler: MultiTaskSampler, model: GaussianMLPPolicy, params: Params,
                  tasks: list[Task], num_eps: int, seed: int, generator: torch.Generator,
@@ -371,13 +393,11 @@ class _SampleCall:
         T, A = sampler.max_episode_steps, sampler.act_dim
         self.seeds = [[reset_seed(int(seed), m, e) for e in range(num_eps)]
                       for m in range(num_tasks)]
-        self.policy = _batched_policy(model, {k: v.detach().to(device)
-                                              for k, v in params.items()})
+        self.setup_policy(model, {k: v.detach().to(device) for k, v in params.items()})
         # The log-std does not depend on the observation, so every (task, episode, step)'s
         # action offset from the mean (std * noise) and log-probability are known up front,
         # and a policy call only computes means. Rows are flat (task, episode, step) indices.
-        _, task_log_std = self.policy(torch.arange(num_tasks, device=device),
-                                      torch.zeros(num_tasks, sampler.obs_dim, device=device))
+        task_log_std = self.task_log_std(num_tasks)
         log_std = task_log_std[:, None, None].expand(num_tasks, num_eps, T, A)
         if deterministic:
             offset = torch.zeros_like(log_std)
@@ -390,7 +410,7 @@ class _SampleCall:
 
         self.episodes = EpisodeBuffers(num_tasks, num_eps, T, sampler.obs_dim, A)
         self.slots = SlotTable(sampler.num_slots, sampler.obs_dim, A)
-        self.jobs = JobQueue(num_tasks, num_eps)
+        self.jobs = self.job_queue(num_tasks, num_eps)
         self.stages = pipeline_groups(len(sampler._workers), sampler.envs_per_worker)
         self.groups = [group for stage in self.stages for group in stage]
         self.stats = {"policy_seconds": 0.0, "worker_seconds": 0.0, "policy_calls": 0,
@@ -421,6 +441,19 @@ class _SampleCall:
                               "env_steps": float(self.episodes.length.sum()),
                               **{key: float(value) for key, value in self.stats.items()}}
         return self.episodes.to_batch(sampler.device)
+
+    def setup_policy(self, model: GaussianMLPPolicy, params: Params) -> None:
+        """The batched policy of this call (``params`` detached, on the device)."""
+        self.policy = _batched_policy(model, params)
+
+    def task_log_std(self, num_tasks: int) -> Tensor:
+        """Every task's log-std ``[M, A]`` (state independent)."""
+        device = self.sampler.device
+        return self.policy(torch.arange(num_tasks, device=device),
+                           torch.zeros(num_tasks, self.sampler.obs_dim, device=device))[1]
+
+    def job_queue(self, num_tasks: int, num_eps: int) -> JobQueue:
+        return JobQueue(num_tasks, num_eps)
 
     def act(self, running: np.ndarray) -> None:
         """One batched policy call: the next action of every slot in ``running``."""
@@ -514,7 +547,7 @@ class _SampleCall:
             raise RuntimeError(f"{self.stats['restarts']} worker restarts in one sample call "
                                f"(max_restarts={sampler.max_restarts}); last: {reason}")
         sampler._replace_worker(w, reason, lost, self.tasks)
-        self.jobs.put_back(pending + lost)
+        self.jobs.requeue_lost(pending + lost)
 
 
 def _batched_policy(model: GaussianMLPPolicy, params: Params,

@@ -39,6 +39,10 @@ class JobQueue:
             self.pending[m].appendleft(e)
             self.count += 1
 
+    def requeue_lost(self, jobs: list[tuple[int, int]]) -> None:
+        """Jobs lost with a dead worker (running or about to start): run them again."""
+        self.put_back(jobs)
+
 
 @dataclasses.dataclass
 class Group:

@@ -25,19 +25,26 @@ from metarobot.core.inner import INNER_ADAPTS, INNER_LOSSES, InnerAdaptName, Inn
 
 #: The values of the string switches (the types of their config keys).
 DeviceName = Literal["auto", "cpu", "cuda"]
-#: ``outer.algo``: PPO-MAML (ProMP) or Reptile.
-OuterAlgoName = Literal["ppo", "reptile", "es"]
+#: ``outer.algo``: PPO-MAML (ProMP), Reptile, ES-MAML or RL2 (memory, a GRU policy).
+OuterAlgoName = Literal["ppo", "reptile", "es", "rl2"]
+#: ``policy.kind``: the MLP the gradient meta-learners adapt, or RL2's GRU.
+PolicyKindName = Literal["mlp", "gru"]
 #: ``advantages.baseline``: the linear feature baseline or a learned value network.
 BaselineName = Literal["linear", "mlp"]
 #: Allowed values of the string keys (for validation messages and the CLI).
 DEVICES: tuple[DeviceName, ...] = get_args(DeviceName)
 OUTER_ALGOS: tuple[OuterAlgoName, ...] = get_args(OuterAlgoName)
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
+POLICY_KINDS: tuple[PolicyKindName, ...] = get_args(PolicyKindName)
 #: The largest seed torch's generators take as a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
 @dataclass
 class PolicyConfig:
+    #: "mlp": Gaussian MLP (``ppo``, ``reptile``, ``es``); "gru": RL2's recurrent policy,
+    #: ``hidden`` = tanh embedding widths, then the GRU's width (``[64, 64]``: one layer
+    #: of 64, a GRU of 64).
+    kind: PolicyKindName = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     init_log_std: float = 0.0
     #: Size of the policy's context input (CAVIA), adapted alone by ``inner.adapt: context``.
@@ -79,7 +86,8 @@ class InnerConfig:
 
 @dataclass
 class OuterConfig:
-    algo: OuterAlgoName = "ppo"  #: "ppo" (PPO-MAML / ProMP), "reptile" or "es" (ES-MAML)
+    #: "ppo" (PPO-MAML / ProMP), "reptile", "es" (ES-MAML) or "rl2" (RL2: memory)
+    algo: OuterAlgoName = "ppo"
     lr: float = 1e-3
     epochs: int = 5  #: Adam steps per meta-batch (no resampling); Reptile: inner PPO steps
     clip: float = 0.3
@@ -88,6 +96,9 @@ class OuterConfig:
     adaptive_eta: bool = True
     reptile_lr: float = 0.1  #: Reptile's step toward the tasks' adapted parameters
     es_sigma: float = 0.02  #: ES-MAML's perturbation scale (std of the noise on theta)
+    #: RL2: truncated backpropagation through time, in steps of the trial (the GRU's
+    #: state is detached every ``tbptt`` steps in the update).
+    tbptt: int = 100
     max_grad_norm: float = 10.0
 
 
@@ -159,6 +170,7 @@ class TrainConfig:
         # objective trains (its dynamics_coef term and the second-order path).
         dynamics_ok = (inner.adapt == "context" and p.context_dim >= 1
                        and bool(p.dynamics_hidden) and outer.algo == "ppo")
+        rl2 = outer.algo == "rl2"
         eta_ok = math.isfinite(outer.eta) and (
             outer.eta > 0 if outer.adaptive_eta else outer.eta >= 0)
         return [
@@ -172,12 +184,19 @@ class TrainConfig:
              "an integer >= 1"),
             ("max_nonfinite_updates", self.max_nonfinite_updates,
              self.max_nonfinite_updates >= 0, "an integer >= 0"),
-            ("policy.hidden", p.hidden, all(h >= 1 for h in p.hidden),
-             "a list of layer widths, each an integer >= 1"),
+            ("policy.hidden", p.hidden, all(h >= 1 for h in p.hidden) and (
+                p.kind != "gru" or len(p.hidden) >= 1),
+             "a list of layer widths, each an integer >= 1 (with policy.kind: gru at least "
+             "one: the last is the GRU's width)"),
             ("policy.init_log_std", p.init_log_std,
              LOG_STD_MIN <= p.init_log_std <= LOG_STD_MAX,
              f"a number in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the policy's log-std clamp)"),
-            ("policy.context_dim", p.context_dim, p.context_dim >= 0, "an integer >= 0"),
+            ("policy.context_dim", p.context_dim, p.context_dim >= 0 and not (
+                rl2 and p.context_dim), "an integer >= 0 (0 with outer.algo: rl2, whose GRU "
+             "policy adapts by memory, not through a context input)"),
+            ("policy.kind", p.kind, p.kind in POLICY_KINDS and (p.kind == "gru") == rl2,
+             f"one of {list(POLICY_KINDS)}: 'gru' exactly when outer.algo is 'rl2' (RL2 needs "
+             "the recurrent policy; the gradient meta-learners adapt the MLP)"),
             ("policy.dynamics_hidden", p.dynamics_hidden,
              all(h >= 1 for h in p.dynamics_hidden) and (
                  not p.dynamics_hidden or inner.loss == "dynamics"),
@@ -193,8 +212,11 @@ class TrainConfig:
              "policy.context_dim >= 1, a model in policy.dynamics_hidden and outer.algo: "
              "ppo)"),
             ("inner.adapt", inner.adapt, inner.adapt == "all" or (
-                inner.adapt == "context" and p.context_dim >= 1),
-             f"one of {list(INNER_ADAPTS)} ('context' needs policy.context_dim >= 1)"),
+                inner.adapt == "context" and p.context_dim >= 1 and not rl2),
+             f"one of {list(INNER_ADAPTS)} ('context' needs policy.context_dim >= 1; "
+             "outer.algo: rl2 takes no inner step, its inner.* settings are unused)"),
+            ("inner.meta_sgd", inner.meta_sgd, not (rl2 and inner.meta_sgd),
+             "false with outer.algo: rl2 (it takes no inner step: no learning rates to learn)"),
             ("inner.clip", inner.clip, inner.clip > 0, "a number > 0 (inf: no clipping)"),
             ("inner.dynamics_coef", inner.dynamics_coef, 0 <= inner.dynamics_coef < math.inf,
              "a finite number >= 0"),
@@ -208,14 +230,19 @@ class TrainConfig:
              "(it is doubled and halved), else >= 0"),
             ("outer.es_sigma", outer.es_sigma, _positive(outer.es_sigma),
              "a finite number > 0"),
+            ("outer.tbptt", outer.tbptt, outer.tbptt >= 1,
+             "an integer >= 1 (steps between truncations of RL2's backpropagation through "
+             "time; at least the trial's length E * T for full backpropagation)"),
             ("outer.reptile_lr", outer.reptile_lr, 0 < outer.reptile_lr <= 1,
              "a number in (0, 1] (the fraction of the way toward the adapted parameters)"),
             ("outer.max_grad_norm", outer.max_grad_norm, outer.max_grad_norm > 0,
              "a number > 0 (inf: no clipping)"),
             ("advantages.gamma", adv.gamma, 0 < adv.gamma <= 1, "a number in (0, 1]"),
             ("advantages.lam", adv.lam, 0 <= adv.lam <= 1, "a number in [0, 1]"),
-            ("advantages.baseline", adv.baseline, adv.baseline in BASELINES,
-             f"one of {list(BASELINES)}"),
+            ("advantages.baseline", adv.baseline, adv.baseline in BASELINES and not (
+                rl2 and adv.baseline != "linear"),
+             f"one of {list(BASELINES)} ('linear' with outer.algo: rl2, whose advantages "
+             "run over whole trials with one linear baseline for all tasks)"),
             ("advantages.value_hidden", adv.value_hidden, all(h >= 1 for h in adv.value_hidden),
              "a list of layer widths, each an integer >= 1"),
             ("advantages.value_lr", adv.value_lr, _positive(adv.value_lr), "a finite number > 0"),

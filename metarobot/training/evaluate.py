@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.core.recurrent import GaussianGRUPolicy, make_policy
 from metarobot.sampling.rollouts import collect_adaptation_rollouts
 from metarobot.training.checkpoint import load_run
 from metarobot.training.config import TrainConfig, config_from_dict
@@ -38,7 +39,7 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
 class TrainedPolicy:
     """A policy restored from a run: module (with normaliser), parameters and config."""
 
-    model: GaussianMLPPolicy
+    model: GaussianMLPPolicy | GaussianGRUPolicy
     params: Params
     meta_sgd_lr: Params | None
     config: TrainConfig
@@ -53,10 +54,10 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     """Restore the policy of ``run_dir``'s last checkpoint (``ValueError`` if unusable)."""
     state = load_run(run_dir)
     config = config_from_dict(state.config)
-    model = GaussianMLPPolicy(state.model.obs_dim, state.model.act_dim,
-                              config.policy.hidden, config.policy.init_log_std,
-                              config.policy.context_dim,
-                              config.policy.dynamics_hidden).to(device)
+    model = make_policy(config.policy.kind, state.model.obs_dim, state.model.act_dim,
+                        config.policy.hidden, config.policy.init_log_std,
+                        config.policy.context_dim,
+                        config.policy.dynamics_hidden).to(device)
     norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
     params = {k: v.to(device) for k, v in state.model.params.items()}
@@ -154,6 +155,12 @@ def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: i
 
     Each step samples ``episodes`` episodes per task (default: the training meta-batch's),
     refits the baseline and takes the trainer's inner step on them.
+
+    RL2 (``outer.algo: rl2``) adapts by memory: each task runs one trial of
+    ``(adapt_steps + 1) * episodes`` episodes with the hidden state carried across all of
+    them, and "after k steps" is the mean over episodes ``k * E .. (k + 1) * E - 1``: the
+    policy has carried its state through ``k * E`` episodes of the task, as many as the
+    gradient methods had adapted on, so the columns compare.
     """
     from metarobot.sampling.sampler import MultiTaskSampler
 
@@ -164,13 +171,23 @@ def evaluate_policy(policy: TrainedPolicy, split: Split = "test", adapt_steps: i
     tasks = make_family(cfg.family).sample_tasks(num_tasks, split, seed=seed)
     device = next(iter(policy.params.values())).device
     workers = cfg.sampler.num_workers if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)  # CPU: same noise on any device
     with MultiTaskSampler(env_id(cfg.family), workers, cfg.sampler.envs_per_worker,
                           device=device, env_kwargs=cfg.env_kwargs) as sampler:
-        rollouts = collect_adaptation_rollouts(
-            sampler, policy.model, policy.params, tasks, episodes, adapt_steps, cfg.inner,
-            cfg.advantages, policy.meta_sgd_lr, seed=10_000 + seed,
-            generator=torch.Generator().manual_seed(seed))  # CPU: same noise on any device
-    returns = np.stack([b.episode_returns.mean(1).cpu().numpy() for b in rollouts.batches])
-    success = np.stack([b.success.mean(1).cpu().numpy() for b in rollouts.batches])
+        if isinstance(policy.model, GaussianGRUPolicy):
+            params = {k: v.expand(len(tasks), *v.shape) for k, v in policy.params.items()}
+            trial = sampler.sample_trials(policy.model, params, tasks,
+                                          (adapt_steps + 1) * episodes, seed=10_000 + seed,
+                                          generator=generator)
+            shape = (len(tasks), adapt_steps + 1, episodes)  # [M, K+1, E]
+            returns = trial.episode_returns.reshape(shape).mean(2).T.cpu().numpy()
+            success = trial.success.reshape(shape).mean(2).T.cpu().numpy()
+        else:
+            rollouts = collect_adaptation_rollouts(
+                sampler, policy.model, policy.params, tasks, episodes, adapt_steps, cfg.inner,
+                cfg.advantages, policy.meta_sgd_lr, seed=10_000 + seed, generator=generator)
+            returns = np.stack([b.episode_returns.mean(1).cpu().numpy()
+                                for b in rollouts.batches])
+            success = np.stack([b.success.mean(1).cpu().numpy() for b in rollouts.batches])
     return EvaluationResult(cfg.family, split, episodes, [t.task_id for t in tasks], returns,
                             success, meta={"seed": seed, "iteration": policy.iteration})

@@ -10,7 +10,9 @@ One iteration (:meth:`MetaTrainer.run_iteration`), top to bottom:
 3. the outer update of ``outer.algo``: :func:`metarobot.algos.promp.update` (``outer.epochs``
    Adam steps on PPO-clip(post-update data) + eta * KL, then the adaptive eta),
    :func:`metarobot.algos.reptile.update`, or :func:`metarobot.algos.es.update` (ES-MAML:
-   step 2 ran each task with two antithetic perturbations of theta);
+   step 2 ran each task with two antithetic perturbations of theta). ``outer.algo: rl2``
+   replaces steps 2-3 (:meth:`MetaTrainer._rl2_iteration`): one trial of E episodes per
+   task with the GRU policy's memory, then :func:`metarobot.algos.rl2.update`;
 4. update the observation normaliser, log, checkpoint.
 
 A non-finite loss or gradient skips the update (logged); ``max_nonfinite_updates`` in a
@@ -36,11 +38,12 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarobot.algos import es, maml, promp, reptile
+from metarobot.algos import es, maml, promp, reptile, rl2
 from metarobot.algos.value import LearnedBaseline
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.inner import adapted_names, inner_loss, step_sizes
 from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.core.recurrent import GaussianGRUPolicy, make_policy
 from metarobot.sampling.rollouts import AdaptationRollouts, collect_adaptation_rollouts
 from metarobot.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -182,7 +185,8 @@ def make_sampler(config: TrainConfig, device: torch.device) -> MultiTaskSampler:
 
 
 class MetaTrainer:
-    """Meta-trains a :class:`GaussianMLPPolicy` on a task family.
+    """Meta-trains a :class:`GaussianMLPPolicy` (or RL2's :class:`GaussianGRUPolicy`) on a
+    task family.
 
     Args:
         config: a validated :class:`TrainConfig`.
@@ -212,10 +216,10 @@ class MetaTrainer:
         self.family = make_family(config.family)
         obs_space, act_space = env_spaces(config.family, config.env_kwargs)
         self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
-        self.model = GaussianMLPPolicy(self.obs_dim, self.act_dim, config.policy.hidden,
-                                       config.policy.init_log_std,
-                                       config.policy.context_dim,
-                                       config.policy.dynamics_hidden).to(self.device)
+        self.model: GaussianMLPPolicy | GaussianGRUPolicy = make_policy(
+            config.policy.kind, self.obs_dim, self.act_dim, config.policy.hidden,
+            config.policy.init_log_std, config.policy.context_dim,
+            config.policy.dynamics_hidden).to(self.device)
         self.params: Params = self.model.init_params()  # leaves, on the model's device
         # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
@@ -387,6 +391,8 @@ class MetaTrainer:
                                   self.normalizer.var.float().to(self.device))
         tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train",
                                          seed=cfg.seed * 1_000_003 + it)
+        if cfg.outer.algo == "rl2":
+            return self._rl2_iteration(tasks, t_start)
         old_params = {k: v.detach().clone() for k, v in self.params.items()}
 
         # 1-2. Pre-update data with theta (and the k-times adapted policies), post-update data.
@@ -442,6 +448,39 @@ class MetaTrainer:
                         "time/iteration": t_done - t_start, "outer/eta": self.eta,
                         "env_steps": float(self.env_steps)})
         self._save_episodes(it, tasks, rollouts.batches)
+        return scalars
+
+    def _rl2_iteration(self, tasks: list[Task], t_start: float) -> dict[str, float]:
+        """One RL2 iteration: a trial of E episodes per task with the GRU's memory, then
+        :func:`metarobot.algos.rl2.update` (PPO over the trials, truncated BPTT)."""
+        cfg, it = self.config, self.iteration
+        assert isinstance(self.model, GaussianGRUPolicy)
+        params = {k: v.detach().expand(len(tasks), *v.shape) for k, v in self.params.items()}
+        batch = self._sampler_instance().sample_trials(
+            self.model, params, tasks, cfg.meta_batch.episodes,
+            seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator)
+        trials = rl2.pack_trials(batch)
+        adv, explained_variance = rl2.trial_advantages(
+            trials, cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize)
+        t_sampled = time.perf_counter()
+        stats = rl2.update(self.model, self.params, trials, adv, cfg.outer.epochs,
+                           cfg.outer.clip, cfg.outer.tbptt, self._apply_update)
+        t_done = time.perf_counter()
+
+        self.normalizer.update(batch.obs, batch.mask)
+        self.env_steps += int(batch.mask.sum().item())
+        self.iteration += 1
+        returns, success = batch.episode_returns, batch.success
+        scalars = {"return/pre": returns[:, 0].mean().item(),
+                   "return/post": returns[:, -1].mean().item(),
+                   "return/trial": returns.mean().item(),
+                   "success/pre": success[:, 0].mean().item(),
+                   "success/post": success[:, -1].mean().item(),
+                   "baseline/explained_variance_trial": explained_variance.mean().item(),
+                   **{f"outer/{k}": v for k, v in stats.items()},
+                   "time/sampling": t_sampled - t_start, "time/outer_update": t_done - t_sampled,
+                   "time/iteration": t_done - t_start, "env_steps": float(self.env_steps)}
+        self._save_episodes(it, tasks, [batch])
         return scalars
 
     def _adaptation_kl(self, rollouts: AdaptationRollouts) -> torch.Tensor:
