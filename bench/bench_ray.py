@@ -8,7 +8,9 @@ CPU per worker that the ray sampler starts). Each of ``--rounds`` rounds runs on
 local, ray, ray, local (so a drift of the machine's load within a round cancels), with a
 64x64 Gaussian MLP policy and per-task parameters (the trainer's case). A call's rate is
 its env steps over its wall time (startup excluded, task setting and resets included);
-the round's ratio is the ray backend's rate over the local backend's. The median ratio
+the round's ratio is the ray backend's rate over the local backend's. Also recorded: the
+CPU time per env step of the main process (with Ray: its client threads too) and of the
+workers (Ray's own daemons, the raylet and GCS, are not counted). The median ratio
 over rounds is reported with its spread (target >= 0.8). The idle sampler's workers wait
 on a message, so only one backend steps envs at a time.
 
@@ -53,6 +55,15 @@ from sim_envs.registry import make_family
 TARGET_RAY_OVER_LOCAL = 0.8
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of the processes ``pids`` (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def worker_scheduling(pids: list[int]) -> list[dict[str, Any]]:
     """Nice value and Linux autogroup of each worker process. Ray starts its workers with
     a higher nice value than the driver's (its ``worker_niceness``); in the same autogroup
@@ -81,12 +92,16 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
 
         def sample(backend: str, seed: int) -> tuple[dict[str, float], EpisodeBatch]:
             sampler = samplers[backend]
-            start = time.perf_counter()
+            pids = sampler.worker_pids
+            start, main_cpu, worker_cpu = time.perf_counter(), time.process_time(), \
+                cpu_seconds(pids)
             batch = sampler.sample(model, params, tasks, args.episodes, seed=seed,
                                    generator=torch.Generator().manual_seed(seed))
             wall = time.perf_counter() - start
             steps = float(batch.mask.sum())
             return {"wall_s": wall, "env_steps": steps, "steps_per_s": steps / wall,
+                    "main_cpu_s": time.process_time() - main_cpu,
+                    "worker_cpu_s": cpu_seconds(pids) - worker_cpu,
                     "waiting_s": sampler.last_stats["worker_seconds"],
                     "restarts": sampler.last_stats["restarts"]}, batch
 
@@ -110,6 +125,9 @@ def measure(args: argparse.Namespace, envs_per_worker: int) -> dict[str, Any]:
                            "local_waiting_s": statistics.mean(
                                c["waiting_s"] for c in calls["local"]),
                            "ray_waiting_s": statistics.mean(c["waiting_s"] for c in calls["ray"]),
+                           **{f"{b}_{part}_cpu_ms_per_step": 1e3 * sum(
+                               c[f"{part}_cpu_s"] for c in cs) / sum(c["env_steps"] for c in cs)
+                              for b, cs in calls.items() for part in ("main", "worker")},
                            "restarts": sum(c["restarts"] for cs in calls.values() for c in cs)})
     ratios = [r["ray_over_local"] for r in rounds]
     return {"envs_per_worker": envs_per_worker, "num_slots": args.workers * envs_per_worker,
@@ -155,6 +173,9 @@ def main() -> None:
         print(f"{result['envs_per_worker']} envs/worker: median ray/local = "
               f"{m['ray_over_local']:.3f} (rounds {low:.3f}..{high:.3f}); "
               f"{m['local_call_s']:.2f} s vs {m['ray_call_s']:.2f} s per call; "
+              f"CPU ms per env step, main + workers: local {m['local_main_cpu_ms_per_step']:.3f}"
+              f" + {m['local_worker_cpu_ms_per_step']:.3f}, ray {m['ray_main_cpu_ms_per_step']:.3f}"
+              f" + {m['ray_worker_cpu_ms_per_step']:.3f}; "
               f"same batch: {result['same_batch']}; worker nice: "
               f"{ {b: [w['nice'] for w in ws] for b, ws in result['worker_scheduling'].items()} }")
     headline = results[0]["median"]["ray_over_local"]
