@@ -86,14 +86,12 @@ from metarobot.sampling.buffers import EpisodeBuffers, SlotTable
 from metarobot.sampling.ray_workers import RayWorker
 from metarobot.sampling.schedule import Group, JobQueue, pipeline_groups, reset_seed
 from metarobot.sampling.workers import LocalWorker, ProcessWorker, WorkerDied, WorkerFailed
+from metarobot.training.config import SAMPLER_BACKENDS, SamplerBackendName
 from sim_envs.tasks import Task
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "MultiTaskSampler", "RawThroughput", "reset_seed"]
-
-#: Where the workers run: processes of this machine, or Ray actors.
-BACKENDS = ("local", "ray")
+__all__ = ["MultiTaskSampler", "RawThroughput", "reset_seed"]
 
 
 class RawThroughput(NamedTuple):
@@ -151,7 +149,7 @@ class MultiTaskSampler:
                  device: str | torch.device = "cpu", env_kwargs: dict | None = None,
                  start_method: str = "spawn", logger: Callable[[str], None] | None = None,
                  step_timeout: float = 60.0, max_restarts: int = 10,
-                 policy_threads: int | None = 1, backend: str = "local",
+                 policy_threads: int | None = 1, backend: SamplerBackendName = "local",
                  ray_address: str | None = None) -> None:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -164,8 +162,8 @@ class MultiTaskSampler:
             raise ValueError(f"step_timeout must be > 0, got {step_timeout!r}")
         if policy_threads is not None and policy_threads < 1:
             raise ValueError(f"policy_threads must be >= 1 or None, got {policy_threads!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if backend not in SAMPLER_BACKENDS:
+            raise ValueError(f"backend must be one of {list(SAMPLER_BACKENDS)}, got {backend!r}")
         if backend == "ray" and num_workers == 0:
             raise ValueError("the ray backend needs num_workers >= 1 (its workers are actors)")
         self.env_id = env_id
