@@ -1,8 +1,11 @@
 """The sampler's ray backend: the local backend's worker code as Ray actors.
 
 A local Ray instance of 2 CPUs is started once for the tests that share it and shut down
-at the end of the module. Ray is a dependency of CI (the README's install line installs
-the ``ray`` extra): without it these tests fail, they are not skipped.
+at the end of the module. The point-mass env of ``test_sampler`` (imported under the name
+pytest gives it, so that its task classes are the ones its env checks) is imported by the
+actors too: ``tests/`` goes on the ``PYTHONPATH`` of the Ray instances started here.
+Ray is a dependency of CI (the README's install line installs the ``ray`` extra): without
+it these tests fail, they are not skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ import pytest
 import ray
 import torch
 import yaml
+from test_sampler import (
+    MAX_STEPS,
+    POINT_ID,
+    assert_batches_equal,
+    gen,
+    point_task,
+    stacked,
+)
 
 from metarobot.cli import main as cli_main
 from metarobot.core.policy import GaussianMLPPolicy
@@ -28,14 +39,6 @@ from metarobot.sampling.sampler import MultiTaskSampler, _SampleCall
 from metarobot.sampling.workers import WorkerFailed
 from metarobot.training.config import config_from_dict
 from metarobot.training.runlog import read_log
-from tests.test_sampler import (
-    MAX_STEPS,
-    POINT_ID,
-    assert_batches_equal,
-    gen,
-    point_task,
-    stacked,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +50,15 @@ def shutdown_ray_after_the_module():
 
 
 @pytest.fixture
-def ray_running():
+def actors_import_tests(monkeypatch):
+    """A Ray instance started while this is set runs its workers with ``tests/`` on the
+    ``PYTHONPATH`` (they inherit the environment), so they can import ``test_sampler``."""
+    path = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
+
+
+@pytest.fixture
+def ray_running(actors_import_tests):
     """A local Ray instance this process is connected to (started once, kept)."""
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False)
@@ -229,7 +240,8 @@ def test_without_ray_the_sampler_imports_and_the_ray_backend_names_the_extra(tmp
         "import sys\nsys.modules['ray'] = None\n"
         "from metarobot.sampling.sampler import MultiTaskSampler\n"
         "import metarobot.training.trainer\n"
-        "from tests.test_sampler import POINT_ID\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_sampler import POINT_ID\n"
         "with MultiTaskSampler(POINT_ID, 0, 1) as s: print('local ok', s.family)\n"
         "try:\n"
         "    MultiTaskSampler(POINT_ID, 1, 1, backend='ray')\n"
@@ -253,7 +265,7 @@ def test_the_message_names_the_ray_extra_of_pyproject():
     assert INSTALL_RAY_EXTRA == "pip install 'metarobot[ray]'"
 
 
-def test_without_an_instance_the_sampler_starts_a_local_one_and_stops_it():
+def test_without_an_instance_the_sampler_starts_a_local_one_and_stops_it(actors_import_tests):
     ray.shutdown()  # the instance the other tests shared
     model = GaussianMLPPolicy(2, 2, hidden=(8,))
     with MultiTaskSampler(POINT_ID, 1, 2, backend="ray") as sampler:
