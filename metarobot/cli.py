@@ -28,6 +28,7 @@ EPILOG = """examples:
   metarobot quickstart                       # train on reach, evaluate, export, adapt on device
   metarobot train --config reach-cpu --set iterations=50 --run-dir runs/reach
   metarobot train --resume runs/reach        # continue after an interruption
+  metarobot train --config reach-cpu --ray-address auto   # workers on a Ray cluster
   metarobot evaluate runs/reach --split test --adapt-steps 3
   metarobot export runs/reach --out bundles/reach
   metarobot envs                             # task families and their parameters
@@ -56,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue this run from its last checkpoint (with --set, --device, "
                    "--iterations only for: iterations, checkpoint_every, "
                    "max_nonfinite_updates, device, sampler.num_workers, "
-                   "sampler.envs_per_worker)")
+                   "sampler.envs_per_worker, sampler.backend, sampler.ray_address)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="run the sampler's workers as Ray actors on the cluster at ADDRESS "
+                   "('auto': the one running on this machine; sets sampler.backend=ray and "
+                   "sampler.ray_address; --set sampler.backend=ray alone starts a local Ray "
+                   "instance); needs the ray extra")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --run-dir (only a metarobot run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -188,6 +194,9 @@ def _train(args: argparse.Namespace) -> Path:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
+    if args.ray_address is not None:
+        # JSON-quoted: YAML would read some addresses as numbers (e.g. "1:30").
+        overrides += ["sampler.backend=ray", f"sampler.ray_address={json.dumps(args.ray_address)}"]
     if args.resume is None:
         if args.iterations is not None:
             overrides.append(f"iterations={args.iterations}")

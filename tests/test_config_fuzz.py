@@ -91,6 +91,9 @@ SPEC: dict[str, tuple[str, object]] = {
     "advantages.value_task_features": ("bool", None),
     "sampler.num_workers": _int(0),
     "sampler.envs_per_worker": _int(1),
+    "sampler.backend": _choice("local", "ray"),  # ray: with sampler.num_workers >= 1
+    # Any string with sampler.backend ray; base() has local, which takes only "".
+    "sampler.ray_address": _choice(""),
 }
 #: Strings a float key reads as numbers (YAML 1.1 leaves "1e-6" and "inf" strings).
 NUMERIC_STRINGS = {"1e-6": 1e-6, "2E-2": 0.02, "inf": INF, ".inf": INF, "-inf": -INF,
@@ -185,7 +188,9 @@ def test_many_keys_give_a_valid_config_or_a_value_error(tmp_path_factory, change
         return
     for key, value in changes.items():  # every accepted value is an allowed one
         kind, ok = SPEC[key]
-        if key != "outer.eta" or cfg.outer.adaptive_eta:
+        if key == "sampler.ray_address" and cfg.sampler.backend == "ray":
+            assert type(value) is str, value
+        elif key != "outer.eta" or cfg.outer.adaptive_eta:
             assert expected_value(kind, ok, value)[0], (key, value)
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"  # saved and loaded unchanged
     save_config(cfg, path)

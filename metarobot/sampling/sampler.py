@@ -49,8 +49,17 @@ loop is :class:`_SampleCall`.
 Workers are started with ``spawn`` by default, so a script that creates a sampler with
 workers needs the usual ``if __name__ == "__main__":`` guard.
 
-Failures: a worker that dies (segfault, SIGKILL: pipe EOF or process sentinel) or does not
-answer within ``step_timeout`` is killed and replaced by a fresh worker. The running
+Backends: ``"local"`` runs the workers as processes of this machine; ``"ray"`` runs the
+same worker code (:class:`~metarobot.sampling.workers.EnvGroup`) as Ray actors, one per
+worker, on a Ray cluster or a local Ray instance (:mod:`~metarobot.sampling.ray_workers`).
+The pipeline, the schedule and the policy calls here are the same, so both backends give
+the same batch for the same inputs and layout. The tasks, the one value every worker
+receives per call, go to the object store once (``ray.put``); the policy runs here, so
+what crosses to the actors per step is actions.
+
+Failures: a worker that dies (segfault, SIGKILL: pipe EOF or process sentinel; a Ray
+actor: killed, crashed or its node lost) or does not answer within ``step_timeout`` is
+killed and replaced by a fresh worker (a new actor). The running
 episodes of both its groups and the jobs its outstanding messages were to start go back to
 the queue (those messages are forgotten, never read from the new worker), and the
 episodes are re-run from reset with the same reset seeds and the same noise, so the batch
@@ -73,9 +82,12 @@ from torch import Tensor
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.policy import GaussianMLPPolicy, Params, gaussian_log_prob, rows_policy_forward
 from metarobot.core.recurrent import GaussianGRUPolicy
+from metarobot.sampling import ray_workers
 from metarobot.sampling.buffers import EpisodeBuffers, SlotTable
+from metarobot.sampling.ray_workers import RayWorker
 from metarobot.sampling.schedule import Group, JobQueue, pipeline_groups, reset_seed
 from metarobot.sampling.workers import LocalWorker, ProcessWorker, WorkerDied, WorkerFailed
+from metarobot.training.config import SAMPLER_BACKENDS, SamplerBackendName
 from sim_envs.tasks import Task
 
 _log = logging.getLogger(__name__)
@@ -101,7 +113,8 @@ class MultiTaskSampler:
     Args:
         env_id: gymnasium id of a sim_envs family (e.g. ``"sim_envs/Reach-v0"``); a
             ``"module:Name-v0"`` id imports ``module`` in the workers first.
-        num_workers: worker processes; 0 runs the envs in this process.
+        num_workers: worker processes (Ray actors with the ray backend); 0 runs the envs
+            in this process (local backend only).
         envs_per_worker: envs (slots) per worker (with ``num_workers=0``: in this process).
         device: where the policy runs.
         env_kwargs: keyword arguments of ``gymnasium.make``.
@@ -115,6 +128,11 @@ class MultiTaskSampler:
         policy_threads: torch intra-op threads during :meth:`sample` on CPU (restored after).
             The per-step batches are tiny: more threads only add synchronisation and take
             cores from the workers.
+        backend: ``"local"`` (worker processes) or ``"ray"`` (Ray actors, one CPU each;
+            needs ``num_workers >= 1``). ``start_method`` is the local backend's only.
+        ray_address: the Ray cluster to join (``"auto"``, ``"host:6379"``, ...). None: the
+            Ray instance this process is already connected to, else a local instance with
+            ``num_workers`` CPUs, started here and shut down by :meth:`close`.
 
     Attributes:
         events: worker deaths and restarts, oldest first, as dicts with ``"event"``
@@ -132,7 +150,8 @@ class MultiTaskSampler:
                  device: str | torch.device = "cpu", env_kwargs: dict | None = None,
                  start_method: str = "spawn", logger: Callable[[str], None] | None = None,
                  step_timeout: float = 60.0, max_restarts: int = 10,
-                 policy_threads: int | None = 1) -> None:
+                 policy_threads: int | None = 1, backend: SamplerBackendName = "local",
+                 ray_address: str | None = None) -> None:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         if not isinstance(envs_per_worker, int) or envs_per_worker < 1:
@@ -144,6 +163,10 @@ class MultiTaskSampler:
             raise ValueError(f"step_timeout must be > 0, got {step_timeout!r}")
         if policy_threads is not None and policy_threads < 1:
             raise ValueError(f"policy_threads must be >= 1 or None, got {policy_threads!r}")
+        if backend not in SAMPLER_BACKENDS:
+            raise ValueError(f"backend must be one of {list(SAMPLER_BACKENDS)}, got {backend!r}")
+        if backend == "ray" and num_workers == 0:
+            raise ValueError("the ray backend needs num_workers >= 1 (its workers are actors)")
         self.env_id = env_id
         self.num_workers = num_workers
         self.envs_per_worker = envs_per_worker
@@ -152,13 +175,17 @@ class MultiTaskSampler:
         self.step_timeout = float(step_timeout)
         self.max_restarts = int(max_restarts)
         self.policy_threads = policy_threads
+        self.backend = backend
         self.events: list[dict[str, Any]] = []
         self.last_stats: dict[str, float] = {}
         self._logger = logger if logger is not None else _log.warning
         self._ctx = multiprocessing.get_context(start_method)
-        self._workers: list[LocalWorker | ProcessWorker] = []
+        self._workers: list[LocalWorker | ProcessWorker | RayWorker] = []
         self._closed = False
+        self._owns_ray = False
         try:
+            if backend == "ray":
+                self._owns_ray = ray_workers.connect(ray_address, num_workers)
             if num_workers == 0:
                 try:
                     self._workers = [LocalWorker(env_id, self.env_kwargs, envs_per_worker)]
@@ -166,8 +193,8 @@ class MultiTaskSampler:
                     raise ValueError(f"cannot create {env_id!r}: {error!r}") from error
                 spec = self._workers[0].describe(self.step_timeout)
             else:
-                # Start every process before waiting for any, so they build their envs at once.
-                self._workers = [self._new_process(w) for w in range(num_workers)]
+                # Start every worker before waiting for any, so they build their envs at once.
+                self._workers = [self._new_worker(w) for w in range(num_workers)]
                 specs = [self._hello(worker) for worker in self._workers]
                 spec = specs[0]
         except BaseException:
@@ -192,8 +219,9 @@ class MultiTaskSampler:
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (empty with ``num_workers=0``)."""
-        return [w.pid for w in self._workers if isinstance(w, ProcessWorker)]
+        """Process ids of the live workers (empty with ``num_workers=0``); a Ray actor's
+        is on its node."""
+        return [w.pid for w in self._workers if w.pid is not None]
 
     # ---------------------------------------------------------------- sampling
     def sample(self, model: GaussianMLPPolicy, params: Params, tasks: Sequence[Task],
@@ -285,11 +313,13 @@ class MultiTaskSampler:
                              f"{self.device}")
 
     def _broadcast_tasks(self, tasks: list[Task]) -> None:
+        # Ray: one copy in the object store that every actor reads.
+        shared = ray_workers.share(tasks) if self.backend == "ray" else tasks
         for w in range(len(self._workers)):
             for attempt in range(2):
                 try:
                     worker = self._workers[w]
-                    worker.recv(worker.send("set_tasks", tasks), self.step_timeout)
+                    worker.recv(worker.send("set_tasks", shared), self.step_timeout)
                     break
                 except WorkerDied as error:
                     if attempt == 1:
@@ -298,30 +328,35 @@ class MultiTaskSampler:
                     self._replace_worker(w, str(error), [], None)
 
     # ---------------------------------------------------------------- workers
-    def _new_process(self, index: int) -> ProcessWorker:
+    def _new_worker(self, index: int) -> ProcessWorker | RayWorker:
+        name = f"metarobot-sampler-{index}"
+        if self.backend == "ray":
+            return RayWorker(self.env_id, self.env_kwargs, self.envs_per_worker, name)
         return ProcessWorker(self._ctx, self.env_id, self.env_kwargs, self.envs_per_worker,
-                              name=f"metarobot-sampler-{index}")
+                             name=name)
 
-    def _hello(self, worker: ProcessWorker) -> dict[str, Any]:
+    def _hello(self, worker: ProcessWorker | RayWorker) -> dict[str, Any]:
         try:
             return worker.describe(max(self.step_timeout, 120.0))
         except WorkerDied as error:
-            raise RuntimeError(f"sampler worker {worker.process.name} failed to start: "
-                               f"{error}") from error
+            hint = (" (a Ray actor waits for a free CPU: does the cluster have one per "
+                    "worker?)" if isinstance(worker, RayWorker) else "")
+            raise RuntimeError(f"sampler worker {worker.name} failed to start: "
+                               f"{error}{hint}") from error
         except WorkerFailed as error:
             raise ValueError(f"cannot create {self.env_id!r} in a worker: {error}") from error
 
     def _replace_worker(self, index: int, reason: str, lost: list[tuple[int, int]],
                         tasks: list[Task] | None) -> None:
         old = self._workers[index]
-        assert isinstance(old, ProcessWorker)
+        assert isinstance(old, (ProcessWorker, RayWorker))
         old.kill()
         self._record({"event": "worker_died", "worker": index, "pid": old.pid,
-                      "exitcode": old.process.exitcode, "reason": reason,
+                      "exitcode": old.exitcode, "reason": reason,
                       "episodes": lost, "time": time.time()},
                      f"sampler worker {index} (pid {old.pid}) died: {reason}; "
                      f"re-running {len(lost)} episode(s)")
-        new = self._new_process(index)
+        new = self._new_worker(index)
         self._workers[index] = new
         self._hello(new)
         if tasks is not None:
@@ -363,6 +398,9 @@ class MultiTaskSampler:
             except Exception as error:  # closing must not stop the other workers' shutdown
                 _log.warning("closing sampler worker failed: %r", error)
         self._workers = []
+        if self._owns_ray:
+            self._owns_ray = False
+            ray_workers.shutdown()
 
     def __enter__(self) -> MultiTaskSampler:
         return self

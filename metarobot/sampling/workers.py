@@ -1,7 +1,8 @@
 """The sampler's workers: the envs of one worker (:class:`EnvGroup`), the worker process
 loop (:func:`worker_main`), and the main process's handles to a worker, in another
 process (:class:`ProcessWorker`) or in this one (:class:`LocalWorker`), behind one
-``send``/``recv`` interface.
+``send``/``recv`` interface (a third handle, to an :class:`EnvGroup` as a Ray actor, is
+:class:`~metarobot.sampling.ray_workers.RayWorker`).
 
 The worker side imports no torch: it steps envs and answers messages. A message is
 ``(seq, command, args)``, where ``command`` is a method of :class:`EnvGroup`; the reply
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import time
 import traceback
@@ -46,8 +48,9 @@ class EnvGroup:
         self.tasks: Sequence[Task] = ()
 
     def describe(self) -> dict[str, Any]:
+        """The env spec, and the process id of this worker (on its node, for a Ray actor)."""
         env = self.envs[0]
-        return {"family": env.unwrapped.family.name,
+        return {"pid": os.getpid(), "family": env.unwrapped.family.name,
                 "obs_shape": tuple(env.observation_space.shape),
                 "act_shape": tuple(env.action_space.shape),
                 "max_episode_steps": env.spec.max_episode_steps if env.spec else None}
@@ -191,9 +194,15 @@ class ProcessWorker:
         self.process.start()
         child.close()  # the worker holds the only other end, so its death gives us EOF
         self.pid = self.process.pid
+        self.name = name
         self._seq = 0
         self._waiting: set[int] = set()  # sent, reply not received yet
         self._early: dict[int, tuple[str, Any]] = {}  # replies that came before their recv
+
+    @property
+    def exitcode(self) -> int | None:
+        """The process's exit code once it ended (negative: killed by that signal)."""
+        return self.process.exitcode
 
     def describe(self, timeout: float) -> dict[str, Any]:
         """The hello message the worker sends once its envs are built."""

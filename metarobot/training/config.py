@@ -31,11 +31,14 @@ OuterAlgoName = Literal["ppo", "reptile", "es", "rl2"]
 PolicyKindName = Literal["mlp", "gru"]
 #: ``advantages.baseline``: the linear feature baseline or a learned value network.
 BaselineName = Literal["linear", "mlp"]
+#: ``sampler.backend``: worker processes on this machine, or Ray actors.
+SamplerBackendName = Literal["local", "ray"]
 #: Allowed values of the string keys (for validation messages and the CLI).
 DEVICES: tuple[DeviceName, ...] = get_args(DeviceName)
 OUTER_ALGOS: tuple[OuterAlgoName, ...] = get_args(OuterAlgoName)
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 POLICY_KINDS: tuple[PolicyKindName, ...] = get_args(PolicyKindName)
+SAMPLER_BACKENDS: tuple[SamplerBackendName, ...] = get_args(SamplerBackendName)
 #: The largest seed torch's generators take as a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
@@ -123,6 +126,11 @@ class AdvantageConfig:
 class SamplerConfig:
     num_workers: int = 2  #: worker processes (0 = envs in the trainer process)
     envs_per_worker: int = 20
+    #: "local": worker processes; "ray": the same workers as Ray actors (the ``ray`` extra)
+    backend: SamplerBackendName = "local"
+    #: The Ray cluster of the ray backend ("auto", "host:6379"); "": the instance the
+    #: process is connected to, else a local one started for the run.
+    ray_address: str = ""
 
 
 @dataclass
@@ -254,6 +262,12 @@ class TrainConfig:
              "an integer >= 0 (0: envs in the trainer process)"),
             ("sampler.envs_per_worker", smp.envs_per_worker, smp.envs_per_worker >= 1,
              "an integer >= 1"),
+            ("sampler.backend", smp.backend, smp.backend in SAMPLER_BACKENDS and (
+                smp.backend == "local" or smp.num_workers >= 1),
+             f"one of {list(SAMPLER_BACKENDS)} ('ray' needs sampler.num_workers >= 1: its "
+             "workers are actors)"),
+            ("sampler.ray_address", smp.ray_address, smp.backend == "ray" or not smp.ray_address,
+             "'' unless sampler.backend is 'ray' (the address is the ray backend's only)"),
         ]
 
 
@@ -372,10 +386,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 #: The keys ``metarobot train --resume`` may change. They decide how long, where and
 #: how fast a run goes, not what it computes: the sampler gives the same episodes for
-#: any worker layout (see :mod:`metarobot.sampling.sampler`), and a checkpoint loads on either
-#: device. Every other key is fixed by the run's saved config.
+#: any worker layout and either backend (see :mod:`metarobot.sampling.sampler`), and a
+#: checkpoint loads on either device. Every other key is fixed by the run's saved config.
 RESUME_SAFE_KEYS = ("iterations", "checkpoint_every", "max_nonfinite_updates", "device",
-                    "sampler.num_workers", "sampler.envs_per_worker")
+                    "sampler.num_workers", "sampler.envs_per_worker", "sampler.backend",
+                    "sampler.ray_address")
 
 
 def resume_config(saved: dict[str, Any], overrides: list[str]) -> TrainConfig:

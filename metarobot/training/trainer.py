@@ -181,7 +181,8 @@ def make_sampler(config: TrainConfig, device: torch.device) -> MultiTaskSampler:
 
     return MultiTaskSampler(env_id(config.family), config.sampler.num_workers,
                             config.sampler.envs_per_worker, device=device,
-                            env_kwargs=config.env_kwargs)
+                            env_kwargs=config.env_kwargs, backend=config.sampler.backend,
+                            ray_address=config.sampler.ray_address or None)
 
 
 class MetaTrainer:
@@ -205,6 +206,10 @@ class MetaTrainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True, *,
                  overwrite: bool = False, resuming: bool = False) -> None:
         self.config = config.validate()
+        if config.sampler.backend == "ray":
+            from metarobot.sampling.ray_workers import import_ray
+
+            import_ray()  # not installed: the error now, before the run directory is made
         self.run_dir = Path(run_dir)
         if not resuming:
             check_new_run_dir(self.run_dir, overwrite)
