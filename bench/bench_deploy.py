@@ -67,41 +67,26 @@ TARGETS = {"policy_p99_us": 20.0, "adapt_n1000_p50_ms": 1.0, "runtime_rss_mb": 8
 OBS_DIM, ACT_DIM, HIDDEN = 21, 3, (64, 64)
 
 
-def export_reach_bundle(out: Path) -> Path:
+def export_reach_bundle(out: Path, recurrent: bool = False) -> Path:
+    """A freshly initialised Reach bundle: the 64x64 MLP with its adapt graphs, or with
+    ``recurrent`` RL2's memory bundle of the same widths (a tanh layer of 64, a GRU of 64)."""
     import gymnasium
     import torch
 
     from metarobot.core.policy import GaussianMLPPolicy
-    from metarobot.export.bundle import export_bundle
-
-    torch.manual_seed(0)
-    model = GaussianMLPPolicy(OBS_DIM, ACT_DIM, HIDDEN)
-    params = {k: v.detach() for k, v in model.init_params().items()}
-    return export_bundle(
-        model.eval(), params, out, family="reach", env_id="sim_envs/Reach-v0",
-        observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
-        action_space=gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
-        inner_config={"loss": "lvc", "lr": 0.1, "clip": math.inf, "steps": 1, "gamma": 0.99,
-                      "lam": 1.0, "baseline": "linear_feature"},
-        adapt_steps_options=(1, 2, 3))
-
-
-def export_recurrent_reach_bundle(out: Path) -> Path:
-    """RL2's memory bundle of the same widths: a tanh layer of 64, then a GRU of 64."""
-    import gymnasium
-    import torch
-
     from metarobot.core.recurrent import GaussianGRUPolicy
     from metarobot.export.bundle import export_bundle
 
     torch.manual_seed(0)
-    model = GaussianGRUPolicy(OBS_DIM, ACT_DIM, HIDDEN)
+    model = (GaussianGRUPolicy if recurrent else GaussianMLPPolicy)(OBS_DIM, ACT_DIM, HIDDEN)
     params = {k: v.detach() for k, v in model.init_params().items()}
+    inner = None if recurrent else {"loss": "lvc", "lr": 0.1, "clip": math.inf, "steps": 1,
+                                    "gamma": 0.99, "lam": 1.0, "baseline": "linear_feature"}
     return export_bundle(
         model.eval(), params, out, family="reach", env_id="sim_envs/Reach-v0",
         observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
         action_space=gymnasium.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
-        inner_config=None)
+        inner_config=inner)
 
 
 def timed(fn, repeats: int, warmup: int = 100) -> np.ndarray:
@@ -251,7 +236,7 @@ def measure_recurrent(out: Path, repeats: int) -> dict:
     from deploy.bundle import open_session
     from deploy.recurrent import RecurrentPolicy
 
-    bundle = export_recurrent_reach_bundle(out)
+    bundle = export_reach_bundle(out, recurrent=True)
     files = {p.name: p.stat().st_size for p in sorted(bundle.iterdir())}
     policy = RecurrentPolicy.load(bundle, seed=0)
     session = open_session(policy.bundle.policy_file, threads=1)

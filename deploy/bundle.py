@@ -1028,6 +1028,24 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     return bundle
 
 
+def check_default_params(bundle: Bundle, policy: Any, feeds: Mapping[str, np.ndarray],
+                         ) -> None:
+    """The policy graph's default ``params`` initializer is the bundle's ``params.npy``:
+    ``policy`` run on ``feeds`` without and with ``params`` gives the same outputs.
+
+    Raises:
+        BundleError: the graph cannot run, or its defaults differ.
+    """
+    try:
+        default = policy.run(None, dict(feeds))
+        explicit = policy.run(None, {**feeds, "params": bundle.params})
+    except Exception as err:  # a graph that loads but cannot run (ORT's own types)
+        raise BundleError(f"{bundle.policy_file} fails to run: {err}") from err
+    if not all(np.array_equal(x, y) for x, y in zip(default, explicit)):
+        raise BundleError(f"{bundle.policy_file}: its default parameters differ from "
+                          f"{bundle.spec.params.file}")
+
+
 def check_embedded_metadata(bundle: Bundle, policy: Any, adapt: Mapping[int, Any]) -> None:
     """Every model's embedded metadata equals the manifest's.
 

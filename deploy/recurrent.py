@@ -38,6 +38,7 @@ import numpy as np
 from deploy.bundle import (
     Bundle,
     BundleError,
+    check_default_params,
     check_embedded_metadata,
     check_graph_signatures,
     load_bundle,
@@ -78,7 +79,7 @@ class RecurrentPolicy:
         self.last_reset_reason: str | None = None
         self.last_logp = float("nan")  #: log-probability of the last sampled action
         self.reset_task()
-        self._check_default_params()
+        check_default_params(bundle, self._policy, self._feeds())
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, family: str | None = None,
@@ -87,15 +88,6 @@ class RecurrentPolicy:
         """Load and validate a memory bundle (:func:`deploy.bundle.load_bundle`)."""
         return cls(load_bundle(bundle_dir, family=family, check_models=False), seed=seed,
                    threads=threads, hidden_bound=hidden_bound)
-
-    def _check_default_params(self) -> None:
-        """The graph's default ``params`` initializer is the bundle's ``params.npy``."""
-        feeds = self._feeds()
-        default = self._policy.run(None, feeds)
-        explicit = self._policy.run(None, {**feeds, "params": self.bundle.params})
-        if not all(np.array_equal(x, y) for x, y in zip(default, explicit)):
-            raise BundleError(f"{self.bundle.policy_file}: its default parameters differ "
-                              f"from {self.bundle.spec.params.file}")
 
     # ------------------------------------------------------------------ state
     @property

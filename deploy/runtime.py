@@ -52,6 +52,7 @@ import numpy as np
 from deploy.bundle import (
     Bundle,
     BundleError,
+    check_default_params,
     check_embedded_metadata,
     check_graph_signatures,
     load_bundle,
@@ -180,16 +181,8 @@ class AdaptivePolicy:
         b = self.bundle
         check_embedded_metadata(b, self._policy, self._adapt)
         check_graph_signatures(b, self._policy, self._adapt)
-        # The policy's default params initializer must be the bundle's meta-learned params.
         probe = np.linspace(-1.0, 1.0, b.obs_dim, dtype=np.float32)[None]
-        try:
-            default = self._policy.run(None, {"obs": probe})
-            explicit = self._policy.run(None, {"obs": probe, "params": b.params})
-        except Exception as err:  # a graph that loads but cannot run (ORT's own types)
-            raise BundleError(f"{b.policy_file} fails to run: {err}") from err
-        if not all(np.array_equal(x, y) for x, y in zip(default, explicit)):
-            raise BundleError(f"{b.policy_file}: its default parameters differ from "
-                              f"{b.spec.params.file}")
+        check_default_params(b, self._policy, {"obs": probe})
 
     # ------------------------------------------------------------------ state
     @property
