@@ -19,45 +19,34 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import command_line, write_json
-from metarobot.training.evaluate import mean_ci95
+from bench.stats import across, load_family
 
 DEFAULT_OUT = Path("bench/results/learners")
 
 
-def _stat(per_seed: list[np.ndarray]) -> tuple[float, float]:
-    """Mean ± CI over seeds' means, or over tasks when there is one seed."""
-    if len(per_seed) == 1:
-        return mean_ci95(per_seed[0])
-    return mean_ci95(np.array([v.mean() for v in per_seed]))
-
-
-def _row(name: str, files: list[Path], kind: str) -> dict[str, Any]:
-    """A learner's row from its per-seed result files (``kind``: meta or baseline)."""
-    records = [json.loads(f.read_text()) for f in files]
-    evals = [r["evaluation"] if kind == "meta" else r for r in records]
-    returns = [np.asarray(e["returns"], dtype=np.float64) for e in evals]  # [K+1, tasks]
-    success = [np.asarray(e["success"], dtype=np.float64) for e in evals]
-    steps = min(len(r) for r in returns)
+def _row(name: str, entries: list[dict[str, Any]], stage: int, kind: str) -> dict[str, Any]:
+    """A learner's row from its seeds' :func:`bench.stats.load_family` entries at ``stage``
+    (``kind``: meta or baseline); statistics are :func:`bench.stats.across`'s."""
+    records = [e[kind][stage] for e in entries]
+    returns, success = (across(entries, stage, kind, key) for key in ("returns", "success"))
+    assert returns is not None and success is not None  # entries all have the stage
     if kind == "meta":
         env_steps = [r["env_steps"] for r in records]
-        wall = [r["timing"]["iteration_s_mean"] for r in records]
+        wall = float(np.mean([r["timing"]["iteration_s_mean"] for r in records]))
     else:
-        env_steps = [r["baseline_env_steps"] for r in records]
-        wall = [float("nan")]
+        env_steps, wall = [r["baseline_env_steps"] for r in records], float("nan")
     return {
         "learner": name, "seeds": [r["seed"] for r in records],
-        "files": [str(f) for f in files], "env_steps": int(np.mean(env_steps)),
-        "iteration_s": float(np.mean(wall)),
+        "files": [str(e["dir"] / f"{kind}_it{stage:05d}.json") for e in entries],
+        "env_steps": int(np.mean(env_steps)), "iteration_s": wall,
         "config": records[0].get("config", {}).get("outer", {}).get("algo", kind),
-        "return": [_stat([r[k] for r in returns]) for k in range(steps)],
-        "success": [_stat([s[k] for s in success]) for k in range(steps)],
+        "return": returns, "success": success,
         "commits": sorted({r.get("git_commit", "?") for r in records}),
         "commands": sorted({r.get("command", "?") for r in records}),
     }
@@ -67,17 +56,16 @@ def collect(family: str, learners: list[tuple[str, Path, int]], baseline: str | 
             seeds: list[int]) -> list[dict[str, Any]]:
     rows = []
     for name, root, stage in learners:
-        files = [root / family / f"seed{s}" / f"meta_it{stage:05d}.json" for s in seeds]
-        present = [f for f in files if f.exists()]
-        if not present:
-            raise SystemExit(f"{name}: no results at {files[0]} (or other seeds)")
-        rows.append(_row(name, present, "meta"))
+        loaded = load_family(root, family)
+        entries = [loaded[s] for s in seeds if s in loaded and stage in loaded[s]["meta"]]
+        if not entries:
+            raise SystemExit(f"{name}: no results at {root / family}/seed*/"
+                             f"meta_it{stage:05d}.json for seeds {seeds}")
+        rows.append(_row(name, entries, stage, "meta"))
         if name == baseline:
-            files = [root / family / f"seed{s}" / f"baseline_it{stage:05d}.json"
-                     for s in seeds]
-            present = [f for f in files if f.exists()]
-            if present:
-                rows.append(_row("multi-task PPO", present, "baseline"))
+            with_base = [e for e in entries if stage in e["baseline"]]
+            if with_base:
+                rows.append(_row("multi-task PPO", with_base, stage, "baseline"))
     return rows
 
 
