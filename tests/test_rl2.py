@@ -17,6 +17,7 @@ from metarobot.core.recurrent import (
     TrialInputs,
     gru_cell,
     recurrent_sequence,
+    recurrent_sequence_steps,
 )
 from metarobot.sampling.sampler import MultiTaskSampler
 from metarobot.training.checkpoint import load_checkpoint
@@ -94,6 +95,51 @@ def test_truncated_bptt_equals_full_bptt_when_it_covers_the_trial():
     short = grads(lambda: recurrent_sequence(model, params, inputs, h0, 3)[:2])
     diff = max((a - b).abs().max().item() for a, b in zip(short, full))
     assert diff > 1e-4, "truncation at 3 steps must cut gradient paths"
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("tbptt", [4, 7, 17, 30, None])
+def test_fused_sequence_equals_the_step_by_step_loop(dtype, tol, tbptt):
+    """The fused forward (embedding, torch's GRU kernel per TBPTT chunk, head) against the
+    per-step loop: outputs on real steps, the final state after each sequence's last real
+    step (padding of different lengths, one sequence all padding, one ending before the
+    last chunk) and the gradients of a loss over both w.r.t. every parameter and ``h0``."""
+    torch.manual_seed(0)
+    model = GaussianGRUPolicy(3, 2, hidden=[8, 6]).to(dtype)
+    model.set_normalizer(torch.randn(3, dtype=dtype), torch.rand(3, dtype=dtype) + 0.5)
+    params = model.init_params()
+    length = 17
+    inputs, act = _random_trials(model, 6, length, seed=1)
+    real = torch.tensor([17, 14, 9, 1, 0, 16])[:, None]
+    mask = (torch.arange(length) < real).double()
+    inputs = TrialInputs(*(v.to(dtype) for v in inputs._replace(mask=mask)))
+    act = act.to(dtype)
+    h0 = (torch.rand(6, model.hidden_size, dtype=dtype) - 0.5).requires_grad_(True)
+    w = torch.randn(model.hidden_size, dtype=dtype)
+
+    def run(forward):
+        mean, log_std, h = forward(model, params, inputs, h0, tbptt)
+        loss = (gaussian_log_prob(mean, log_std, act) * inputs.mask).sum() + (h * w).sum()
+        grads = torch.autograd.grad(loss, [*params.values(), h0], allow_unused=True)
+        grads = [torch.zeros_like(v) if g is None else g
+                 for v, g in zip([*params.values(), h0], grads)]
+        return mean * inputs.mask[..., None], log_std, h, grads
+
+    fused, loop = run(recurrent_sequence), run(recurrent_sequence_steps)
+    for name, a, b in zip(["mean", "log_std", "h"], fused[:3], loop[:3]):
+        assert (a - b).abs().max() < tol, name
+    assert torch.equal(fused[2][4], h0[4])  # no real step: the state is h0
+    for name, a, b in zip([*params, "h0"], fused[3], loop[3]):
+        assert b.abs().max() > 0 or name == "h0", name  # every path is exercised
+        assert (a - b).abs().max() < tol, name
+
+
+def test_fused_sequence_refuses_a_mask_with_holes():
+    model = GaussianGRUPolicy(3, 2, hidden=[6]).double()
+    inputs, _ = _random_trials(model, 2, 5)
+    inputs.mask[1, 2] = 0.0  # real, padding, real
+    with pytest.raises(ValueError, match="recurrent_sequence_steps"):
+        recurrent_sequence(model, model.init_params(), inputs, model.initial_state(2).double())
 
 
 def test_trial_sampling_carries_the_state_and_packing_rebuilds_its_inputs():

@@ -17,7 +17,11 @@ step of a trial; ``d = 1`` on the first step of every later episode.
 The GRU equations are written out (:func:`gru_cell`, the same numbers as
 :class:`torch.nn.GRUCell`) so the exported ONNX graph holds plain MatMul / Sigmoid / Tanh
 operators, and every function here takes the parameters as a dict, like
-:mod:`metarobot.core.policy`.
+:mod:`metarobot.core.policy`. One step (:func:`recurrent_step`) is the sampler's and the
+export's definition; the training forward over whole trials (:func:`recurrent_sequence`)
+computes the same numbers with one embedding call, torch's fused GRU kernel per
+truncated-BPTT chunk and one mean-head call (:func:`recurrent_sequence_steps` is the
+step-by-step reference).
 
 Shapes: ``obs [..., O]``, ``prev_act [..., A]``, ``prev_rew``, ``prev_done`` ``[...]``,
 ``h [..., H]``; sequences put time second to last: ``[..., L, O]`` etc.
@@ -25,6 +29,7 @@ Shapes: ``obs [..., O]``, ``prev_act [..., A]``, ``prev_rew``, ``prev_done`` ``[
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -109,12 +114,17 @@ class GaussianGRUPolicy(nn.Module):
     def normalize(self, obs: Tensor) -> Tensor:
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
 
+    def step_input(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor,
+                   prev_done: Tensor) -> Tensor:
+        """``x_t = [normalize(obs), a_{t-1}, r_{t-1}, d_{t-1}]``: ``[..., O + A + 2]`` for
+        any leading shape (one step ``[...]`` or a sequence ``[..., L]``)."""
+        return torch.cat([self.normalize(obs), prev_act, prev_rew.unsqueeze(-1),
+                          prev_done.unsqueeze(-1)], -1)
+
     def forward(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, prev_done: Tensor,
                 h: Tensor) -> RecurrentStep:
         """One step (see the module docstring); call it through :func:`recurrent_step`."""
-        x = torch.cat([self.normalize(obs), prev_act, prev_rew.unsqueeze(-1),
-                       prev_done.unsqueeze(-1)], -1)
-        x = self.embed(x)
+        x = self.embed(self.step_input(obs, prev_act, prev_rew, prev_done))
         h = gru_cell(x, h, self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih,
                      self.gru.bias_hh)
         mean = self.mean_head(h)
@@ -155,15 +165,72 @@ class TrialInputs(NamedTuple):
 
 def recurrent_sequence(model: GaussianGRUPolicy, params: Params, inputs: TrialInputs,
                        h0: Tensor, tbptt: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the policy over sequences ``[..., L]`` from ``h0 [..., H]``.
+    """Run the policy over sequences ``[..., L]`` from ``h0 [..., H]``, fused: the same
+    numbers as :func:`recurrent_sequence_steps` (to float rounding) at a fraction of the
+    cost (the training forward of :func:`metarobot.algos.rl2.ppo_loss`).
+
+    The embedding MLP and the mean head run once over all ``L`` steps; the GRU runs as
+    :class:`torch.nn.GRU` (torch's fused kernel, the parameters taken from ``params``'
+    ``gru.*`` entries, :class:`torch.nn.GRUCell`'s layout) over chunks of ``tbptt`` steps.
 
     ``tbptt``: truncated backpropagation through time: the state is detached every
-    ``tbptt`` steps (None, or ``>= L``: full backpropagation). Padded steps
-    (``mask == 0``) leave the state unchanged.
+    ``tbptt`` steps (None, or ``>= L``: full backpropagation).
+
+    ``mask [..., L]`` must be 1 on a prefix of each sequence and 0 after it (real steps
+    first, then padding, as :func:`metarobot.algos.rl2.pack_trials` lays trials out; a
+    sequence may have no real step). Other masks raise ``ValueError``: run them with
+    :func:`recurrent_sequence_steps`. ``mean`` at padded steps is unspecified (the GRU
+    runs on over the padding; the step-by-step loop holds the state instead), so weight
+    any loss by the mask; ``h`` is the loop's.
 
     Returns:
-        ``(mean [..., L, A], log_std [..., L, A], h [..., H])``, ``h`` after the last step.
+        ``(mean [..., L, A], log_std [..., L, A], h [..., H])``, ``h`` the state after each
+        sequence's last real step (``h0`` if it has none). As in the loop, ``h`` carries
+        gradient back to the start of its chunk only if that step lies in the last chunk.
     """
+    mask = inputs.mask
+    if bool(((mask != 0) & (mask != 1)).any() | (mask[..., 1:] > mask[..., :-1]).any()):
+        raise ValueError("recurrent_sequence needs a 0/1 mask with each sequence's real "
+                         "steps first and padding only at the end; run other masks with "
+                         "recurrent_sequence_steps")
+    *batch, length = mask.shape
+    hidden = model.hidden_size
+    x = model.step_input(inputs.obs, inputs.prev_act, inputs.prev_rew, inputs.prev_done)
+    x = functional_call(model.embed, _sub_params(params, "embed."), (x,))
+    x = x.reshape(-1, length, x.shape[-1])  # [B, L, I], B = prod(batch)
+    real = mask.reshape(-1, length).sum(-1).long()  # [B] real steps of each sequence
+
+    # A GRU with no parameters of its own (meta device): functional_call runs torch's
+    # fused kernel with the dict's tensors, so gradients reach them.
+    gru = _FunctionalGRU(x.shape[-1], hidden, batch_first=True, device="meta")
+    weights = {f"{name}_l0": params[f"gru.{name}"]
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    chunk = length if tbptt is None else max(1, min(int(tbptt), length))
+    h = h0.expand(*batch, hidden).reshape(-1, hidden)  # [B, H]
+    outs = []
+    with warnings.catch_warnings():  # cuDNN copies the unpacked weights, on purpose
+        warnings.filterwarnings("ignore", "RNN module weights are not part of single")
+        for start in range(0, length, chunk):
+            if start > 0:
+                h = h.detach()  # truncated BPTT
+            hs, _ = functional_call(gru, weights, (x[:, start:start + chunk], h[None]))
+            outs.append(hs)
+            # The state after the last real step of this chunk; padding holds the state.
+            n = (real - start).clamp(0, hs.shape[1])  # [B] real steps in this chunk
+            index = (n - 1).clamp_min(0)[:, None, None].expand(-1, 1, hidden)
+            h = torch.where(n[:, None] > 0, hs.gather(1, index)[:, 0], h)
+    hs = torch.cat(outs, 1).reshape(*batch, length, hidden)
+    mean = nn.functional.linear(hs, params["mean_head.weight"], params["mean_head.bias"])
+    log_std = params["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
+    return mean, log_std, h.reshape(*batch, hidden)
+
+
+def recurrent_sequence_steps(model: GaussianGRUPolicy, params: Params, inputs: TrialInputs,
+                             h0: Tensor, tbptt: int | None = None,
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`recurrent_sequence` one :func:`recurrent_step` at a time: the reference, and
+    the route for any mask (padded steps anywhere leave the state unchanged). Slow (a
+    Python loop over ``L``); same arguments and returns, ``h`` after the last step."""
     length = inputs.obs.shape[-2]
     h, means, log_stds = h0, [], []
     for t in range(length):
@@ -176,6 +243,20 @@ def recurrent_sequence(model: GaussianGRUPolicy, params: Params, inputs: TrialIn
         means.append(out.mean)
         log_stds.append(out.log_std)
     return torch.stack(means, -2), torch.stack(log_stds, -2), h
+
+
+class _FunctionalGRU(nn.GRU):
+    """:class:`torch.nn.GRU` for :func:`torch.func.functional_call` with the caller's
+    tensors: it never repacks them (on CUDA, ``flatten_parameters`` moves the weights
+    into one cuDNN buffer in place, which would rewrite the storage of ``params``)."""
+
+    def flatten_parameters(self) -> None:
+        pass
+
+
+def _sub_params(params: Params, prefix: str) -> Params:
+    """The entries of ``params`` under ``prefix``, renamed for that submodule."""
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def make_policy(kind: str, obs_dim: int, act_dim: int, hidden: Sequence[int],
