@@ -9,13 +9,27 @@
 ``--bundle`` is a bundle directory or the name of a shipped bundle (an existing path
 wins); an unknown name is an error that lists the shipped names.
 
-For each of ``--tasks`` held-out tasks: reset to the meta-learned parameters, run
-``--episodes`` episodes (stochastic actions; they are the adaptation data), adapt with
-``--adapt-steps`` inner steps, run ``--episodes`` more with the adapted parameters, and
-print mean return and success rate before and after. The core runtime never imports
-torch; this command also imports gymnasium and ``sim_envs`` for the simulator, which the
-base install lacks: without ``pip install 'metarobot[train]'`` it stops with one line
-naming the extra.
+For each of ``--tasks`` held-out tasks (each task's episodes on one
+:class:`~deploy.controller.GymController`, stochastic actions), by the bundle's kind of
+adaptation (``metadata["adaptation"]``):
+
+- gradient (:class:`~deploy.runtime.AdaptivePolicy`): reset to the meta-learned
+  parameters, run ``--episodes`` E episodes (the adaptation data), take
+  ``--adapt-steps`` K inner steps on them, run E more with the adapted parameters;
+- memory, RL2 (:class:`~deploy.recurrent.RecurrentPolicy`): reset the hidden state (a new
+  task), run E episodes from the empty memory, then K more blocks of E episodes, the state
+  carried across all of them; "after" is the last block, whose episodes have the memory
+  of K x E earlier ones (the protocol of ``metarobot evaluate`` for RL2, so the columns
+  compare with a gradient bundle's after K steps). The runtime's safety checks stay on:
+  a hidden state it had to reset after a fault is counted in the adaptation column.
+
+Either way it prints mean return and success rate before and after, per task and their
+mean. The gradient-step flags (``--max-kl``, ``--max-update-norm``, ``--trial-episodes``,
+``--worse-margin``) are an error with a memory bundle, which takes no step.
+
+The core runtime never imports torch; this command also imports gymnasium and
+``sim_envs`` for the simulator, which the base install lacks: without
+``pip install 'metarobot[train]'`` it stops with one line naming the extra.
 
 Every failure a user can cause (a bad bundle, an unknown or mismatched env, bad
 arguments, an unreadable path) is one line on stderr and exit status 2; a traceback
@@ -34,10 +48,18 @@ from typing import Any
 
 import numpy as np
 
-from deploy.bundle import BundleError, shipped_bundles
+from deploy.bundle import BundleError, load_bundle, shipped_bundles
 from deploy.controller import GymController
 from deploy.extras import missing_train_module, needs_train_extra
+from deploy.recurrent import RecurrentPolicy
 from deploy.runtime import AdaptivePolicy
+
+#: The runtime of either kind of bundle: gradient steps or memory (RL2).
+Policy = AdaptivePolicy | RecurrentPolicy
+
+#: The flags of the gradient step (``SafetyConfig`` fields); a memory bundle takes none.
+_STEP_FLAGS = {"max_kl": "--max-kl", "max_update_norm": "--max-update-norm",
+               "trial_episodes": "--trial-episodes", "worse_margin": "--worse-margin"}
 
 
 class UsageError(Exception):
@@ -79,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     adapt = sub.add_parser(
         "adapt", help="adapt the bundle on simulator tasks; print return/success per task",
         description="For each task: E episodes with the meta-learned policy, K inner steps "
-                    "on them, E episodes with the adapted policy. Prints a table of mean "
+                    "on them, E episodes with the adapted policy. A memory (RL2) bundle "
+                    "instead starts each task with an empty hidden state and runs E "
+                    "episodes, then K more blocks of E with the state carried; 'after' is "
+                    "the last block (the memory of K x E episodes). Prints a table of mean "
                     "return and success rate before and after adaptation.")
     shipped = ", ".join(shipped_bundles()) or "none installed"
     adapt.add_argument("--bundle", type=Path, required=True,
@@ -90,29 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="task split to sample from (default: test, held-out tasks)")
     adapt.add_argument("--tasks", type=_positive_int, default=5, help="number of tasks N")
     adapt.add_argument("--episodes", type=_positive_int, default=10,
-                       help="episodes E before and after adaptation, per task")
+                       help="episodes E before and after adaptation, per task (and per "
+                            "step of a memory bundle)")
     adapt.add_argument("--adapt-steps", type=_positive_int, default=1,
-                       help="inner gradient steps K")
+                       help="adaptation steps K: inner gradient steps, or for a memory "
+                            "(RL2) bundle blocks of E episodes carrying the hidden state")
     adapt.add_argument("--seed", type=_seed, default=0,
                        help="seed of task sampling, env resets and action noise")
     adapt.add_argument("--max-kl", type=_positive_float, default=None,
-                       help="trust region: halve the step until its KL is at most this "
+                       help="gradient bundles: trust region: halve the step until its KL "
+                            "is at most this "
                             "(nats; default: the bundle's rule, set at export from the KL "
                             "seen in training)")
     adapt.add_argument("--max-update-norm", type=_positive_float, default=None,
-                       help="scale down updates with a larger L2 norm (default: the bundle's "
-                            "rule, else 10)")
+                       help="gradient bundles: scale down updates with a larger L2 norm "
+                            "(default: the bundle's rule, else 10)")
     adapt.add_argument("--trial-episodes", type=_non_negative_int, default=None,
-                       help="episodes an adapted update is on trial before it is kept or "
+                       help="gradient bundles: episodes an adapted update is on trial "
+                            "before it is kept or "
                             "rolled back (0: no trial; default: the bundle's rule)")
     adapt.add_argument("--worse-margin", type=_non_negative_float, default=None,
-                       help="roll back an update whose trial mean return is below the "
+                       help="gradient bundles: roll back an update whose trial mean return "
+                            "is below the "
                             "before mean by more than this many standard errors (default: "
                             "the bundle's rule)")
     return parser
 
 
-def run_episodes(controller: GymController, policy: AdaptivePolicy,
+def run_episodes(controller: GymController, policy: Policy,
                  episodes: int) -> tuple[list[float], list[bool]]:
     """Run ``episodes`` full episodes, recording them in ``policy``; returns their
     undiscounted returns and successes (``info["success"]`` at the last step)."""
@@ -134,7 +164,7 @@ def run_episodes(controller: GymController, policy: AdaptivePolicy,
     return returns, successes
 
 
-def make_env(env_id: str, env_kwargs: dict[str, Any], policy: AdaptivePolicy) -> Any:
+def make_env(env_id: str, env_kwargs: dict[str, Any], policy: Policy) -> Any:
     """The simulator env ``env_id`` built with the bundle's env options, checked to fit
     the bundle (family, observation and action shapes, task sampling).
 
@@ -176,16 +206,58 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], policy: AdaptivePolicy) ->
     return env
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
-    given = {"max_kl": args.max_kl, "max_update_norm": args.max_update_norm,
-             "trial_episodes": args.trial_episodes, "worse_margin": args.worse_margin}
+def load_policy(args: argparse.Namespace) -> Policy:
+    """The runtime of ``--bundle``'s kind: :class:`AdaptivePolicy` with the bundle's safety
+    rules overridden by the step flags given, or :class:`RecurrentPolicy` (no flags).
+
+    Raises:
+        UsageError: a bad bundle, or step flags given with a memory bundle.
+    """
+    given = {k: getattr(args, k) for k in _STEP_FLAGS if getattr(args, k) is not None}
     try:
-        policy = AdaptivePolicy.load(args.bundle, seed=args.seed)
-        # The bundle's recorded rules (e.g. max_kl from training), overridden by flags given.
-        policy.safety = dataclasses.replace(
-            policy.safety, **{k: v for k, v in given.items() if v is not None})
+        bundle = load_bundle(args.bundle, check_models=False)
+        if bundle.adaptation == "memory":
+            if given:
+                raise UsageError(f"{', '.join(_STEP_FLAGS[k] for k in given)}: only for "
+                                 f"gradient steps; {bundle.path} adapts by memory (RL2) and "
+                                 "takes none")
+            return RecurrentPolicy(bundle, seed=args.seed)
+        policy = AdaptivePolicy(bundle, seed=args.seed)
     except BundleError as err:
         raise UsageError(_one_line(err)) from err
+    # The bundle's recorded rules (e.g. max_kl from training), overridden by flags given.
+    policy.safety = dataclasses.replace(policy.safety, **given)
+    return policy
+
+
+def adapt_task(controller: GymController, policy: Policy, episodes: int, steps: int,
+               ) -> tuple[tuple[list[float], list[bool]], tuple[list[float], list[bool]], str]:
+    """One task, its adaptation already reset: ``(before, after, status)``, where before
+    and after are :func:`run_episodes`' returns and successes and status describes the
+    adaptation (see the module docstring for either kind)."""
+    before = run_episodes(controller, policy, episodes)
+    if isinstance(policy, RecurrentPolicy):
+        resets = policy.state_resets
+        after = before
+        for _ in range(steps):  # step k: the state has carried k x E episodes
+            after = run_episodes(controller, policy, episodes)
+        status = f"memory of {steps * episodes} episode(s)"
+        if policy.state_resets > resets:
+            status += (f", {policy.state_resets - resets} state reset(s): "
+                       f"{policy.last_reset_reason}")
+        return before, after, status
+    report = policy.adapt(steps)
+    after = run_episodes(controller, policy, episodes)
+    status = (f"accepted, kl {report.kl:.3g}" if report.accepted
+              else f"rejected: {report.reason}")
+    trial = policy.trial_report
+    if report.accepted and trial is not None and trial.state != "on_trial":
+        status += f", {trial.state.replace('_', ' ')}"
+    return before, after, status
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    policy = load_policy(args)
     env_id = args.env or policy.bundle.env_id
     env = make_env(env_id, policy.bundle.env_kwargs, policy)
     try:
@@ -196,27 +268,22 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                          f"{_one_line(err)}") from err
     header = (f"{'task':<28} {'return before':>13} {'return after':>12} {'success before':>14} "
               f"{'success after':>13}  adaptation")
+    steps = (f"{args.adapt_steps} step(s) of memory (RL2: {args.episodes} episodes each)"
+             if isinstance(policy, RecurrentPolicy) else f"{args.adapt_steps} inner step(s)")
     print(f"bundle {policy.bundle.path} ({policy.bundle.family}), env {env_id}, "
-          f"split {args.split}, {args.episodes} episodes before/after, "
-          f"{args.adapt_steps} inner step(s)")
+          f"split {args.split}, {args.episodes} episodes before/after, {steps}")
     print(header)
     print("-" * len(header))
     rows = []
     with policy:
         for i, task in enumerate(tasks):
-            policy.reset_adaptation()
+            policy.reset_adaptation()  # a memory bundle: a fresh hidden state
             env.unwrapped.set_task(task)
             controller = GymController(env, seed=args.seed * 100_003 + i)
-            pre_ret, pre_succ = run_episodes(controller, policy, args.episodes)
-            report = policy.adapt(args.adapt_steps)
-            post_ret, post_succ = run_episodes(controller, policy, args.episodes)
+            (pre_ret, pre_succ), (post_ret, post_succ), status = adapt_task(
+                controller, policy, args.episodes, args.adapt_steps)
             row = (np.mean(pre_ret), np.mean(post_ret), np.mean(pre_succ), np.mean(post_succ))
             rows.append(row)
-            status = (f"accepted, kl {report.kl:.3g}" if report.accepted
-                      else f"rejected: {report.reason}")
-            trial = policy.trial_report
-            if report.accepted and trial is not None and trial.state != "on_trial":
-                status += f", {trial.state.replace('_', ' ')}"
             print(f"{task.task_id:<28} {row[0]:>13.2f} {row[1]:>12.2f} {row[2]:>14.2f} "
                   f"{row[3]:>13.2f}  {status}")
     mean = np.mean(rows, axis=0)

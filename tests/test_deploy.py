@@ -631,3 +631,60 @@ def test_bundle_records_env_options_and_the_cli_simulates_with_them(bundle, tmp_
                      "--episodes", "1", "--seed", "0"])
     assert code == 0, capsys.readouterr().err
     assert any(line.startswith("walk-test-") for line in capsys.readouterr().out.splitlines())
+
+
+def test_cli_adapt_runs_a_memory_bundle(tmp_path, capsys, monkeypatch):
+    """A memory (RL2) bundle, as ``metarobot evaluate`` runs RL2: per task the hidden
+    state starts empty (reset between tasks) and is carried across its (K + 1) x E
+    episodes; "before" is the first block of E episodes, "after" the last. A spy on the
+    runtime sees each step's state and episode-end flag and each episode's return."""
+    from test_rl2 import _export_random_gru
+
+    from deploy.recurrent import RecurrentPolicy
+
+    _, _, path = _export_random_gru(tmp_path, hidden=(8,))
+    episodes: list[list[tuple[bool, bool]]] = [[]]  # per step: (state all 0, prev_done)
+    returns: list[float] = [0.0]
+    runtimes: list[RecurrentPolicy] = []
+    act, observe = RecurrentPolicy.act, RecurrentPolicy.observe
+
+    def spy_act(self, obs, deterministic=False):
+        runtimes.append(self)
+        episodes[-1].append((not self.state.any(), bool(self._prev_done[0])))
+        return act(self, obs, deterministic)
+
+    def spy_observe(self, obs, action, reward, terminated, truncated):
+        returns[-1] += reward
+        observe(self, obs, action, reward, terminated, truncated)
+        if terminated or truncated:
+            episodes.append([])
+            returns.append(0.0)
+
+    monkeypatch.setattr(RecurrentPolicy, "act", spy_act)
+    monkeypatch.setattr(RecurrentPolicy, "observe", spy_observe)
+    tasks, e, k = 2, 2, 2
+    code = cli_main(["adapt", "--bundle", str(path), "--tasks", str(tasks), "--episodes",
+                     str(e), "--adapt-steps", str(k), "--seed", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "return before" in out and "2 step(s) of memory" in out
+    episodes, returns = episodes[:-1], returns[:-1]  # the empty one after the last end
+    per_task = (k + 1) * e
+    assert len(episodes) == tasks * per_task and len({id(r) for r in runtimes}) == 1
+    for j, steps in enumerate(episodes):
+        first = j % per_task == 0  # a task's first episode: an empty memory, else carried
+        assert steps[0] == (first, not first), j
+        assert not any(zero or done for zero, done in steps[1:]), j
+    rows = [line for line in out.splitlines() if line.startswith("reach-test-")]
+    assert len(rows) == tasks
+    for i, row in enumerate(rows):
+        before, after = (float(x) for x in row.split()[1:3])
+        task = returns[i * per_task:(i + 1) * per_task]
+        assert before == pytest.approx(np.mean(task[:e]), abs=0.006)
+        assert after == pytest.approx(np.mean(task[k * e:]), abs=0.006)
+        assert row.endswith("memory of 4 episode(s)")  # no state reset after a fault
+    assert runtimes[0].state_resets == 0
+    # The gradient step's flags have nothing to set in a memory bundle.
+    assert cli_main(["adapt", "--bundle", str(path), "--max-kl", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-kl" in err and "memory" in err and len(err.strip().splitlines()) == 1
