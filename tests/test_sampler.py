@@ -58,15 +58,19 @@ class PointEnv(MetaEnv):
     ``crash_file`` / ``hang_file``: the first env (across processes) to reach step
     ``crash_step`` / ``hang_step`` while the file does not exist creates it and SIGKILLs
     its own process (after ``crash_delay`` seconds) / sleeps for a minute: exactly one
-    worker death each.
+    worker death each. ``crash_episode``: crash only in that episode (0: the first) since
+    the env's last task switch, i.e. that episode of an RL2 trial (None: any episode).
     """
 
     family_type = PointFamily
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  crash_file: str | None = None, crash_step: int = 3, crash_delay: float = 0.0,
-                 hang_file: str | None = None, hang_step: int = 6) -> None:
+                 crash_episode: int | None = None, hang_file: str | None = None,
+                 hang_step: int = 6) -> None:
         self.crash_file, self.crash_step, self.crash_delay = crash_file, crash_step, crash_delay
+        self.crash_episode = crash_episode
+        self.episodes_of_task = 0  # resets since the last task switch
         self.hang_file, self.hang_step = hang_file, hang_step
         self.apply_count = 0
         super().__init__(task, render_mode)
@@ -80,17 +84,20 @@ class PointEnv(MetaEnv):
     def _apply_task(self, task: Task) -> None:
         self.goal, self.end_step = task.params.goal, task.params.end_step
         self.apply_count += 1
+        self.episodes_of_task = 0
 
     def _reset_episode(self) -> None:
         self.pos = self.np_random.uniform(-1.0, 1.0, 2)
         self.t = 0
+        self.episodes_of_task += 1
 
     def _observe(self) -> np.ndarray:
         return self.pos.astype(np.float32)
 
     def _step(self, action: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:
         self.t += 1
-        if self.t == self.crash_step and _claim(self.crash_file):
+        if (self.t == self.crash_step and self.crash_episode in (None, self.episodes_of_task - 1)
+                and _claim(self.crash_file)):
             time.sleep(self.crash_delay)
             os.kill(os.getpid(), signal.SIGKILL)
         if self.t == self.hang_step and _claim(self.hang_file):
@@ -404,6 +411,46 @@ def test_worker_killed_with_both_halves_outstanding_gives_the_undisturbed_batch(
         undisturbed = sampler.sample(model, params, tasks, 5, seed=4, generator=gen(6))
         assert len(sampler.events) == 2
     assert_batches_equal(batch, undisturbed)
+
+
+def test_worker_killed_mid_trial_gives_the_undisturbed_trials(tmp_path):
+    """RL2 trial sampling (``sample_trials``) with a worker SIGKILLed in the second episode
+    of a trial: the trials it cut short (their hidden state is gone) run again from
+    episode 0 with the same seeds and noise, so the batch is an undisturbed call's:
+    every task's E episodes, in order, the state carried across them (the recorded
+    log-probabilities are those of the GRU re-run over each whole trial from a zero
+    state), up to float rounding (the re-run trials share policy calls with other rows)."""
+    from metarobot.algos import rl2
+    from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_sequence
+
+    torch.manual_seed(1)
+    model = GaussianGRUPolicy(2, 2, hidden=[16], init_log_std=-0.5)
+    params = {k: v.detach().expand(3, *v.shape) for k, v in model.init_params().items()}
+    tasks = [point_task(0.5, end_step=5), point_task(-0.5), point_task(0.2, end_step=3)]
+    kwargs = {"crash_file": str(tmp_path / "crash"), "crash_step": 2, "crash_episode": 1}
+    with MultiTaskSampler(POINT_ID, 2, 2, env_kwargs=kwargs, logger=lambda _: None,
+                          step_timeout=10.0) as sampler:
+        batch = sampler.sample_trials(model, params, tasks, 3, seed=3, generator=gen(0))
+        assert [event["event"] for event in sampler.events] == ["worker_died",
+                                                               "worker_restarted"]
+        died = sampler.events[0]
+        assert died["exitcode"] == -signal.SIGKILL
+        assert any(episode >= 1 for _, episode in died["episodes"])  # cut mid-trial
+        undisturbed = sampler.sample_trials(model, params, tasks, 3, seed=3, generator=gen(0))
+        assert len(sampler.events) == 2
+    # Equal up to float rounding: the GRU step's float32 rounding depends on which rows
+    # share its batch, and the re-run trials are batched with other rows.
+    assert torch.equal(batch.mask, undisturbed.mask)
+    assert torch.equal(batch.success, undisturbed.success)
+    for name, x, y in zip(batch._fields, batch, undisturbed):
+        assert torch.allclose(x, y, rtol=0, atol=1e-5), name
+    lengths = torch.tensor([[5.0] * 3, [float(MAX_STEPS)] * 3, [3.0] * 3])
+    assert torch.equal(batch.mask.sum(-1), lengths)
+    trials = rl2.pack_trials(batch)
+    mean, log_std, _ = recurrent_sequence(model, {k: v[0] for k, v in params.items()},
+                                          trials.inputs, model.initial_state(3))
+    logp = gaussian_log_prob(mean, log_std, trials.act) * trials.inputs.mask
+    assert (logp - trials.logp).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["local", "process"])

@@ -18,7 +18,11 @@ replaced); what differs:
   episode's last step at ``t = 0``), so the worker replies are handled as before.
 * **A dead worker** (:meth:`TrialJobQueue.requeue_lost`): the state of a trial cut short
   is gone, so each of its trials is run again from episode 0, with the same seeds and
-  noise, which gives the same episodes.
+  noise, which gives the same episodes up to float rounding: the re-run steps share
+  policy calls with other rows than before, and the GRU step's float32 rounding depends
+  on a call's rows, with shared and with per-task parameters alike (not bit-identical,
+  unlike :meth:`~metarobot.sampling.sampler.MultiTaskSampler.sample`'s per-task
+  policy). ``tests/test_sampler.py::test_worker_killed_mid_trial_gives_the_undisturbed_trials``.
 
 :func:`metarobot.algos.rl2.pack_trials` rebuilds exactly these inputs from the batch.
 """
