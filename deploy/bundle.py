@@ -69,6 +69,9 @@ RECURRENT_POLICY_OUTPUTS = ("action_mean", "log_std", "h_out")
 ADAPTATION_KINDS = ("gradient", "memory")
 ADAPT_INPUTS = ("params", "obs", "act", "adv", "old_logp", "weight", "lr", "clip")
 ADAPT_OUTPUTS = ("new_params", "loss", "approx_kl")
+#: ``metadata["inner"]["loss"]``: the inner objectives an adapt graph can hold (the same
+#: as :data:`metarobot.core.inner.EXPORTABLE_INNER_LOSSES`).
+ADAPT_LOSSES = ("lvc", "dynamics")
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -505,8 +508,11 @@ class InnerSpec:
     """The inner (adaptation) step the bundle's adapt graphs implement (``metadata["inner"]``).
 
     Attributes:
-        loss: the inner objective; always ``"lvc"`` (the adapt graph's, see
-            :mod:`metarobot.core.inner`).
+        loss: the inner objective of the adapt graphs (:data:`ADAPT_LOSSES`, see
+            :mod:`metarobot.core.inner`): ``"lvc"``, the policy-gradient surrogate, or
+            ``"dynamics"``, a dynamics model's prediction error on the recorded
+            transitions (the context adapts; ``weight`` is then each row's transition
+            weight, :func:`deploy.recorder.adaptation_data`).
         lr: the step size: a float > 0, or :class:`PerParameterLr` (Meta-SGD).
         clip: likelihood-ratio clip of the surrogate (> 0; inf: none).
         steps: the inner steps K used in training (1..:data:`MAX_UNROLLED_STEPS`).
@@ -535,9 +541,9 @@ class InnerSpec:
     def from_dict(inner: Any) -> InnerSpec:
         """Parse and range-check; raises :class:`BundleError`."""
         inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
-        if inner["loss"] != "lvc":
-            raise BundleError(f"inner loss must be 'lvc' (the adapt graph's), got "
-                              f"{inner['loss']!r:.40}")
+        if inner["loss"] not in ADAPT_LOSSES:
+            raise BundleError(f"inner loss must be one of {list(ADAPT_LOSSES)} (an adapt "
+                              f"graph's), got {inner['loss']!r:.40}")
         lr: float | PerParameterLr
         if isinstance(inner["lr"], dict):
             spec = _mapping(inner["lr"], "inner lr", ("kind", "file", "sha256"))

@@ -164,7 +164,12 @@ def adaptation_data(episodes: list[Episode], obs_dim: int, act_dim: int,
     """The adapt graph's data inputs ``obs [N, O], act [N, A], adv [N], old_logp [N],
     weight [N]`` (float32) over the real steps of ``episodes``, advantages from
     :func:`deploy.advantages.compute_advantages` on the episodes padded to the longest
-    (with the bundle's gamma, lam and normalize)."""
+    (with the bundle's gamma, lam and normalize).
+
+    ``weight`` is 1 on every step, except with the ``"dynamics"`` inner loss: there it is
+    the transition weight, 1 where the next row is the next step of the same episode and
+    0 on each episode's last step (which has no recorded successor), as the trainer's
+    :func:`metarobot.core.inner.transition_weights`."""
     horizon = max(len(e.rew) for e in episodes)
     n_ep = len(episodes)
     obs = np.zeros((n_ep, horizon, obs_dim), dtype=np.float32)
@@ -179,5 +184,9 @@ def adaptation_data(episodes: list[Episode], obs_dim: int, act_dim: int,
     adv = compute_advantages(obs, rew, mask, inner.gamma, inner.lam,
                              normalize=inner.normalize)
     real = mask > 0
+    if inner.loss == "dynamics":
+        weight = (mask * np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1))[real]
+    else:
+        weight = np.ones(int(real.sum()), dtype=np.float32)
     return {"obs": obs[real], "act": act[real], "adv": adv[real].astype(np.float32),
-            "old_logp": logp[real], "weight": np.ones(int(real.sum()), dtype=np.float32)}
+            "old_logp": logp[real], "weight": weight.astype(np.float32)}

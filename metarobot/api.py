@@ -85,17 +85,14 @@ def export(run_dir: str | Path, out_dir: str | Path, unrolled_steps: tuple[int, 
            overwrite: bool = False) -> Path:
     """Export the run's policy and its adaptation step to an ONNX bundle (an RL2 run: its
     recurrent policy, a memory bundle)."""
-    from metarobot.core.inner import step_sizes
+    from metarobot.core.inner import EXPORTABLE_INNER_LOSSES, step_sizes
     from metarobot.export.bundle import export_bundle
 
     policy = load_trained_policy(run_dir)
     cfg = policy.config
-    if cfg.inner.loss == "dynamics":
-        # The bundle's adapt graph and the device runtime are the "lvc" step: no dynamics
-        # model, no next observations. Refused before anything is written.
-        raise ValueError("inner.loss: dynamics is not exportable yet: the bundle's adapt "
-                         "graph (and the device runtime) is the 'lvc' policy-gradient step, "
-                         "with no dynamics model or next observations")
+    if cfg.inner.loss not in EXPORTABLE_INNER_LOSSES:  # refused before anything is written
+        raise ValueError(f"inner.loss: {cfg.inner.loss} is not exportable: a bundle's adapt "
+                         f"graph holds one of {list(EXPORTABLE_INNER_LOSSES)}")
     obs_space, act_space = env_spaces(cfg.family, cfg.env_kwargs)
     if cfg.outer.algo == "rl2":  # adapts by memory: the recurrent policy, no inner step
         return export_bundle(policy.model, policy.params, out_dir, family=cfg.family,

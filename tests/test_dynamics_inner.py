@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import vmap
@@ -23,6 +24,7 @@ from metarobot.core.batch import EpisodeBatch
 from metarobot.core.inner import CONTEXT_NAME, InnerBatch, step_sizes
 from metarobot.core.policy import (
     GaussianMLPPolicy,
+    ParamLayout,
     dynamics_forward,
     log_prob,
     policy_forward,
@@ -207,7 +209,7 @@ def test_config_validation_names_the_key(overrides, key):
         api.resolve_config("reach-cpu", overrides=overrides)
 
 
-def test_two_iterations_train_log_checkpoint_evaluate_and_export_refuses(tmp_path):
+def test_two_iterations_train_log_checkpoint_and_evaluate(tmp_path):
     cfg = api.resolve_config("reach-cpu", overrides=TINY)
     trainer = MetaTrainer(cfg, tmp_path / "run", progress=False)
     before = {k: v.detach().clone() for k, v in trainer.params.items()}
@@ -227,6 +229,94 @@ def test_two_iterations_train_log_checkpoint_evaluate_and_export_refuses(tmp_pat
     result = api.evaluate(tmp_path / "run", adapt_steps=1, num_tasks=2, episodes=2)
     assert result.returns.shape == (2, 2) and all(math.isfinite(r) for r in
                                                   result.returns.ravel())
-    with pytest.raises(ValueError, match="inner.loss: dynamics is not exportable yet"):
-        api.export(tmp_path / "run", tmp_path / "bundle")
-    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.fixture(scope="module")
+def dynamics_run(tmp_path_factory):
+    """One tiny trained run with the dynamics inner loss (export reads only theta)."""
+    run = tmp_path_factory.mktemp("dyn") / "run"
+    cfg = api.resolve_config("reach-cpu", overrides=TINY[:-2] + ["iterations=1",
+                                                                 "outer.epochs=1"])
+    MetaTrainer(cfg, run, progress=False).train()
+    return run
+
+
+def test_the_device_takes_the_trainers_dynamics_step(dynamics_run, tmp_path):
+    """Export, record episodes of different lengths on the torch-free runtime, adapt:
+    the device's new parameters are the trainer's own inner step (``maml.adapt`` on the
+    same episodes, padded as the sampler pads them) to float32 precision, and only the
+    context moved. Episode boundaries matter: pairing the last step of one episode with
+    the first of the next would change the step."""
+    from deploy import AdaptivePolicy, SafetyConfig
+    from metarobot.training.evaluate import load_trained_policy
+
+    out = api.export(dynamics_run, tmp_path / "bundle", unrolled_steps=(1,))
+    meta = json.loads((out / "manifest.json").read_text())["metadata"]
+    assert meta["inner"]["loss"] == "dynamics"
+    device = AdaptivePolicy.load(out, family="reach", seed=0,
+                                 safety=SafetyConfig(max_kl=1e6, max_update_norm=1e6,
+                                                     trial_episodes=0))
+    rng = np.random.default_rng(0)
+    lengths = (12, 7, 10)
+    for length in lengths:
+        obs = rng.standard_normal(device.obs_dim).astype(np.float32)
+        for t in range(length):
+            action = device.act(obs)
+            next_obs = (0.9 * obs + 0.1 * np.resize(action, obs.shape)).astype(np.float32)
+            device.observe(obs, action, 0.0, False, t == length - 1)
+            obs = next_obs
+    episodes = device.recorded_episodes()
+    theta = device.params
+    report = device.adapt(1)
+    assert report.accepted and report.applied, report
+
+    policy = load_trained_policy(dynamics_run)
+    model, params = policy.model, {k: v.detach() for k, v in policy.params.items()}
+    horizon = max(lengths)
+
+    def padded(key: str) -> torch.Tensor:
+        rows = [np.concatenate([e[key], np.zeros((horizon - len(e[key]), *e[key].shape[1:]),
+                                                 np.float32)]) for e in episodes]
+        return torch.from_numpy(np.stack(rows))[None]
+
+    mask = torch.tensor([[[1.0] * n + [0.0] * (horizon - n) for n in lengths]])
+    batch = EpisodeBatch(padded("obs"), padded("act"), padded("rew"), mask, padded("logp"),
+                         torch.zeros(1, len(lengths)))
+    rates = step_sizes("context", policy.config.inner.lr, params, None)
+    adapted, _, _ = maml.adapt(model, params, [batch], [torch.zeros_like(mask)], rates, 1,
+                               "dynamics")
+    layout = ParamLayout.of(params)
+    want = layout.flatten({k: v[0] for k, v in adapted.items()}).numpy()
+    np.testing.assert_allclose(device.params, want, rtol=1e-4, atol=1e-5)
+    moved = np.flatnonzero(device.params != theta)
+    start = layout.offsets[layout.names.index(CONTEXT_NAME)]
+    assert moved.size and set(moved) <= set(range(start, start + 3)), moved
+
+    # Pairing across the episode boundaries (weight 1 everywhere) gives another step.
+    joined = maml.adapt(model, params, [EpisodeBatch(
+        torch.cat([torch.from_numpy(e["obs"]) for e in episodes])[None, None],
+        torch.cat([torch.from_numpy(e["act"]) for e in episodes])[None, None],
+        torch.zeros(1, 1, sum(lengths)), torch.ones(1, 1, sum(lengths)),
+        torch.cat([torch.from_numpy(e["logp"]) for e in episodes])[None, None],
+        torch.zeros(1, 1))], [torch.zeros(1, 1, sum(lengths))], rates, 1, "dynamics")[0]
+    joined_flat = layout.flatten({k: v[0] for k, v in joined.items()}).numpy()
+    step = np.abs(want - theta).max()
+    assert step > 0 and np.abs(joined_flat - want).max() > 0.05 * step, step
+
+
+def test_only_the_lvc_and_dynamics_losses_make_an_adapt_graph():
+    from deploy.bundle import ADAPT_LOSSES, BundleError, InnerSpec
+    assert ADAPT_LOSSES == inner.EXPORTABLE_INNER_LOSSES  # the writer's and the reader's
+    model = tiny_model()
+    layout = ParamLayout.of(model.init_params())
+    flat = torch.zeros(layout.size, dtype=torch.float64)
+    batch = InnerBatch(*(torch.zeros(4, d, dtype=torch.float64) for d in (OBS_DIM, ACT_DIM)),
+                       *(torch.zeros(4, dtype=torch.float64) for _ in range(3)))
+    with pytest.raises(ValueError, match="adapt graph holds one of"):
+        inner.inner_steps_flat(model, layout, flat, batch, torch.tensor(0.1), torch.tensor(1.0),
+                               loss="dice")
+    spec = {"loss": "dice", "lr": 0.1, "clip": 1.0, "steps": 1, "gamma": 0.99, "lam": 0.95,
+            "baseline": "linear_feature"}
+    with pytest.raises(BundleError, match="inner loss must be one of"):
+        InnerSpec.from_dict(spec)
+    assert InnerSpec.from_dict({**spec, "loss": "dynamics"}).loss == "dynamics"

@@ -124,23 +124,34 @@ def transition_weights(weight: Tensor, horizon: int) -> Tensor:
     return torch.cat([w[:, :-1] * w[:, 1:], torch.zeros_like(w[:, :1])], -1).reshape(-1)
 
 
+def dynamics_error(model: GaussianMLPPolicy, params: Params, obs: Tensor, act: Tensor,
+                   transition_weight: Tensor) -> Tensor:
+    """The dynamics model's prediction error over consecutive rows ``[N]`` (scalar):
+    ``sum_i v_i * mean_o (f(s_i, a_i, c) - (s_{i+1} - s_i))_o^2 / sum_i v_i``.
+
+    Row ``i``'s target is the change to row ``i + 1``, so ``transition_weight`` ``v [N]``
+    must be 0 wherever row ``i + 1`` is not the next step of row ``i``'s episode (each
+    episode's last row, padding): the trainer gets it from :func:`transition_weights`,
+    the device runtime from its recorded episodes (``deploy.recorder.adaptation_data``).
+    ``s`` are the policy's normalised observations, ``f``
+    :func:`metarobot.core.policy.dynamics_forward`. This is the function the trainer's
+    inner step and the bundle's adapt graph share.
+    """
+    norm = model.normalize(obs)
+    target = torch.cat([norm[1:] - norm[:-1], torch.zeros_like(norm[:1])], 0)
+    error = (dynamics_forward(model, params, obs, act) - target).pow(2).mean(-1)
+    # Clamped: a batch of one-step episodes has no transition (loss 0, not 0/0).
+    return (transition_weight * error).sum() / transition_weight.sum().clamp_min(1e-12)
+
+
 def dynamics_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, horizon: int,
                   ) -> tuple[Tensor, Tensor]:
-    """One task's dynamics-prediction loss and the policy's approx KL; ``batch`` is ``E``
-    episodes of ``horizon`` steps flattened (``N = E * horizon``).
-
-    ``sum_t v_t * mean_o (f(s_t, a_t, c) - (s_{t+1} - s_t))_o^2 / sum_t v_t`` over the
-    transitions of :func:`transition_weights` (``v``), with ``s`` the policy's normalised
-    observations and ``f`` :func:`metarobot.core.policy.dynamics_forward`. The KL is the
-    policy's (its context moves), as for the other losses.
-    """
-    norm = model.normalize(batch.obs).reshape(-1, horizon, model.obs_dim)
-    target = torch.cat([norm[:, 1:] - norm[:, :-1], torch.zeros_like(norm[:, :1])], 1)
+    """One task's dynamics-prediction loss (:func:`dynamics_error` over the transitions of
+    :func:`transition_weights`) and the policy's approx KL (its context moves, as with the
+    other losses); ``batch`` is ``E`` episodes of ``horizon`` steps flattened
+    (``N = E * horizon``)."""
     valid = transition_weights(batch.weight, horizon)
-    pred = dynamics_forward(model, params, batch.obs, batch.act)
-    error = (pred - target.reshape(-1, model.obs_dim)).pow(2).mean(-1)
-    # Clamped: a batch of one-step episodes has no transition (loss 0, not 0/0).
-    loss = (valid * error).sum() / valid.sum().clamp_min(1e-12)
+    loss = dynamics_error(model, params, batch.obs, batch.act, valid)
     logp = log_prob(model, params, batch.obs, batch.act)
     return loss, approx_kl(logp - batch.old_logp, batch.weight)
 
@@ -224,19 +235,36 @@ def inner_step(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
     return {k: params[k] - rates[k] * grads[k] for k in params}, loss, kl
 
 
+#: The inner losses a bundle's adapt graph can hold (:func:`inner_steps_flat`).
+EXPORTABLE_INNER_LOSSES: tuple[InnerLossName, ...] = ("lvc", "dynamics")
+
+
 def inner_steps_flat(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor,
                      batch: InnerBatch, lr: Tensor, clip: Tensor, steps: int = 1,
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+                     loss: InnerLossName = "lvc") -> tuple[Tensor, Tensor, Tensor]:
     """``steps`` inner steps on flat parameters ``[P]``: the function the adapt graph exports.
 
     ``lr`` is a scalar tensor or a ``[P]`` vector (Meta-SGD). Every step uses the same
     batch and the same ``old_logp`` (the pre-update policy's), as the trainer does.
+    ``loss``: ``"lvc"`` (:func:`inner_loss` with ``clip``), or ``"dynamics"``
+    (:func:`dynamics_error`; then ``batch.weight`` is the transition weight, 0 on each
+    episode's last row, ``adv`` and ``clip`` are unused, and the KL is weighted by it).
     Returns ``(new flat params [P], loss, approx_kl)`` where loss and KL are those of the
     last step, evaluated before it.
     """
+    if loss not in EXPORTABLE_INNER_LOSSES:
+        raise ValueError(f"an adapt graph holds one of {list(EXPORTABLE_INNER_LOSSES)}, "
+                         f"not {loss!r}")
     rates: float | Tensor | Params = lr if lr.dim() == 0 else layout.unflatten(lr)
+
+    def dynamics(p: Params) -> tuple[Tensor, Tensor]:
+        logp = log_prob(model, p, batch.obs, batch.act)
+        return (dynamics_error(model, p, batch.obs, batch.act, batch.weight),
+                approx_kl(logp - batch.old_logp, batch.weight))
+
+    loss_fn = dynamics if loss == "dynamics" else None
     params = layout.unflatten(flat)
-    loss = kl = flat.new_zeros(())
+    value = kl = flat.new_zeros(())
     for _ in range(steps):
-        params, loss, kl = inner_step(model, params, batch, rates, clip)
-    return layout.flatten(params), loss, kl
+        params, value, kl = inner_step(model, params, batch, rates, clip, loss_fn=loss_fn)
+    return layout.flatten(params), value, kl

@@ -260,7 +260,7 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
         family: task family name (e.g. ``"reach"``); env_id: its gymnasium id.
         observation_space, action_space: flat ``Box`` spaces of the env (``[O]``, ``[A]``);
             the runtime clips actions to ``action_space``.
-        inner_config: ``loss`` (``"lvc"``, the loss of the adapt graph), ``lr`` (float, or
+        inner_config: ``loss`` (``"lvc"`` or ``"dynamics"``, the loss of the adapt graph), ``lr`` (float, or
             a dict of per-parameter tensors for Meta-SGD), ``clip`` (float, ``inf`` =
             none), ``steps`` (int), ``gamma``, ``lam`` (``0 < gamma <= 1``,
             ``0 <= lam <= 1``), optional ``baseline`` (str, default the device's
@@ -384,14 +384,17 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
                         else torch.tensor(inner.lr, dtype=torch.float32))
             name = adapt_file_name(steps)
             proto = export_adapt_graph(model, layout, steps=steps,
-                                       per_parameter_lr=lr_flat is not None, opset=opset)
+                                       per_parameter_lr=lr_flat is not None, loss=inner.loss,
+                                       opset=opset)
             check_standard_ops(proto, name)
             onnx.save(_finish(proto, metadata_json, __doc__ or ""), tmp / name)
             files.append(name)
             batch = InnerBatch(obs, torch.randn(5, model.act_dim, generator=gen),
-                               torch.randn(5, generator=gen), torch.zeros(5), torch.ones(5))
+                               torch.randn(5, generator=gen), torch.zeros(5),
+                               torch.tensor([1.0, 1, 1, 1, 0]))
             clip = torch.tensor(0.2)
-            want = inner_steps_flat(model, layout, flat, batch, lr_value, clip, steps)
+            want = inner_steps_flat(model, layout, flat, batch, lr_value, clip, steps,
+                                    inner.loss)
             feeds = dict(zip(ADAPT_INPUTS, (flat, *batch, lr_value, clip)))
             _verify(tmp / name, {k: v.numpy() for k, v in feeds.items()}, want)
 

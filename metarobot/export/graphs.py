@@ -12,6 +12,9 @@
   ``params [P], obs [N, O], act [N, A], adv [N], old_logp [N], weight [N]`` (dynamic
   ``N``), ``lr`` (``[]``, or ``[P]`` for Meta-SGD) and ``clip []``; outputs
   ``new_params [P], loss [], approx_kl []`` (loss and KL of the last step, before it).
+  With the ``"dynamics"`` inner loss (a context adapted by a dynamics model's error),
+  ``weight`` is the transition weight (0 on each episode's last row) and ``adv``, ``clip``
+  are unused inputs, kept so that every adapt graph has one signature.
 
 * the recurrent ``policy.onnx`` of a memory (RL2) bundle: ``obs [B, O], prev_action
   [B, A], prev_reward [B], prev_done [B], h_in [B, H]`` and the optional ``params [P]`` ->
@@ -42,7 +45,7 @@ from deploy.bundle import (
     RECURRENT_POLICY_INPUTS,
     RECURRENT_POLICY_OUTPUTS,
 )
-from metarobot.core.inner import InnerBatch, inner_steps_flat
+from metarobot.core.inner import InnerBatch, InnerLossName, inner_steps_flat
 from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, policy_forward
 from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_step
 
@@ -115,9 +118,10 @@ def export_recurrent_policy_graph(model: GaussianGRUPolicy, layout: ParamLayout,
 
 
 def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: int,
-                       per_parameter_lr: bool, opset: int = OPSET,
+                       per_parameter_lr: bool, loss: InnerLossName = "lvc", opset: int = OPSET,
                        dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
-    """The adapt graph of ``steps`` unrolled :func:`inner_steps_flat` steps (dynamic N).
+    """The adapt graph of ``steps`` unrolled :func:`inner_steps_flat` steps (dynamic N)
+    with the inner ``loss`` (``"lvc"`` or ``"dynamics"``; the inputs are the same).
 
     ``dtype`` is the dtype of every input and output; the model must already be in it
     (``float64`` exists for gradient checks; bundles are float32).
@@ -125,7 +129,7 @@ def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: 
     def adapt(params: Tensor, obs: Tensor, act: Tensor, adv: Tensor, old_logp: Tensor,
               weight: Tensor, lr: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return inner_steps_flat(model, layout, params, InnerBatch(obs, act, adv, old_logp, weight),
-                                lr, clip, steps)
+                                lr, clip, steps, loss)
 
     n = _free_size(model, layout)
     opts = {"dtype": dtype}
