@@ -1,0 +1,58 @@
+"""Pool paired adaptation probes of several seeds on the same tasks (``bench/adaptation_probe.py``
+outputs): each task's one-step gain averaged over the seeds, mean ± 95% CI over tasks, per
+task group; also each seed's mean and the interval over the seeds' means.
+
+    python -m bench.pool_probes PROBE.json [PROBE.json ...] --out OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import read_json
+from metarobot.training.evaluate import mean_ci95
+
+
+def pool(paths: list[Path], scale: float = 1.0) -> dict:
+    runs = [read_json(p) for p in paths]
+    if any(r["task_ids"] != runs[0]["task_ids"] for r in runs):
+        raise SystemExit("the probes were not run on the same tasks (use the same --tasks "
+                         "and --eval-seed)")
+    groups = np.array(runs[0]["task_groups"])
+    k0, k1 = (runs[0]["scales"].index(s) for s in (0.0, scale))
+    gain = np.array([np.subtract(r["returns"][k1], r["returns"][k0]) for r in runs])  # [S, T]
+    success = np.array([r["success"][k1] for r in runs]).mean(0)
+    out = {}
+    for name in ["all", *sorted(set(groups))]:
+        idx = np.ones(len(groups), bool) if name == "all" else groups == name
+        seeds = gain[:, idx].mean(1)
+        out[name] = {"tasks": int(idx.sum()), "gain_pooled": mean_ci95(gain[:, idx].mean(0)),
+                     "gain_over_seeds": mean_ci95(seeds), "gain_per_seed": seeds.tolist(),
+                     "success_after_step": float(success[idx].mean())}
+    return {"probes": [str(p) for p in paths], "scale": scale, "groups": out}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("probes", nargs="+", type=Path, help="adaptation_probe.json files")
+    parser.add_argument("--scale", type=float, default=1.0, help="the step scale to compare with 0")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    args = parser.parse_args(argv)
+    result = pool(args.probes, args.scale)
+    for name, row in result["groups"].items():
+        (pm, pc), (sm, sc) = row["gain_pooled"], row["gain_over_seeds"]
+        print(f"{name:>8} ({row['tasks']} tasks): pooled {pm:+.1f} ± {pc:.1f}, over seeds "
+              f"{sm:+.1f} ± {sc:.1f}, per seed {[round(v, 1) for v in row['gain_per_seed']]}, "
+              f"success after the step {row['success_after_step']:.2f}")
+    args.out.write_text(json.dumps({**result, "command": "python -m bench.pool_probes "
+                                     + " ".join(map(str, args.probes)) + f" --out {args.out}"},
+                                   indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
