@@ -260,9 +260,9 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
         family: task family name (e.g. ``"reach"``); env_id: its gymnasium id.
         observation_space, action_space: flat ``Box`` spaces of the env (``[O]``, ``[A]``);
             the runtime clips actions to ``action_space``.
-        inner_config: ``loss`` (``"lvc"`` or ``"dynamics"``, the loss of the adapt graph), ``lr`` (float, or
-            a dict of per-parameter tensors for Meta-SGD), ``clip`` (float, ``inf`` =
-            none), ``steps`` (int), ``gamma``, ``lam`` (``0 < gamma <= 1``,
+        inner_config: ``loss`` (``"lvc"`` or ``"dynamics"``, the loss of the adapt graph),
+            ``lr`` (float, or a dict of per-parameter tensors for Meta-SGD), ``clip``
+            (float, ``inf`` = none), ``steps`` (int), ``gamma``, ``lam`` (``0 < gamma <= 1``,
             ``0 <= lam <= 1``), optional ``baseline`` (str, default the device's
             :data:`deploy.advantages.BASELINE_NAME`) and ``normalize`` (bool, per-task
             advantage normalisation, default True). Checked as :class:`InnerSpec`.
