@@ -66,11 +66,25 @@ def ray_running(actors_import_tests):
 
 
 def actor_alive(worker: RayWorker) -> bool:
+    """The actor answers a call (an error raised inside it, e.g. ``describe`` after its envs
+    were closed, is an answer too)."""
     try:
         ray.get(worker.actor.describe.remote(), timeout=30)
         return True
     except ray.exceptions.RayActorError:
         return False
+    except ray.exceptions.RayTaskError:
+        return True
+
+
+def actor_dies_within(worker: RayWorker, seconds: float) -> bool:
+    """``ray.kill`` returns before the actor is gone: poll until it stops answering."""
+    deadline = time.monotonic() + seconds
+    while actor_alive(worker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 # ---------------------------------------------------------------- same seed, same rollouts
@@ -133,7 +147,7 @@ def test_ray_worker_handle_keeps_calls_in_order_and_reports_failures(ray_running
         assert actor_alive(worker)
     finally:
         worker.close()
-    assert not actor_alive(worker)
+    assert actor_dies_within(worker, 30.0)
     with pytest.raises(ValueError, match="cannot create 'sim_envs/NoSuchEnv-v0'"):
         MultiTaskSampler("sim_envs/NoSuchEnv-v0", 1, 1, backend="ray")
 
