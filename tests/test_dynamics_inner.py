@@ -30,6 +30,7 @@ from metarobot.core.policy import (
     policy_forward,
     rows_policy_forward,
 )
+from metarobot.sampling.buffers import EpisodeBuffers
 from metarobot.training.trainer import MetaTrainer
 
 NUM_TASKS, EPISODES, HORIZON, OBS_DIM, ACT_DIM, CONTEXT_DIM = 2, 3, 6, 3, 2, 2
@@ -272,36 +273,33 @@ def test_the_device_takes_the_trainers_dynamics_step(dynamics_run, tmp_path):
 
     policy = load_trained_policy(dynamics_run)
     model, params = policy.model, {k: v.detach() for k, v in policy.params.items()}
-    horizon = max(lengths)
-
-    def padded(key: str) -> torch.Tensor:
-        rows = [np.concatenate([e[key], np.zeros((horizon - len(e[key]), *e[key].shape[1:]),
-                                                 np.float32)]) for e in episodes]
-        return torch.from_numpy(np.stack(rows))[None]
-
-    mask = torch.tensor([[[1.0] * n + [0.0] * (horizon - n) for n in lengths]])
-    batch = EpisodeBatch(padded("obs"), padded("act"), padded("rew"), mask, padded("logp"),
-                         torch.zeros(1, len(lengths)))
     rates = step_sizes("context", policy.config.inner.lr, params, None)
-    adapted, _, _ = maml.adapt(model, params, [batch], [torch.zeros_like(mask)], rates, 1,
-                               "dynamics")
     layout = ParamLayout.of(params)
-    want = layout.flatten({k: v[0] for k, v in adapted.items()}).numpy()
+
+    def trainer_step(eps: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """``maml.adapt`` on ``eps`` as one task's batch, padded by the sampler's buffers."""
+        buffers = EpisodeBuffers(1, len(eps), max(len(e["rew"]) for e in eps),
+                                 device.obs_dim, device.act_dim)
+        for j, e in enumerate(eps):
+            n = len(e["rew"])
+            buffers.record_actions(buffers.rows(0, j, np.arange(n)), e["obs"], e["act"],
+                                   e["logp"])
+            buffers.finish(0, j, n, False)
+        batch = buffers.to_batch(torch.device("cpu"))
+        adapted, _, _ = maml.adapt(model, params, [batch], [torch.zeros_like(batch.rew)],
+                                   rates, 1, "dynamics")
+        return layout.flatten({k: v[0] for k, v in adapted.items()}).numpy()
+
+    want = trainer_step(episodes)
     np.testing.assert_allclose(device.params, want, rtol=1e-4, atol=1e-5)
     moved = np.flatnonzero(device.params != theta)
     start = layout.offsets[layout.names.index(CONTEXT_NAME)]
     assert moved.size and set(moved) <= set(range(start, start + 3)), moved
 
-    # Pairing across the episode boundaries (weight 1 everywhere) gives another step.
-    joined = maml.adapt(model, params, [EpisodeBatch(
-        torch.cat([torch.from_numpy(e["obs"]) for e in episodes])[None, None],
-        torch.cat([torch.from_numpy(e["act"]) for e in episodes])[None, None],
-        torch.zeros(1, 1, sum(lengths)), torch.ones(1, 1, sum(lengths)),
-        torch.cat([torch.from_numpy(e["logp"]) for e in episodes])[None, None],
-        torch.zeros(1, 1))], [torch.zeros(1, 1, sum(lengths))], rates, 1, "dynamics")[0]
-    joined_flat = layout.flatten({k: v[0] for k, v in joined.items()}).numpy()
+    # Pairing across the episode boundaries (one long episode) gives another step.
+    joined = trainer_step([{k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}])
     step = np.abs(want - theta).max()
-    assert step > 0 and np.abs(joined_flat - want).max() > 0.05 * step, step
+    assert step > 0 and np.abs(joined - want).max() > 0.05 * step, step
 
 
 def test_only_the_lvc_and_dynamics_losses_make_an_adapt_graph():
