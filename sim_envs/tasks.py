@@ -219,6 +219,8 @@ class TaskFamily(ABC):
     params_type: ClassVar[type[TaskParams]]
     #: Human-readable description of how train and test are separated.
     split_doc: ClassVar[str] = ""
+    #: Whether tasks have a difficulty a curriculum can scale (:meth:`at_level`).
+    has_difficulty: ClassVar[bool] = False
 
     @abstractmethod
     def _sample_params(self, rng: np.random.Generator, split: Split) -> TaskParams:
@@ -242,6 +244,13 @@ class TaskFamily(ABC):
             params = self._sample_params(rng, split)
             tasks.append(self._checked_task(params, split))
         return tasks
+
+    def at_level(self, task: Task, level: float) -> tuple[str, Task] | None:
+        """A curriculum's view of a training task: its group (the curriculum keeps one level
+        per group) and the task with its difficulty scaled by ``level`` in [0, 1], or
+        ``None`` when the task has no difficulty to scale. Only families with
+        :attr:`has_difficulty` implement it."""
+        raise NotImplementedError(f"family {self.name!r} has no task difficulty to schedule")
 
     def make_task(self, params: TaskParams | Mapping[str, Any], split: Split | None = None) -> Task:
         """Build a task from explicit parameters (validated; split inferred if not given)."""

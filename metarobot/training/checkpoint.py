@@ -51,6 +51,7 @@ class AlgoState:
             iterations (``[]`` in checkpoints that predate it).
         meta_sgd_lr: Meta-SGD's per-parameter inner learning rates (None without).
         value_baseline: the learned value baseline's state dict (None without).
+        curriculum_levels: the terrain curriculum's level per group (None without).
     """
 
     eta: float
@@ -58,6 +59,7 @@ class AlgoState:
     recent_adaptation_kl: list[float] = field(default_factory=list)
     meta_sgd_lr: dict[str, Tensor] | None = None
     value_baseline: dict[str, Any] | None = None
+    curriculum_levels: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Checkpoint:
             "algo_state": {"eta": algo.eta, "env_steps": algo.env_steps,
                            "recent_adaptation_kl": list(algo.recent_adaptation_kl),
                            "meta_sgd_lr": algo.meta_sgd_lr,
-                           "value_baseline": algo.value_baseline},
+                           "value_baseline": algo.value_baseline,
+                           "curriculum_levels": algo.curriculum_levels},
         }
 
     @staticmethod
@@ -129,7 +132,8 @@ class Checkpoint:
                     eta=float(algo["eta"]), env_steps=int(algo["env_steps"]),
                     recent_adaptation_kl=list(algo.get("recent_adaptation_kl", [])),
                     meta_sgd_lr=algo.get("meta_sgd_lr"),
-                    value_baseline=algo.get("value_baseline")))
+                    value_baseline=algo.get("value_baseline"),
+                    curriculum_levels=algo.get("curriculum_levels")))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where} is not a metarobot checkpoint (bad model or "
                              f"algo_state: {type(err).__name__}: {err})") from None

@@ -134,6 +134,18 @@ class SamplerConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """legged_gym-style terrain levels (:mod:`metarobot.training.curriculum`)."""
+
+    enabled: bool = False  #: scale training tasks' difficulty by a level per terrain type
+    start: float = 0.2  #: every group's first level (0: easiest, 1: the family's range)
+    step: float = 0.1  #: a level's move after an iteration
+    promote: float = 0.7  #: post-update success at or above which a level goes up
+    demote: float = 0.4  #: post-update success below which a level goes down
+    min_level: float = 0.0  #: the lowest a level goes
+
+
+@dataclass
 class TrainConfig:
     family: str = "reach"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +161,7 @@ class TrainConfig:
     outer: OuterConfig = field(default_factory=OuterConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,10 +183,10 @@ class TrainConfig:
     def _range_checks(self) -> list[tuple[str, Any, bool, str]]:
         """``(key, value, in range, allowed range)`` for every key of the config."""
         from metarobot.core.policy import LOG_STD_MAX, LOG_STD_MIN
-        from sim_envs.registry import FAMILY_NAMES
+        from sim_envs.registry import FAMILY_NAMES, make_family
 
         p, mb, inner, outer = self.policy, self.meta_batch, self.inner, self.outer
-        adv, smp = self.advantages, self.sampler
+        adv, smp, cur = self.advantages, self.sampler, self.curriculum
         # The dynamics loss adapts the context through the model, which the PPO outer
         # objective trains (its dynamics_coef term and the second-order path).
         dynamics_ok = (inner.adapt == "context" and p.context_dim >= 1
@@ -268,6 +281,18 @@ class TrainConfig:
              "workers are actors)"),
             ("sampler.ray_address", smp.ray_address, smp.backend == "ray" or not smp.ray_address,
              "'' unless sampler.backend is 'ray' (the address is the ray backend's only)"),
+            ("curriculum.enabled", cur.enabled,
+             not cur.enabled or (self.family in FAMILY_NAMES
+                                 and make_family(self.family).has_difficulty),
+             "false unless the family's tasks have a difficulty (locomotion)"),
+            ("curriculum.start", cur.start, cur.min_level <= cur.start <= 1,
+             "a number in [curriculum.min_level, 1]"),
+            ("curriculum.step", cur.step, 0 < cur.step <= 1, "a number in (0, 1]"),
+            ("curriculum.promote", cur.promote, cur.demote < cur.promote <= 1,
+             "a number in (curriculum.demote, 1]"),
+            ("curriculum.demote", cur.demote, 0 <= cur.demote < 1, "a number in [0, 1)"),
+            ("curriculum.min_level", cur.min_level, 0 <= cur.min_level <= 1,
+             "a number in [0, 1]"),
         ]
 
 

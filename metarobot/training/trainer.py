@@ -56,6 +56,7 @@ from metarobot.training.checkpoint import (
     temporary_files,
 )
 from metarobot.training.config import TrainConfig, resume_config, save_config
+from metarobot.training.curriculum import TerrainCurriculum
 from metarobot.training.normalizer import RunningMeanStd
 from metarobot.training.runlog import RunLogger
 from sim_envs.registry import env_id, make_family
@@ -249,6 +250,8 @@ class MetaTrainer:
         self.env_steps = 0
         self.nonfinite_in_a_row = 0
         self.recent_adaptation_kl: list[float] = []
+        self.curriculum = (TerrainCurriculum(self.family, config.curriculum)
+                           if config.curriculum.enabled else None)
         self._sampler: MultiTaskSampler | None = None
         self._stop_requested = False
         self._logger: RunLogger | None = None
@@ -298,7 +301,9 @@ class MetaTrainer:
                 meta_sgd_lr=None if self.meta_sgd_lr is None else
                 {k: v.detach().cpu() for k, v in self.meta_sgd_lr.items()},
                 value_baseline=None if self.value_baseline is None else
-                self.value_baseline.state_dict()),
+                self.value_baseline.state_dict(),
+                curriculum_levels=None if self.curriculum is None else
+                dict(self.curriculum.levels)),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -362,6 +367,11 @@ class MetaTrainer:
         self.eta = algo.eta
         self.env_steps = algo.env_steps
         self.recent_adaptation_kl = list(algo.recent_adaptation_kl)
+        if self.curriculum is not None:
+            if algo.curriculum_levels is None and state.iteration > 0:
+                raise ValueError("checkpoint has no curriculum levels (it was trained "
+                                 "with curriculum.enabled: false)")
+            self.curriculum.levels = dict(algo.curriculum_levels or {})
         self.iteration = state.iteration
 
     @classmethod
@@ -396,8 +406,11 @@ class MetaTrainer:
                                   self.normalizer.var.float().to(self.device))
         tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train",
                                          seed=cfg.seed * 1_000_003 + it)
+        groups: list[str | None] = []
+        if self.curriculum is not None:
+            tasks, groups = self.curriculum.apply(tasks)
         if cfg.outer.algo == "rl2":
-            return self._rl2_iteration(tasks, t_start)
+            return self._rl2_iteration(tasks, groups, t_start)
         old_params = {k: v.detach().clone() for k, v in self.params.items()}
 
         # 1-2. Pre-update data with theta (and the k-times adapted policies), post-update data.
@@ -443,6 +456,11 @@ class MetaTrainer:
         self.env_steps += int(sum(b.mask.sum().item() for b in rollouts.batches))
         self.iteration += 1
         scalars = self._iteration_scalars(rollouts, stats)
+        if self.curriculum is not None:
+            # The adapted policy's success per task (ES: both halves of each task).
+            success = post.success.mean(1).reshape(-1, len(groups)).mean(0)
+            self.curriculum.update(groups, success.cpu().numpy())
+            scalars.update(self.curriculum.scalars())
         scalars["inner/adaptation_kl_mean"] = adaptation_kl.mean().item()
         scalars["inner/adaptation_kl_max"] = adaptation_kl.max().item()
         if cfg.inner.loss == "dynamics":
@@ -455,7 +473,8 @@ class MetaTrainer:
         self._save_episodes(it, tasks, rollouts.batches)
         return scalars
 
-    def _rl2_iteration(self, tasks: list[Task], t_start: float) -> dict[str, float]:
+    def _rl2_iteration(self, tasks: list[Task], groups: list[str | None],
+                       t_start: float) -> dict[str, float]:
         """One RL2 iteration: a trial of E episodes per task with the GRU's memory, then
         :func:`metarobot.algos.rl2.update` (PPO over the trials, truncated BPTT)."""
         cfg, it = self.config, self.iteration
@@ -485,6 +504,9 @@ class MetaTrainer:
                    **{f"outer/{k}": v for k, v in stats.items()},
                    "time/sampling": t_sampled - t_start, "time/outer_update": t_done - t_sampled,
                    "time/iteration": t_done - t_start, "env_steps": float(self.env_steps)}
+        if self.curriculum is not None:  # success in each trial's last episode
+            self.curriculum.update(groups, success[:, -1].cpu().numpy())
+            scalars.update(self.curriculum.scalars())
         self._save_episodes(it, tasks, [batch])
         return scalars
 

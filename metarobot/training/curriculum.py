@@ -1,0 +1,80 @@
+"""A terrain curriculum in the style of legged_gym's terrain levels, for meta-training.
+
+legged_gym moves each robot to harder terrain when it walks far enough and back when it
+does not. Here the unit is the meta-batch's task: the curriculum keeps one **level** in
+[0, 1] per group of the family (locomotion: per terrain type), and every training task's
+difficulty is multiplied by its group's level before sampling
+(:meth:`sim_envs.tasks.TaskFamily.at_level`). Tasks are drawn exactly as without it (same
+seeds, same parameters otherwise), so a level of 1 is the family's own training
+distribution; at level 0.3 a stairs task's difficulty is uniform over [0, 0.3 x 0.8].
+
+After each iteration a group's level moves by ``step``: up when the adapted policy's
+success on that group's tasks (post-update episodes) is at least ``promote``, down when it
+is below ``demote``, else it stays. Test tasks are never touched: evaluation is on the
+family's held-out tasks at their own difficulty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from metarobot.training.config import CurriculumConfig
+from sim_envs.tasks import Task, TaskFamily
+
+
+class TerrainCurriculum:
+    """Per-group difficulty levels, applied to training tasks and moved by their success.
+
+    Args:
+        family: a family with :attr:`~sim_envs.tasks.TaskFamily.has_difficulty`.
+        config: start level, step and thresholds (:class:`CurriculumConfig`).
+        levels: levels to resume from (a checkpoint's); default every group at ``start``.
+    """
+
+    def __init__(self, family: TaskFamily, config: CurriculumConfig,
+                 levels: dict[str, float] | None = None) -> None:
+        if not family.has_difficulty:
+            raise ValueError(f"family {family.name!r} has no task difficulty for a curriculum")
+        self.family, self.config = family, config
+        self.levels: dict[str, float] = dict(levels or {})
+
+    def level(self, group: str) -> float:
+        return self.levels.get(group, self.config.start)
+
+    def apply(self, tasks: Sequence[Task]) -> tuple[list[Task], list[str | None]]:
+        """Each task at its group's level, and each task's group (``None``: not levelled)."""
+        out, groups = [], []
+        for task in tasks:
+            levelled = self.family.at_level(task, 1.0)  # the group, without changing the task
+            if levelled is None:
+                out.append(task)
+                groups.append(None)
+                continue
+            group = levelled[0]
+            result = self.family.at_level(task, self.level(group))
+            assert result is not None
+            out.append(result[1])
+            groups.append(group)
+        return out, groups
+
+    def update(self, groups: Sequence[str | None], success: np.ndarray) -> None:
+        """Move each group's level by the mean ``success`` ``[M]`` (one value per task, in
+        [0, 1]) of its tasks in this batch; groups without tasks here keep theirs."""
+        if len(groups) != len(success):
+            raise ValueError(f"{len(groups)} groups for {len(success)} success values")
+        cfg = self.config
+        for group in sorted({g for g in groups if g is not None}):
+            rate = float(np.mean([s for g, s in zip(groups, success, strict=True)
+                                  if g == group]))
+            level = self.level(group)
+            if rate >= cfg.promote:
+                level += cfg.step
+            elif rate < cfg.demote:
+                level -= cfg.step
+            self.levels[group] = float(min(1.0, max(cfg.min_level, level)))
+
+    def scalars(self) -> dict[str, float]:
+        """The levels, for the run log (``curriculum/level_<group>``)."""
+        return {f"curriculum/level_{g}": v for g, v in sorted(self.levels.items())}
