@@ -219,19 +219,22 @@ class LocomotionFamily(TaskFamily):
             raise ValueError(f"expected LocomotionParams, got {type(params).__name__}")
         return "test" if held_out_factors(params) else "train"
 
-    def at_level(self, task: Task, level: float) -> tuple[str, Task] | None:
-        """The task's terrain type and the task with its terrain difficulty times ``level``
-        (same terrain seed, everything else unchanged); ``None`` on flat ground. A
-        training task stays one: scaling a difficulty down never makes it held out."""
+    def difficulty_group(self, task: Task) -> str | None:
+        """The task's terrain type; ``None`` on flat ground (no difficulty)."""
+        if not isinstance(task.params, LocomotionParams):
+            raise ValueError(f"expected a locomotion task, got {task.family!r}")
+        return None if task.params.terrain == "flat" else task.params.terrain
+
+    def at_level(self, task: Task, level: float) -> Task:
+        """The task with its terrain difficulty times ``level`` (same terrain seed,
+        everything else unchanged). A training task stays one: scaling a difficulty down
+        never makes it held out."""
         if not 0.0 <= level <= 1.0:
             raise ValueError(f"level must be in [0, 1], got {level!r}")
-        params = task.params
-        if not isinstance(params, LocomotionParams):
+        if not isinstance(task.params, LocomotionParams):
             raise ValueError(f"expected a locomotion task, got {task.family!r}")
-        if params.terrain == "flat":
-            return None
-        scaled = dataclasses.replace(params, difficulty=params.difficulty * level)
-        return params.terrain, self._checked_task(scaled, task.split)
+        scaled = dataclasses.replace(task.params, difficulty=task.params.difficulty * level)
+        return self._checked_task(scaled, task.split)
 
     def _sample_params(self, rng: np.random.Generator, split: Split) -> TaskParams:
         held_out = (HELD_OUT_FACTORS[int(rng.integers(len(HELD_OUT_FACTORS)))]

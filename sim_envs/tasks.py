@@ -245,11 +245,15 @@ class TaskFamily(ABC):
             tasks.append(self._checked_task(params, split))
         return tasks
 
-    def at_level(self, task: Task, level: float) -> tuple[str, Task] | None:
-        """A curriculum's view of a training task: its group (the curriculum keeps one level
-        per group) and the task with its difficulty scaled by ``level`` in [0, 1], or
-        ``None`` when the task has no difficulty to scale. Only families with
-        :attr:`has_difficulty` implement it."""
+    def difficulty_group(self, task: Task) -> str | None:
+        """The group a curriculum keeps one level for (e.g. the terrain type), or ``None``
+        when the task has no difficulty to scale. Families with :attr:`has_difficulty`
+        implement it and :meth:`at_level`."""
+        raise NotImplementedError(f"family {self.name!r} has no task difficulty to schedule")
+
+    def at_level(self, task: Task, level: float) -> Task:
+        """``task`` with its difficulty scaled by ``level`` in [0, 1] (see
+        :meth:`difficulty_group`)."""
         raise NotImplementedError(f"family {self.name!r} has no task difficulty to schedule")
 
     def make_task(self, params: TaskParams | Mapping[str, Any], split: Split | None = None) -> Task:

@@ -2,10 +2,11 @@
 
 legged_gym moves each robot to harder terrain when it walks far enough and back when it
 does not. Here the unit is the meta-batch's task: the curriculum keeps one **level** in
-[0, 1] per group of the family (locomotion: per terrain type), and every training task's
-difficulty is multiplied by its group's level before sampling
-(:meth:`sim_envs.tasks.TaskFamily.at_level`). Tasks are drawn exactly as without it (same
-seeds, same parameters otherwise), so a level of 1 is the family's own training
+[0, 1] per group of the family (locomotion: per terrain type,
+:meth:`sim_envs.tasks.TaskFamily.difficulty_group`), and every training task's difficulty
+is multiplied by its group's level before sampling
+(:meth:`~sim_envs.tasks.TaskFamily.at_level`). Tasks are drawn exactly as without it
+(same seeds, same parameters otherwise), so a level of 1 is the family's own training
 distribution; at level 0.3 a stairs task's difficulty is uniform over [0, 0.3 x 0.8].
 
 After each iteration a group's level moves by ``step``: up when the adapted policy's
@@ -45,18 +46,9 @@ class TerrainCurriculum:
 
     def apply(self, tasks: Sequence[Task]) -> tuple[list[Task], list[str | None]]:
         """Each task at its group's level, and each task's group (``None``: not levelled)."""
-        out, groups = [], []
-        for task in tasks:
-            levelled = self.family.at_level(task, 1.0)  # the group, without changing the task
-            if levelled is None:
-                out.append(task)
-                groups.append(None)
-                continue
-            group = levelled[0]
-            result = self.family.at_level(task, self.level(group))
-            assert result is not None
-            out.append(result[1])
-            groups.append(group)
+        groups = [self.family.difficulty_group(task) for task in tasks]
+        out = [task if group is None else self.family.at_level(task, self.level(group))
+               for task, group in zip(tasks, groups, strict=True)]
         return out, groups
 
     def update(self, groups: Sequence[str | None], success: np.ndarray) -> None:
