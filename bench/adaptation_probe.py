@@ -22,8 +22,9 @@ Writes ``adaptation_probe.json`` and ``adaptation_probe.png`` (gain against scal
 
 Usage::
 
-    python -m bench.adaptation_probe bench/results/meta/locomotion/seed0/saved/meta/it00100 \\
-        --out bench/results/adaptation_probe/locomotion_seed0_it00100
+    python -m bench.adaptation_probe bench/results/meta/locomotion/seed0/saved/meta/it00080 \\
+        --scales 0 1 --tasks 60 --eval-seed 1 \\
+        --out bench/results/adaptation_probe/locomotion_dyn_seed0_it00080_t60
 """
 
 from __future__ import annotations
