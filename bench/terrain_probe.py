@@ -1,0 +1,98 @@
+"""Success of a locomotion policy per terrain type and difficulty, everything else fixed.
+
+The held-out evaluation mixes terrain with payload, motor strength and leg damage. This
+probe isolates the terrain: for each ``(terrain, difficulty)`` it runs ``--episodes``
+deterministic episodes (action mean, no adaptation) of the run's meta-policy on tasks that
+differ only in their terrain seed (payload 1 kg centred, motor strength 1, no damaged leg,
+friction 1), and reports success, fall rate, return and the distance walked along the
+command. It says whether a policy can climb stairs at all, and from which step height on it
+cannot.
+
+Usage::
+
+    python -m bench.terrain_probe bench/results/meta/locomotion/seed0/saved/meta/it00080 \\
+        --out bench/results/terrain_probe/locomotion_dyn_seed0_it00080.json
+
+Writes the JSON (with the command, commit and machine) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+from bench.common import command_line, machine_info, write_json
+from metarobot.core.policy import policy_forward
+from metarobot.training.evaluate import load_trained_policy
+from sim_envs.locomotion import LocomotionParams
+from sim_envs.registry import env_id, make_family
+from sim_envs.terrain import step_height
+
+DEFAULT_CASES = ("flat:0", "stairs:0", "stairs:0.2", "stairs:0.4", "stairs:0.6", "rough:0.5",
+                 "slopes:0.5", "obstacles:0.5")
+
+
+def probe_case(env: gymnasium.Env, policy: Any, terrain: str, difficulty: float,
+               episodes: int) -> dict[str, Any]:
+    """``episodes`` deterministic episodes on tasks ``(terrain, difficulty, terrain_seed=i)``."""
+    family = make_family("locomotion")
+    rows = []
+    for i in range(episodes):
+        params = LocomotionParams(terrain=terrain, difficulty=difficulty, terrain_seed=i,
+                                  friction=1.0, payload=1.0, payload_x=0.0, payload_y=0.0,
+                                  motor_strength=1.0, damaged_leg="none", leg_strength=1.0)
+        env.unwrapped.set_task(family.make_task(params))
+        obs, _ = env.reset(seed=i)
+        done, total, info = False, 0.0, {}
+        while not done:
+            with torch.no_grad():
+                mean, _ = policy_forward(policy.model, policy.params,
+                                         torch.as_tensor(obs).float()[None])
+            obs, reward, terminated, truncated, info = env.step(mean[0].numpy())
+            total += float(reward)
+            done = terminated or truncated
+        rows.append((total, float(info["success"]), float(info["fall"]), float(info["progress"])))
+    ret, success, fall, progress = np.array(rows).T
+    return {"terrain": terrain, "difficulty": difficulty, "episodes": episodes,
+            "step_height_m": step_height(difficulty) if terrain == "stairs" else None,
+            "success": float(success.mean()), "fall": float(fall.mean()),
+            "return": float(ret.mean()), "progress_m": float(progress.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="run directory or saved stage of a locomotion run")
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
+                        metavar="TERRAIN:DIFFICULTY")
+    parser.add_argument("--episodes", type=int, default=6, help="episodes (terrain seeds) per case")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args()
+
+    policy = load_trained_policy(args.run)
+    if policy.config.family != "locomotion":
+        raise SystemExit(f"{args.run} is a {policy.config.family} run, not locomotion")
+    env = gymnasium.make(env_id("locomotion"), **policy.config.env_kwargs)
+    results = []
+    print("| terrain | difficulty | step (m) | success | fall | return | distance (m) |")
+    print("|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        terrain, difficulty = case.split(":")
+        r = probe_case(env, policy, terrain, float(difficulty), args.episodes)
+        results.append(r)
+        step = f"{r['step_height_m']:.3f}" if r["step_height_m"] is not None else "-"
+        print(f"| {terrain} | {r['difficulty']:.1f} | {step} | {r['success']:.2f} | "
+              f"{r['fall']:.2f} | {r['return']:.1f} | {r['progress_m']:.2f} |", flush=True)
+    env.close()
+    write_json(args.out, {"run": str(args.run), "iteration": policy.iteration,
+                          "env_steps": policy.env_steps, "cases": results,
+                          "command": command_line(), "machine": machine_info()})
+
+
+if __name__ == "__main__":
+    main()
