@@ -94,6 +94,14 @@ SPEC: dict[str, tuple[str, object]] = {
     "sampler.backend": _choice("local", "ray"),  # ray: with sampler.num_workers >= 1
     # Any string with sampler.backend ray; base() has local, which takes only "".
     "sampler.ray_address": _choice(""),
+    # The curriculum's ranges alone; their order (min_level <= start, demote < promote) and
+    # enabled: true (only a family with a difficulty) are the single-key test's cases.
+    "curriculum.enabled": ("bool", None),
+    "curriculum.start": _float(lambda v: 0 <= v <= 1),
+    "curriculum.step": _float(lambda v: 0 < v <= 1),
+    "curriculum.promote": _float(lambda v: 0 < v <= 1),
+    "curriculum.demote": _float(lambda v: 0 <= v < 1),
+    "curriculum.min_level": _float(lambda v: 0 <= v <= 1),
 }
 #: Strings a float key reads as numbers (YAML 1.1 leaves "1e-6" and "inf" strings).
 NUMERIC_STRINGS = {"1e-6": 1e-6, "2E-2": 0.02, "inf": INF, ".inf": INF, "-inf": -INF,
@@ -163,6 +171,12 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
         allowed = False  # the dynamics loss and its model need each other and a context
     if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2")):
         allowed = False  # RL2 and its GRU policy go together; base() has neither
+    cur = base()["curriculum"]
+    if allowed and ((key == "curriculum.enabled" and value)  # base() is reach: no difficulty
+                    or (key == "curriculum.min_level" and converted > cur["start"])
+                    or (key == "curriculum.promote" and converted <= cur["demote"])
+                    or (key == "curriculum.demote" and converted >= cur["promote"])):
+        allowed = False  # the error names the key (the other key's range mentions it)
     data = with_key(base(), key, value)
     if allowed:
         cfg = config_from_dict(data)
