@@ -8,12 +8,11 @@ task group; also each seed's mean and the interval over the seeds' means.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import read_json
+from bench.common import command_line, read_json, write_json
 from metarobot.training.evaluate import mean_ci95
 
 
@@ -48,9 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:>8} ({row['tasks']} tasks): pooled {pm:+.1f} ± {pc:.1f}, over seeds "
               f"{sm:+.1f} ± {sc:.1f}, per seed {[round(v, 1) for v in row['gain_per_seed']]}, "
               f"success after the step {row['success_after_step']:.2f}")
-    args.out.write_text(json.dumps({**result, "command": "python -m bench.pool_probes "
-                                     + " ".join(map(str, args.probes)) + f" --out {args.out}"},
-                                   indent=1))
+    write_json(args.out, {**result, "command": command_line(argv)})
     print(f"wrote {args.out}")
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-import torch
 
 from bench.common import command_line, machine_info, write_json
-from metarobot.core.policy import policy_forward
+from bench.videos import record_episode
 from metarobot.training.evaluate import load_trained_policy
 from sim_envs.locomotion import LocomotionParams
 from sim_envs.registry import env_id, make_family
@@ -47,15 +46,7 @@ def probe_case(env: gymnasium.Env, policy: Any, terrain: str, difficulty: float,
                                   friction=1.0, payload=1.0, payload_x=0.0, payload_y=0.0,
                                   motor_strength=1.0, damaged_leg="none", leg_strength=1.0)
         env.unwrapped.set_task(family.make_task(params))
-        obs, _ = env.reset(seed=i)
-        done, total, info = False, 0.0, {}
-        while not done:
-            with torch.no_grad():
-                mean, _ = policy_forward(policy.model, policy.params,
-                                         torch.as_tensor(obs).float()[None])
-            obs, reward, terminated, truncated, info = env.step(mean[0].numpy())
-            total += float(reward)
-            done = terminated or truncated
+        _, total, info = record_episode(env, policy.model, policy.params, seed=i)
         rows.append((total, float(info["success"]), float(info["fall"]), float(info["progress"])))
     ret, success, fall, progress = np.array(rows).T
     return {"terrain": terrain, "difficulty": difficulty, "episodes": episodes,

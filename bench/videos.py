@@ -37,11 +37,12 @@ from sim_envs.registry import env_id, make_family
 
 
 def record_episode(env: object, model: object, params: dict, seed: int,
-                   every: int) -> tuple[list[np.ndarray], float, dict]:
-    """Frames (every ``every``-th step), return and last ``info`` of one deterministic episode."""
+                   every: int | None = None) -> tuple[list[np.ndarray], float, dict]:
+    """Frames (every ``every``-th step; none when ``every`` is None, and the env need not
+    render), return and last ``info`` of one deterministic episode (the action mean)."""
     obs, _ = env.reset(seed=seed)
-    frames, total, done, info = [env.render()], 0.0, False, {}
-    step = 0
+    frames = [] if every is None else [env.render()]
+    total, done, info, step = 0.0, False, {}, 0
     while not done:
         with torch.no_grad():
             mean, _ = policy_forward(model, params, torch.as_tensor(obs).float()[None])
@@ -49,7 +50,7 @@ def record_episode(env: object, model: object, params: dict, seed: int,
         total += float(reward)
         done = terminated or truncated
         step += 1
-        if step % every == 0 or done:
+        if every is not None and (step % every == 0 or done):
             frames.append(env.render())
     return frames, total, info
 

@@ -31,15 +31,16 @@ class TerrainCurriculum:
     Args:
         family: a family with :attr:`~sim_envs.tasks.TaskFamily.has_difficulty`.
         config: start level, step and thresholds (:class:`CurriculumConfig`).
-        levels: levels to resume from (a checkpoint's); default every group at ``start``.
+
+    ``levels`` holds the groups seen so far (the others are at ``config.start``); the
+    trainer saves it in the checkpoint and sets it on resume.
     """
 
-    def __init__(self, family: TaskFamily, config: CurriculumConfig,
-                 levels: dict[str, float] | None = None) -> None:
+    def __init__(self, family: TaskFamily, config: CurriculumConfig) -> None:
         if not family.has_difficulty:
             raise ValueError(f"family {family.name!r} has no task difficulty for a curriculum")
         self.family, self.config = family, config
-        self.levels: dict[str, float] = dict(levels or {})
+        self.levels: dict[str, float] = {}
 
     def level(self, group: str) -> float:
         return self.levels.get(group, self.config.start)
