@@ -213,6 +213,7 @@ class LocomotionFamily(TaskFamily):
     )
 
     has_difficulty = True
+    difficulty_groups = tuple(t for t in TERRAIN_TYPES if t != "flat")
 
     def split_of(self, params: TaskParams) -> Split:
         if not isinstance(params, LocomotionParams):

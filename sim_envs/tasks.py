@@ -221,6 +221,8 @@ class TaskFamily(ABC):
     split_doc: ClassVar[str] = ""
     #: Whether tasks have a difficulty a curriculum can scale (:meth:`at_level`).
     has_difficulty: ClassVar[bool] = False
+    #: The groups :meth:`difficulty_group` can return, in a fixed order.
+    difficulty_groups: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def _sample_params(self, rng: np.random.Generator, split: Split) -> TaskParams:

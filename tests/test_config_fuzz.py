@@ -102,6 +102,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "curriculum.promote": _float(lambda v: 0 < v <= 1),
     "curriculum.demote": _float(lambda v: 0 <= v < 1),
     "curriculum.min_level": _float(lambda v: 0 <= v <= 1),
+    "curriculum.focus": _float(lambda v: 0 <= v <= 1),
 }
 #: Strings a float key reads as numbers (YAML 1.1 leaves "1e-6" and "inf" strings).
 NUMERIC_STRINGS = {"1e-6": 1e-6, "2E-2": 0.02, "inf": INF, ".inf": INF, "-inf": -INF,

@@ -51,6 +51,31 @@ def test_levels_go_up_on_success_down_on_failure_and_stay_in_range():
         curriculum.update(groups, np.zeros(2))
 
 
+def test_focus_gives_the_lowest_level_group_its_share_of_the_batch():
+    cfg = CurriculumConfig(enabled=True, start=0.5, focus=0.5)
+    curriculum = TerrainCurriculum(LOCOMOTION, cfg)
+    assert curriculum.focus_group() == "rough"  # all at the start level: the first listed
+    curriculum.levels = {"rough": 0.9, "slopes": 0.6, "stairs": 0.2, "obstacles": 0.7}
+    assert curriculum.focus_group() == "stairs"
+    tasks = LOCOMOTION.sample_tasks(10, "train", seed=11)
+    focused, groups = curriculum.apply(tasks, seed=11)
+    assert groups.count("stairs") == 5 > [LOCOMOTION.difficulty_group(t)
+                                          for t in tasks].count("stairs")
+    for original, task in zip(tasks, focused, strict=True):
+        assert task.split == "train"
+        group = LOCOMOTION.difficulty_group(original)
+        if task.params.terrain_seed == original.params.terrain_seed:  # kept, levelled
+            level = 1.0 if group is None else curriculum.level(group)
+            assert task == LOCOMOTION.at_level(original, level)
+        else:  # replaced: only tasks of other groups, only by the focus group's
+            assert group != "stairs" and task.params.terrain == "stairs"
+    assert curriculum.apply(tasks, seed=11) == (focused, groups)  # same seed, same batch
+    assert curriculum.apply(tasks, seed=12)[0] != focused
+    unfocused = TerrainCurriculum(LOCOMOTION, CurriculumConfig(enabled=True, start=0.5))
+    assert [t.params.terrain for t in unfocused.apply(tasks, seed=11)[0]] == [
+        t.params.terrain for t in tasks]
+
+
 def test_a_curriculum_needs_a_family_with_difficulty():
     with pytest.raises(ValueError, match="curriculum.enabled"):
         api.resolve_config("reach-cpu", overrides=["curriculum.enabled=true"])
@@ -85,7 +110,7 @@ def test_the_trainer_trains_on_levelled_tasks_moves_levels_and_resumes_them(tmp_
     expected = TerrainCurriculum(LOCOMOTION, cfg.curriculum)
     for it, tasks in enumerate(drawn):
         record = np.load(tmp_path / "a" / "episodes" / f"iter_{it:05d}.npz")
-        levelled, groups = expected.apply(tasks)
+        levelled, groups = expected.apply(tasks, seed=cfg.seed * 1_000_003 + it)
         assert list(record["task_ids"]) == [t.task_id for t in levelled]
         for original, task in zip(tasks, levelled, strict=True):
             assert task.params.difficulty <= original.params.difficulty <= HELD_OUT_DIFFICULTY

@@ -33,7 +33,7 @@ def tiny_config(*extra: str):
 @pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
                                   "locomotion", "locomotion-cpu", "locomotion-context-cpu",
                                   "locomotion-context-taskcmd-cpu", "locomotion-dyn-cpu",
-                                  "locomotion-dyn-curriculum-cpu",
+                                  "locomotion-dyn-curriculum-cpu", "locomotion-dyn-focus-cpu",
                                   "walk",
                                   "walk-cpu", "walk-context-cpu"])
 def test_shipped_configs_load(name):

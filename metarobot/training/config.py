@@ -143,6 +143,8 @@ class CurriculumConfig:
     promote: float = 0.7  #: post-update success at or above which a level goes up
     demote: float = 0.4  #: post-update success below which a level goes down
     min_level: float = 0.0  #: the lowest a level goes
+    #: fraction of the meta-batch given to the group with the lowest level (0: none)
+    focus: float = 0.0
 
 
 @dataclass
@@ -291,6 +293,7 @@ class TrainConfig:
             ("curriculum.promote", cur.promote, cur.demote < cur.promote <= 1,
              "a number in (curriculum.demote, 1]"),
             ("curriculum.demote", cur.demote, 0 <= cur.demote < 1, "a number in [0, 1)"),
+            ("curriculum.focus", cur.focus, 0 <= cur.focus <= 1, "a number in [0, 1]"),
             ("curriculum.min_level", cur.min_level, 0 <= cur.min_level <= 1,
              "a number in [0, 1]"),
         ]

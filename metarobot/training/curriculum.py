@@ -13,6 +13,12 @@ After each iteration a group's level moves by ``step``: up when the adapted poli
 success on that group's tasks (post-update episodes) is at least ``promote``, down when it
 is below ``demote``, else it stays. Test tasks are never touched: evaluation is on the
 family's held-out tasks at their own difficulty.
+
+With ``focus`` > 0 the group with the lowest level (the first listed in
+:attr:`~sim_envs.tasks.TaskFamily.difficulty_groups` on ties) gets that fraction of the
+meta-batch: tasks of other groups, from the end of the batch, are replaced by training
+tasks of that group drawn from their own seeded stream. legged_gym trains about half of its
+robots on stairs; here the share follows whichever terrain lags.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import numpy as np
 
 from metarobot.training.config import CurriculumConfig
 from sim_envs.tasks import Task, TaskFamily
+
+#: Added to the batch's seed for the stream that ``focus`` draws its extra tasks from.
+FOCUS_SEED_OFFSET = 2**40
 
 
 class TerrainCurriculum:
@@ -45,12 +54,40 @@ class TerrainCurriculum:
     def level(self, group: str) -> float:
         return self.levels.get(group, self.config.start)
 
-    def apply(self, tasks: Sequence[Task]) -> tuple[list[Task], list[str | None]]:
-        """Each task at its group's level, and each task's group (``None``: not levelled)."""
+    def focus_group(self) -> str:
+        """The group with the lowest level (the first listed on ties)."""
+        return min(self.family.difficulty_groups, key=self.level)
+
+    def apply(self, tasks: Sequence[Task], seed: int) -> tuple[list[Task], list[str | None]]:
+        """Each task at its group's level, and each task's group (``None``: not levelled).
+
+        ``seed`` is the batch's task seed; ``focus``'s extra tasks are drawn from
+        ``seed + FOCUS_SEED_OFFSET``, so a batch is the same on every resume.
+        """
+        if self.config.focus > 0:
+            tasks = self._focused(list(tasks), seed)
         groups = [self.family.difficulty_group(task) for task in tasks]
         out = [task if group is None else self.family.at_level(task, self.level(group))
                for task, group in zip(tasks, groups, strict=True)]
         return out, groups
+
+    def _focused(self, tasks: list[Task], seed: int) -> list[Task]:
+        group = self.focus_group()
+        in_group = [self.family.difficulty_group(t) == group for t in tasks]
+        missing = round(self.config.focus * len(tasks)) - sum(in_group)
+        if missing <= 0:
+            return tasks
+        extra: list[Task] = []
+        draw = 0
+        while len(extra) < missing:  # about 1 in len(groups) + 1 draws is in the group
+            pool = self.family.sample_tasks(8 * len(tasks), "train",
+                                            seed=seed + FOCUS_SEED_OFFSET + draw)
+            extra += [t for t in pool if self.family.difficulty_group(t) == group]
+            draw += 1
+        replace = [i for i in reversed(range(len(tasks))) if not in_group[i]][:missing]
+        for i, task in zip(replace, extra, strict=False):
+            tasks[i] = task
+        return tasks
 
     def update(self, groups: Sequence[str | None], success: np.ndarray) -> None:
         """Move each group's level by the mean ``success`` ``[M]`` (one value per task, in

@@ -404,11 +404,11 @@ class MetaTrainer:
         t_start = time.perf_counter()
         self.model.set_normalizer(self.normalizer.mean.float().to(self.device),
                                   self.normalizer.var.float().to(self.device))
-        tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train",
-                                         seed=cfg.seed * 1_000_003 + it)
+        task_seed = cfg.seed * 1_000_003 + it
+        tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train", seed=task_seed)
         groups: list[str | None] = []
         if self.curriculum is not None:
-            tasks, groups = self.curriculum.apply(tasks)
+            tasks, groups = self.curriculum.apply(tasks, seed=task_seed)
         if cfg.outer.algo == "rl2":
             return self._rl2_iteration(tasks, groups, t_start)
         old_params = {k: v.detach().clone() for k, v in self.params.items()}
