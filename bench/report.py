@@ -132,6 +132,39 @@ def plot_comparison(entries: list[dict[str, Any]], iteration: int, title: str,
     plt.close(fig)
 
 
+def plot_levels(entry: dict[str, Any], title: str, path: Path) -> bool:
+    """The curriculum's level per terrain type vs iteration, from the stage JSONs'
+    ``curriculum_levels``; False (nothing drawn) for a run without a curriculum."""
+    history: dict[str, dict[int, float]] = {}
+    for data in entry["meta"].values():
+        record = data.get("curriculum_levels")
+        for group, values in (record or {}).get("levels", {}).items():
+            for it, value in zip(record["iteration"], values, strict=True):
+                if value is not None:
+                    history.setdefault(group, {})[it] = value
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for group, points in sorted(history.items()):
+        its = sorted(points)
+        ax.plot(its, [points[i] for i in its], label=group)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("level (x the training difficulty)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def make_plots(out: Path, family: str) -> None:
     seeds = load_family(out, family)
     if not seeds:
@@ -142,6 +175,8 @@ def make_plots(out: Path, family: str) -> None:
                     entry["dir"] / "curves.png")
         plot_comparison([entry], last, f"{family}, seed {seed}, iteration {last}: meta vs "
                         "baseline (a) (CI over tasks)", entry["dir"] / "meta_vs_baseline.png")
+        plot_levels(entry, f"{family}, seed {seed}: terrain curriculum levels",
+                    entry["dir"] / "levels.png")
     entries = list(seeds.values())
     if len(entries) > 1:
         last = final_iteration(entries)

@@ -183,6 +183,21 @@ def iteration_times(run_dir: Path) -> dict[int, float]:
             if "time/iteration" in r}
 
 
+def curriculum_levels(run_dir: Path, first: int, last: int) -> dict[str, Any] | None:
+    """The curriculum's level per terrain type after each iteration ``first..last`` from
+    ``log.jsonl`` (``curriculum/level_<type>``), or ``None`` for a run without one."""
+    prefix = "curriculum/level_"
+    records = {it: r for it, r in read_log(run_dir).items() if first <= it <= last
+               and any(k.startswith(prefix) for k in r)}
+    if not records:
+        return None
+    iterations = sorted(records)
+    groups = sorted({k[len(prefix):] for r in records.values() for k in r
+                     if k.startswith(prefix)})
+    return {"iteration": iterations,
+            "levels": {g: [records[it].get(prefix + g) for it in iterations] for g in groups}}
+
+
 def stage_name(iteration: int) -> str:
     return f"it{iteration:05d}"
 
@@ -231,6 +246,9 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
                        "stage_iteration_s_mean": float(np.mean(stage)) if stage else None,
                        "stage_train_wall_s": train_wall, "eval_wall_s": eval_wall},
             **provenance()}
+    levels = curriculum_levels(run_dir, prev_iteration + 1, iteration)
+    if levels is not None:  # this stage's part of the levels' history (levels.png)
+        data["curriculum_levels"] = levels
     write_json(path, data)
     return data
 
