@@ -150,10 +150,19 @@ def dynamics_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch, h
     :func:`transition_weights`) and the policy's approx KL (its context moves, as with the
     other losses); ``batch`` is ``E`` episodes of ``horizon`` steps flattened
     (``N = E * horizon``)."""
-    valid = transition_weights(batch.weight, horizon)
-    loss = dynamics_error(model, params, batch.obs, batch.act, valid)
+    return dynamics_loss_weighted(model, params, batch,
+                                  transition_weights(batch.weight, horizon), batch.weight)
+
+
+def dynamics_loss_weighted(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+                           transition_weight: Tensor, kl_weight: Tensor,
+                           ) -> tuple[Tensor, Tensor]:
+    """:func:`dynamics_error` with ``transition_weight`` ``[N]`` and the approx KL weighted
+    by ``kl_weight`` ``[N]``: :func:`dynamics_loss` (weights from the episode mask) and
+    the adapt graph (the transition weight given as ``batch.weight``) both call it."""
+    loss = dynamics_error(model, params, batch.obs, batch.act, transition_weight)
     logp = log_prob(model, params, batch.obs, batch.act)
-    return loss, approx_kl(logp - batch.old_logp, batch.weight)
+    return loss, approx_kl(logp - batch.old_logp, kl_weight)
 
 
 class InnerLossFunction(Protocol):
@@ -258,9 +267,7 @@ def inner_steps_flat(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor
     rates: float | Tensor | Params = lr if lr.dim() == 0 else layout.unflatten(lr)
 
     def dynamics(p: Params) -> tuple[Tensor, Tensor]:
-        logp = log_prob(model, p, batch.obs, batch.act)
-        return (dynamics_error(model, p, batch.obs, batch.act, batch.weight),
-                approx_kl(logp - batch.old_logp, batch.weight))
+        return dynamics_loss_weighted(model, p, batch, batch.weight, batch.weight)
 
     loss_fn = dynamics if loss == "dynamics" else None
     params = layout.unflatten(flat)
