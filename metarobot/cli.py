@@ -43,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="meta-train a policy on a task family",
-                       description="Meta-train a policy with PPO-MAML. Checkpoints go to the "
-                       "run directory; Ctrl-C saves a checkpoint and stops.")
+                       description="Meta-train a policy: PPO-MAML (ProMP) by default; FOMAML, "
+                       "Meta-SGD, Reptile, ES-MAML or RL2 by config (outer.algo, inner.*, "
+                       "docs/training.md). Checkpoints go to the run directory; Ctrl-C saves "
+                       "a checkpoint and stops.")
     p.add_argument("--config", help="shipped config name (reach, reach-cpu, grasp-cpu, ...) "
                    "or a YAML path (default: the family's config)")
     p.add_argument("--family", help="task family (reach, grasp, locomotion, walk)")

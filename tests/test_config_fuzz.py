@@ -79,6 +79,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "outer.reptile_lr": _float(lambda v: 0 < v <= 1),
     "outer.es_sigma": _float(lambda v: 0 < v < INF),
     "outer.tbptt": _int(1),
+    "outer.minibatches": _int(1),  # and 1 unless outer.algo is rl2: see below
     "outer.max_grad_norm": _float(lambda v: v > 0),
     "advantages.gamma": _float(lambda v: 0 < v <= 1),
     "advantages.lam": _float(lambda v: 0 <= v <= 1),
@@ -170,6 +171,8 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
     if (key == "inner.loss" and value == "dynamics") or (
             key == "policy.dynamics_hidden" and allowed and value):
         allowed = False  # the dynamics loss and its model need each other and a context
+    if key == "outer.minibatches" and allowed and converted != 1:
+        allowed = False  # minibatches are RL2's, and base() is PPO-MAML
     if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2")):
         allowed = False  # RL2 and its GRU policy go together; base() has neither
     cur = base()["curriculum"]

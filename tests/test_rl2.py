@@ -172,6 +172,43 @@ def test_trial_sampling_carries_the_state_and_packing_rebuilds_its_inputs():
         assert (gap < 1e-4) if e == 0 else (gap > 1e-3), (e, gap)
 
 
+def test_minibatches_step_once_per_share_and_cover_every_trial_each_epoch():
+    """Minibatched RL2 update: ``epochs x minibatches`` Adam steps, each epoch's shares a
+    partition of the trials; a share's loss is the loss of those trials alone."""
+    torch.manual_seed(2)
+    model = GaussianGRUPolicy(2, 2, hidden=[16], init_log_std=-0.5)
+    params = model.init_params()
+    tasks = [point_task(x) for x in (0.5, -0.5, 0.2, -0.1, 0.3)]
+    with MultiTaskSampler(POINT_ID, 0, 2) as sampler:
+        batch = sampler.sample_trials(model, stacked(params, 5), tasks, 2, seed=3,
+                                      generator=torch.Generator().manual_seed(0))
+    trials = rl2.pack_trials(batch)
+    adv, _ = rl2.trial_advantages(trials, 0.99, 1.0)
+    full, _ = rl2.ppo_loss(model, params, trials, adv, 0.2, 8)
+    everything = rl2.select(trials, torch.arange(5))
+    assert torch.allclose(rl2.ppo_loss(model, params, everything, adv, 0.2, 8)[0], full)
+    # Per-trial losses weighted by their steps make up the whole batch's.
+    steps = trials.inputs.mask.sum(1)
+    parts = [rl2.ppo_loss(model, params, rl2.select(trials, torch.tensor([i])), adv[i:i + 1],
+                          0.2, 8)[0] * steps[i] for i in range(5)]
+    assert torch.allclose(sum(parts) / steps.sum(), full, atol=1e-6)
+
+    seen: list[int] = []
+
+    def apply_step(loss: torch.Tensor) -> bool:
+        seen.append(int(loss.detach().isfinite()))
+        return True
+
+    stats = rl2.update(model, params, trials, adv, epochs=3, clip=0.2, tbptt=8,
+                       apply_step=apply_step, minibatches=2,
+                       generator=torch.Generator().manual_seed(0))
+    assert seen == [1] * 6 and stats["outer_loss"] == pytest.approx(
+        rl2.ppo_loss(model, params, rl2.select(
+            trials, torch.randperm(5, generator=torch.Generator().manual_seed(0))[:3]),
+            adv[torch.randperm(5, generator=torch.Generator().manual_seed(0))[:3]],
+            0.2, 8)[0].item(), rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- memory
 def _train_toy(iterations: int, seed: int = 0):
     torch.manual_seed(seed)
@@ -224,6 +261,9 @@ def test_the_hidden_state_carries_what_the_first_episode_revealed():
     (RL2 + ["policy.context_dim=4"], "policy.context_dim"),
     (RL2 + ["advantages.baseline=mlp"], "advantages.baseline"),
     (RL2 + ["policy.hidden=[]"], "policy.hidden"),
+    (RL2 + ["outer.minibatches=0"], "outer.minibatches"),
+    (RL2 + ["outer.minibatches=11"], "outer.minibatches"),    # more than meta_batch.tasks
+    (["outer.minibatches=2"], "outer.minibatches"),           # RL2's only
 ])
 def test_bad_rl2_settings_are_named(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

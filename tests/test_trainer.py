@@ -17,7 +17,12 @@ from metarobot import api
 from metarobot.algos import maml
 from metarobot.cli import main as cli_main
 from metarobot.training.checkpoint import atomic_write_bytes, load_checkpoint
-from metarobot.training.config import apply_overrides, config_from_dict, load_config
+from metarobot.training.config import (
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    shipped_config_names,
+)
 from metarobot.training.trainer import MetaTrainer, TrainingDiverged
 from sim_envs import FAMILY_NAMES
 
@@ -30,12 +35,7 @@ def tiny_config(*extra: str):
 
 
 # ----------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("name", ["reach", "reach-cpu", "quickstart", "grasp", "grasp-cpu",
-                                  "locomotion", "locomotion-cpu", "locomotion-context-cpu",
-                                  "locomotion-context-taskcmd-cpu", "locomotion-dyn-cpu",
-                                  "locomotion-dyn-curriculum-cpu", "locomotion-dyn-focus-cpu",
-                                  "walk",
-                                  "walk-cpu", "walk-context-cpu"])
+@pytest.mark.parametrize("name", shipped_config_names())
 def test_shipped_configs_load(name):
     cfg = api.resolve_config(name)
     assert cfg.family in FAMILY_NAMES

@@ -15,9 +15,10 @@ One update (:func:`update`), top to bottom:
 2. advantages over the packed trials with the project's linear feature baseline (one fit
    for all trials) and GAE (:func:`trial_advantages`,
    :func:`metarobot.core.advantages.compute_advantages`);
-3. ``outer.epochs`` Adam steps on the PPO-clip loss, the policy re-run over the trials
-   with truncated backpropagation through time (the state is detached every
-   ``outer.tbptt`` steps).
+3. ``outer.epochs`` epochs of the PPO-clip loss, each one Adam step per minibatch of
+   trials (``outer.minibatches``, a fresh random split every epoch), the policy re-run
+   over the trials with truncated backpropagation through time (the state is detached
+   every ``outer.tbptt`` steps).
 """
 
 from __future__ import annotations
@@ -120,15 +121,30 @@ def ppo_loss(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv
     return loss, stats
 
 
+def select(trials: PackedTrials, index: Tensor) -> PackedTrials:
+    """The trials ``index`` ``[m]`` of the batch (every field's first dimension)."""
+    return PackedTrials(TrialInputs(*(x[index] for x in trials.inputs)), trials.act[index],
+                        trials.logp[index], trials.rew[index], trials.episode[index])
+
+
 def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: Tensor,
            epochs: int, clip: float, tbptt: int, apply_step: Callable[[Tensor], bool],
+           minibatches: int = 1, generator: torch.Generator | None = None,
            ) -> dict[str, float]:
-    """``epochs`` Adam steps on :func:`ppo_loss` (``params`` change in place through
-    ``apply_step``, the trainer's backward-clip-and-step with its non-finite checks).
-    Returns the first epoch's loss and the last epoch's statistics."""
+    """``epochs`` passes of :func:`ppo_loss`, one Adam step per minibatch of trials
+    (``minibatches`` equal shares, split at random by ``generator`` each epoch; 1: the
+    whole batch). ``params`` change in place through ``apply_step``, the trainer's
+    backward-clip-and-step with its non-finite checks. Returns the first step's loss and
+    the last step's statistics."""
     first_loss, stats = None, {}
+    num_trials = adv.shape[0]
     for _ in range(epochs):
-        loss, stats = ppo_loss(model, params, trials, adv, clip, tbptt)
-        first_loss = loss.item() if first_loss is None else first_loss
-        apply_step(loss)
+        order = (torch.arange(num_trials) if minibatches == 1
+                 else torch.randperm(num_trials, generator=generator))
+        for index in order.tensor_split(minibatches):
+            part = trials if minibatches == 1 else select(trials, index)
+            loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt)
+            first_loss = loss.item() if first_loss is None else first_loss
+            if not apply_step(loss):
+                break
     return {"outer_loss": float(first_loss), **{k: v.item() for k, v in stats.items()}}

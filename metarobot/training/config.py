@@ -102,6 +102,8 @@ class OuterConfig:
     #: RL2: truncated backpropagation through time, in steps of the trial (the GRU's
     #: state is detached every ``tbptt`` steps in the update).
     tbptt: int = 100
+    #: RL2: Adam steps per epoch, each on an equal share of the batch's trials
+    minibatches: int = 1
     max_grad_norm: float = 10.0
 
 
@@ -256,6 +258,11 @@ class TrainConfig:
             ("outer.tbptt", outer.tbptt, outer.tbptt >= 1,
              "an integer >= 1 (steps between truncations of RL2's backpropagation through "
              "time; at least the trial's length E * T for full backpropagation)"),
+            ("outer.minibatches", outer.minibatches,
+             1 <= outer.minibatches <= self.meta_batch.tasks
+             and (outer.minibatches == 1 or outer.algo == "rl2"),
+             "an integer in [1, meta_batch.tasks], 1 unless outer.algo is 'rl2' (RL2 splits "
+             "its trials into that many minibatches per epoch)"),
             ("outer.reptile_lr", outer.reptile_lr, 0 < outer.reptile_lr <= 1,
              "a number in (0, 1] (the fraction of the way toward the adapted parameters)"),
             ("outer.max_grad_norm", outer.max_grad_norm, outer.max_grad_norm > 0,

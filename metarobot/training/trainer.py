@@ -488,7 +488,8 @@ class MetaTrainer:
             trials, cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize)
         t_sampled = time.perf_counter()
         stats = rl2.update(self.model, self.params, trials, adv, cfg.outer.epochs,
-                           cfg.outer.clip, cfg.outer.tbptt, self._apply_update)
+                           cfg.outer.clip, cfg.outer.tbptt, self._apply_update,
+                           cfg.outer.minibatches, self.generator)
         t_done = time.perf_counter()
 
         self.normalizer.update(batch.obs, batch.mask)
