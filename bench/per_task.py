@@ -81,8 +81,31 @@ def per_task_rows(meta: dict[str, Any], baseline: dict[str, Any] | None,
     return rows
 
 
-def counts(rows: list[dict[str, Any]]) -> list[str]:
-    """A few plain sentences under the table: how often, and how far apart."""
+#: ``--sort-by`` also summarises each value of the parameter when it has at most this many.
+MAX_GROUPS = 8
+
+
+def group_lines(rows: list[dict[str, Any]], param: str) -> list[str]:
+    """Per value of ``param`` (a few at most): meta success before, after 1 and after K
+    steps, and the return after 1 step (mean ± 95% CI over the value's tasks)."""
+    values = sorted({r["params"][param] for r in rows})
+    if len(values) > MAX_GROUPS:
+        return []
+    k = len(rows[0]["meta_return"]) - 1
+    lines = []
+    for value in values:
+        group = [r for r in rows if r["params"][param] == value]
+        success = np.array([r["meta_success"] for r in group]).mean(0)
+        m, c = mean_ci95(np.array([r["meta_return"][1] for r in group]))
+        lines.append(f"- {param} {param_text(value)} ({len(group)} tasks): meta success "
+                     f"{success[0]:.2f} before, {success[1]:.2f} after 1 step, "
+                     f"{success[k]:.2f} after {k}; return after 1 step {m:.1f} ± {c:.1f}.")
+    return lines
+
+
+def counts(rows: list[dict[str, Any]], sort_by: str | None = None) -> list[str]:
+    """A few plain sentences under the table: how often, and how far apart (and per value
+    of ``sort_by``, :func:`group_lines`)."""
     n = len(rows)
     after1 = np.array([r["meta_return"][1] for r in rows])
     ref = np.array([r["zero_action_return"] for r in rows])
@@ -100,10 +123,10 @@ def counts(rows: list[dict[str, Any]]) -> list[str]:
                   f"{int((after1 > base1).sum())} of {n} tasks.",
                   f"- Tasks where baseline (a) succeeds after 1 step: {len(succ)} of {n}"
                   + (f" (rows {', '.join(str(i + 1) for i in succ)})." if succ else ".")]
-    return lines
+    return lines + (group_lines(rows, sort_by) if sort_by is not None else [])
 
 
-def markdown(rows: list[dict[str, Any]], header: str) -> str:
+def markdown(rows: list[dict[str, Any]], header: str, sort_by: str | None = None) -> str:
     # Generator seeds (terrain_seed) tell a reader nothing; they stay in the JSON.
     names = [p for p in rows[0]["params"] if not p.endswith("seed")]
     k = len(rows[0]["meta_return"]) - 1
@@ -120,7 +143,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
             cells += [f"{r['baseline_a_return'][1]:.1f}", f"{r['baseline_a_success'][1]:.2f}"]
         cells.append(f"{r['zero_action_return']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", *counts(rows), ""])
+    return "\n".join([*lines, "", *counts(rows, sort_by), ""])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,7 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-episodes", type=int, default=3,
                    help="episodes of the zero action per task (default: %(default)s)")
     p.add_argument("--sort-by", default=None,
-                   help="order the rows by this task parameter (default: evaluation order)")
+                   help="order the rows by this task parameter and, when it has at most "
+                   f"{MAX_GROUPS} values, summarise each (default: evaluation order)")
     args = p.parse_args(argv)
     if args.reference_episodes < 1:
         p.error("--reference-episodes must be >= 1")
@@ -170,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({meta['env_steps']:,} env steps): returns per held-out test task "
               f"(meta: mean over {ev['episodes']} episodes; zero action: mean over "
               f"{args.reference_episodes})")
-    text = markdown(rows, header)
+    text = markdown(rows, header, args.sort_by)
     print(text)
     name = f"per_task_{stage_name(args.iteration)}"
     write_json(folder / f"{name}.json",

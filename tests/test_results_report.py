@@ -257,3 +257,20 @@ def test_curriculum_levels_go_from_the_run_log_to_the_stage_json_and_a_plot(tmp_
     assert (tmp_path / "levels.png").stat().st_size > 0
     assert not plot_levels({"meta": {1: {}}}, "none", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_per_task_groups_summarise_each_value_of_a_few_valued_parameter():
+    from bench.per_task import MAX_GROUPS, group_lines
+
+    rows = [{"params": {"heading": h, "speed": 0.1 * i},
+             "meta_return": [0.0, r, r + 1], "meta_success": [0.0, s, 1.0]}
+            for i, (h, r, s) in enumerate([(0.0, 10.0, 1.0), (0.0, 20.0, 0.0),
+                                           (3.14, -5.0, 0.0)])]
+    lines = group_lines(rows, "heading")
+    assert lines == [
+        "- heading 0.00 (2 tasks): meta success 0.00 before, 0.50 after 1 step, 1.00 after "
+        f"2; return after 1 step 15.0 ± {mean_ci95(np.array([10.0, 20.0]))[1]:.1f}.",
+        "- heading 3.14 (1 tasks): meta success 0.00 before, 0.00 after 1 step, 1.00 after "
+        f"2; return after 1 step -5.0 ± {mean_ci95(np.array([-5.0]))[1]:.1f}."]
+    many = [dict(rows[0], params={"heading": float(i)}) for i in range(MAX_GROUPS + 1)]
+    assert group_lines(many, "heading") == []
