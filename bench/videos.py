@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,11 @@ from sim_envs.registry import env_id, make_family
 
 
 def record_episode(env: object, model: object, params: dict, seed: int,
-                   every: int | None = None) -> tuple[list[np.ndarray], float, dict]:
+                   every: int | None = None, on_step: Callable[[object], None] | None = None,
+                   ) -> tuple[list[np.ndarray], float, dict]:
     """Frames (every ``every``-th step; none when ``every`` is None, and the env need not
-    render), return and last ``info`` of one deterministic episode (the action mean)."""
+    render), return and last ``info`` of one deterministic episode (the action mean).
+    ``on_step(env)`` runs after every step (a probe's measurement)."""
     obs, _ = env.reset(seed=seed)
     frames = [] if every is None else [env.render()]
     total, done, info, step = 0.0, False, {}, 0
@@ -50,6 +53,8 @@ def record_episode(env: object, model: object, params: dict, seed: int,
         total += float(reward)
         done = terminated or truncated
         step += 1
+        if on_step is not None:
+            on_step(env)
         if every is not None and (step % every == 0 or done):
             frames.append(env.render())
     return frames, total, info
