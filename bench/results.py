@@ -176,18 +176,18 @@ def train_meta_to(cfg: TrainConfig, run_dir: Path, iteration: int, progress: boo
     return time.perf_counter() - t0
 
 
-def iteration_times(run_dir: Path) -> dict[int, float]:
-    """``time/iteration`` of each iteration in ``log.jsonl`` (the last record of an
-    iteration that was redone after an interruption)."""
-    return {it: float(r["time/iteration"]) for it, r in read_log(run_dir).items()
-            if "time/iteration" in r}
+def iteration_times(log: dict[int, dict[str, Any]]) -> dict[int, float]:
+    """``time/iteration`` of each iteration in a run's log (:func:`read_log`: the last
+    record of an iteration that was redone after an interruption)."""
+    return {it: float(r["time/iteration"]) for it, r in log.items() if "time/iteration" in r}
 
 
-def curriculum_levels(run_dir: Path, first: int, last: int) -> dict[str, Any] | None:
-    """The curriculum's level per terrain type after each iteration ``first..last`` from
-    ``log.jsonl`` (``curriculum/level_<type>``), or ``None`` for a run without one."""
+def curriculum_levels(log: dict[int, dict[str, Any]], first: int, last: int,
+                      ) -> dict[str, Any] | None:
+    """The curriculum's level per terrain type after each iteration ``first..last`` from a
+    run's log (``curriculum/level_<type>``), or ``None`` for a run without one."""
     prefix = "curriculum/level_"
-    records = {it: r for it, r in read_log(run_dir).items() if first <= it <= last
+    records = {it: r for it, r in log.items() if first <= it <= last
                and any(k.startswith(prefix) for k in r)}
     if not records:
         return None
@@ -233,7 +233,8 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
                              ctx["episodes"], seed=ctx["eval_seed"])
     eval_wall = time.perf_counter() - t0
     print(result.table(), flush=True)
-    times = iteration_times(run_dir)
+    run_log = read_log(run_dir)
+    times = iteration_times(run_log)
     upto = [times[i] for i in range(1, iteration + 1) if i in times]
     stage = [times[i] for i in range(prev_iteration + 1, iteration + 1) if i in times]
     data = {"kind": "meta", "family": cfg.family, "seed": cfg.seed, "iteration": iteration,
@@ -246,7 +247,7 @@ def run_meta_stage(ctx: dict[str, Any], seed_out: Path, run_dir: Path, iteration
                        "stage_iteration_s_mean": float(np.mean(stage)) if stage else None,
                        "stage_train_wall_s": train_wall, "eval_wall_s": eval_wall},
             **provenance()}
-    levels = curriculum_levels(run_dir, prev_iteration + 1, iteration)
+    levels = curriculum_levels(run_log, prev_iteration + 1, iteration)
     if levels is not None:  # this stage's part of the levels' history (levels.png)
         data["curriculum_levels"] = levels
     write_json(path, data)

@@ -212,7 +212,6 @@ class LocomotionFamily(TaskFamily):
         "strength (sampled with one of these each); train: everything else."
     )
 
-    has_difficulty = True
     difficulty_groups = tuple(t for t in TERRAIN_TYPES if t != "flat")
 
     def split_of(self, params: TaskParams) -> Split:

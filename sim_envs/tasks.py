@@ -219,9 +219,8 @@ class TaskFamily(ABC):
     params_type: ClassVar[type[TaskParams]]
     #: Human-readable description of how train and test are separated.
     split_doc: ClassVar[str] = ""
-    #: Whether tasks have a difficulty a curriculum can scale (:meth:`at_level`).
-    has_difficulty: ClassVar[bool] = False
-    #: The groups :meth:`difficulty_group` can return, in a fixed order.
+    #: The groups :meth:`difficulty_group` can return, in a fixed order (empty: the
+    #: family's tasks have no difficulty a curriculum can scale).
     difficulty_groups: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
@@ -246,6 +245,11 @@ class TaskFamily(ABC):
             params = self._sample_params(rng, split)
             tasks.append(self._checked_task(params, split))
         return tasks
+
+    @property
+    def has_difficulty(self) -> bool:
+        """Whether tasks have a difficulty a curriculum can scale (:meth:`at_level`)."""
+        return bool(self.difficulty_groups)
 
     def difficulty_group(self, task: Task) -> str | None:
         """The group a curriculum keeps one level for (e.g. the terrain type), or ``None``

@@ -239,6 +239,7 @@ def test_learners_table_reads_each_learner_and_the_baseline(tmp_path):
 
 def test_curriculum_levels_go_from_the_run_log_to_the_stage_json_and_a_plot(tmp_path):
     from bench.report import plot_levels
+    from metarobot.training.runlog import read_log
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -247,11 +248,12 @@ def test_curriculum_levels_go_from_the_run_log_to_the_stage_json_and_a_plot(tmp_
                {"iteration": 2, "curriculum/level_stairs": 0.1},
                {"iteration": 3, "curriculum/level_stairs": 0.2, "curriculum/level_rough": 0.4}]
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    later = results.curriculum_levels(run_dir, 2, 3)
+    log = read_log(run_dir)
+    later = results.curriculum_levels(log, 2, 3)
     assert later == {"iteration": [2, 3],
                      "levels": {"rough": [None, 0.4], "stairs": [0.1, 0.2]}}
-    assert results.curriculum_levels(run_dir, 4, 9) is None
-    earlier = results.curriculum_levels(run_dir, 1, 1)
+    assert results.curriculum_levels(log, 4, 9) is None
+    earlier = results.curriculum_levels(log, 1, 1)
     entry = {"meta": {1: {"curriculum_levels": earlier}, 3: {"curriculum_levels": later}}}
     assert plot_levels(entry, "levels", tmp_path / "levels.png")
     assert (tmp_path / "levels.png").stat().st_size > 0
