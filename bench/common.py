@@ -86,3 +86,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def evaluated_test_tasks(family: str, task_ids: Sequence[str], eval_seed: int,
+                         source: Path | str) -> list[Any]:
+    """The held-out tasks an evaluation or probe ran on, rebuilt from its family and task
+    seed; exits naming ``source`` when their ids differ from the recorded ``task_ids``."""
+    from sim_envs.registry import make_family  # here: most users of this module need no sim
+
+    tasks = make_family(family).sample_tasks(len(task_ids), "test", seed=eval_seed)
+    if [t.task_id for t in tasks] != list(task_ids):
+        raise SystemExit(f"{source}: its task ids are not the {family} test tasks for seed "
+                         f"{eval_seed}; was the family changed since?")
+    return tasks

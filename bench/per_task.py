@@ -29,10 +29,10 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from bench.common import read_json, write_json
+from bench.common import evaluated_test_tasks, read_json, write_json
 from bench.results import DEFAULT_OUT, provenance, stage_name
 from metarobot.training.evaluate import mean_ci95
-from sim_envs.registry import env_id, make_family, register_envs
+from sim_envs.registry import env_id, register_envs
 from sim_envs.tasks import Task
 
 
@@ -175,11 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     base_path = folder / f"baseline_{stage_name(args.iteration)}.json"
     baseline = read_json(base_path) if base_path.exists() else None
     ev = meta["evaluation"]
-    tasks = make_family(args.family).sample_tasks(len(ev["task_ids"]), "test",
-                                                  seed=meta["eval_seed"])
-    if [t.task_id for t in tasks] != ev["task_ids"]:
-        raise SystemExit(f"{meta_path}: its task ids are not the family's test tasks for "
-                         f"seed {meta['eval_seed']}; was the family changed since?")
+    tasks = evaluated_test_tasks(args.family, ev["task_ids"], meta["eval_seed"], meta_path)
     if baseline is not None and baseline["task_ids"] != ev["task_ids"]:
         raise SystemExit(f"{base_path}: evaluated on other tasks than {meta_path}")
     if args.sort_by is not None and args.sort_by not in tasks[0].params.to_dict():

@@ -13,18 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import command_line, read_json, write_json
+from bench.common import command_line, evaluated_test_tasks, read_json, write_json
 from metarobot.training.evaluate import mean_ci95
-from sim_envs.registry import make_family
 
 
-def task_values(run: dict, param: str) -> list[str]:
+def task_values(run: dict, param: str, source: Path) -> list[str]:
     """Each probed task's value of the task parameter ``param``, from the tasks rebuilt
     with the probe's family and evaluation seed (their ids checked)."""
-    tasks = make_family(run["family"]).sample_tasks(len(run["task_ids"]), "test",
-                                                   seed=run["eval_seed"])
-    if [t.task_id for t in tasks] != run["task_ids"]:
-        raise SystemExit("the probe's tasks cannot be rebuilt from its family and eval seed")
+    tasks = evaluated_test_tasks(run["family"], run["task_ids"], run["eval_seed"], source)
     values = [t.params.to_dict() for t in tasks]
     if param not in values[0]:
         raise SystemExit(f"--by: {run['family']} tasks have no parameter {param!r}")
@@ -36,7 +32,8 @@ def pool(paths: list[Path], scale: float = 1.0, by: str | None = None) -> dict:
     if any(r["task_ids"] != runs[0]["task_ids"] for r in runs):
         raise SystemExit("the probes were not run on the same tasks (use the same --tasks "
                          "and --eval-seed)")
-    groups = np.array(runs[0]["task_groups"] if by is None else task_values(runs[0], by))
+    groups = np.array(runs[0]["task_groups"] if by is None
+                      else task_values(runs[0], by, paths[0]))
     k0, k1 = (runs[0]["scales"].index(s) for s in (0.0, scale))
     gain = np.array([np.subtract(r["returns"][k1], r["returns"][k0]) for r in runs])  # [S, T]
     before = np.array([r["success"][k0] for r in runs]).mean(0)
