@@ -61,6 +61,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "meta_batch.tasks": _int(1),
     "meta_batch.episodes": _int(1),
+    "meta_batch.balance": _choice("", "azimuth", "radius", "height"),  # base(): reach's
     "inner.steps": _int(1),
     "inner.lr": _float(lambda v: 0 < v < INF),
     "inner.loss": _choice("lvc", "dice", "vpg", "dynamics"),  # dynamics: see below

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,21 @@ def test_unknown_key_and_wrong_type_are_named():
     with pytest.raises(ValueError, match="outer.eta"):
         config_from_dict({"outer": {"eta": 0.0}})  # adaptive eta could never leave 0
     assert config_from_dict({"outer": {"eta": 0.0, "adaptive_eta": False}}).outer.eta == 0.0
+
+
+def test_a_balanced_meta_batch_trains_on_the_family_s_balanced_draw(tmp_path):
+    with pytest.raises(ValueError, match="meta_batch.balance"):
+        config_from_dict({"family": "walk", "meta_batch": {"balance": "azimuth"}})
+    cfg = api.resolve_config("walk-cpu", overrides=TINY + [
+        "meta_batch.tasks=4", "meta_batch.episodes=1", "iterations=1", "policy.hidden=[16]",
+        "advantages.value_hidden=[16]", "meta_batch.balance=heading"])
+    trainer = MetaTrainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    trainer.close()
+    record = np.load(tmp_path / "episodes" / "iter_00000.npz")
+    expected = trainer.family.sample_balanced(4, "train", cfg.seed * 1_000_003, by="heading")
+    assert list(record["task_ids"]) == [t.task_id for t in expected]
+    assert sorted(t.params.heading for t in expected) == [0.0, 0.0, math.pi, math.pi]
 
 
 def test_overrides_are_parsed_as_yaml():

@@ -40,6 +40,31 @@ def test_split_by_payload_with_both_headings_in_both_splits():
     assert family.split_of(dataclasses.replace(BASE, payload=2.3, heading=math.pi)) == "test"
 
 
+def test_a_balanced_batch_has_each_heading_in_equal_share():
+    family = WalkFamily()
+    unbalanced = 0
+    for seed in range(20):
+        tasks = family.sample_balanced(10, "train", seed, by="heading")
+        assert tasks == family.sample_balanced(10, "train", seed, by="heading")
+        assert [t.params.heading for t in tasks].count(0.0) == 5
+        assert all(family.split_of(t.params) == "train" for t in tasks)
+        assert len({t.task_id for t in tasks}) == 10
+        plain = family.sample_tasks(10, "train", seed=seed)
+        unbalanced += [t.params.heading for t in plain].count(0.0) != 5
+    assert unbalanced >= 5  # a plain draw of 10 is 5 / 5 only a quarter of the time
+    odd = family.sample_balanced(7, "test", 3, by="heading")
+    assert [t.params.heading for t in odd].count(0.0) == 4  # the first value gets the extra
+    assert all(family.split_of(t.params) == "test" for t in odd)
+
+
+def test_balancing_needs_a_parameter_with_few_values():
+    family = WalkFamily()
+    with pytest.raises(ValueError, match="no task parameter 'direction'"):
+        family.sample_balanced(10, "train", 0, by="direction")
+    with pytest.raises(ValueError, match="too many to balance"):
+        family.sample_balanced(10, "train", 0, by="payload")
+
+
 def test_parameters_outside_the_walk_space_are_rejected():
     with pytest.raises(ValueError, match="heading"):
         dataclasses.replace(BASE, heading=1.0)

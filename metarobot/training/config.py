@@ -60,6 +60,9 @@ class PolicyConfig:
 class MetaBatchConfig:
     tasks: int = 40  #: tasks per meta-iteration (M)
     episodes: int = 20  #: episodes per task and per adaptation step (E)
+    #: A task parameter with a few values (walk: "heading"): every batch holds each value
+    #: in equal share (:meth:`~sim_envs.tasks.TaskFamily.sample_balanced`). "": a plain draw.
+    balance: str = ""
 
 
 @dataclass
@@ -229,6 +232,10 @@ class TrainConfig:
              "inner.loss: dynamics (the model's only use)"),
             ("meta_batch.tasks", mb.tasks, mb.tasks >= 1, "an integer >= 1"),
             ("meta_batch.episodes", mb.episodes, mb.episodes >= 1, "an integer >= 1"),
+            ("meta_batch.balance", mb.balance, not mb.balance or (
+                self.family in FAMILY_NAMES
+                and mb.balance in make_family(self.family).params_type.specs()),
+             "'' or the name of one of the family's task parameters"),
             ("inner.steps", inner.steps, inner.steps >= 1, "an integer >= 1"),
             ("inner.lr", inner.lr, _positive(inner.lr), "a finite number > 0"),
             ("inner.loss", inner.loss, inner.loss in INNER_LOSSES and (

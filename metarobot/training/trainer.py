@@ -405,7 +405,10 @@ class MetaTrainer:
         self.model.set_normalizer(self.normalizer.mean.float().to(self.device),
                                   self.normalizer.var.float().to(self.device))
         task_seed = cfg.seed * 1_000_003 + it
-        tasks = self.family.sample_tasks(cfg.meta_batch.tasks, "train", seed=task_seed)
+        tasks = (self.family.sample_balanced(cfg.meta_batch.tasks, "train", task_seed,
+                                             by=cfg.meta_batch.balance)
+                 if cfg.meta_batch.balance else
+                 self.family.sample_tasks(cfg.meta_batch.tasks, "train", seed=task_seed))
         groups: list[str | None] = []
         if self.curriculum is not None:
             tasks, groups = self.curriculum.apply(tasks, seed=task_seed)
