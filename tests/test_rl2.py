@@ -207,6 +207,13 @@ def test_minibatches_step_once_per_share_and_cover_every_trial_each_epoch():
         rl2.ppo_loss(model, params, rl2.select(trials, first_share), adv[first_share],
                      0.2, 8)[0].item(), rel=1e-5)
 
+    # A skipped step (non-finite loss or gradient) ends the whole update, as in PPO-MAML.
+    calls = []
+    rl2.update(model, params, trials, adv, epochs=3, clip=0.2, tbptt=8,
+               apply_step=lambda loss: calls.append(loss) or len(calls) != 2, minibatches=2,
+               generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 2
+
 
 # ----------------------------------------------------------------------------- memory
 def _train_toy(iterations: int, seed: int = 0):
@@ -258,7 +265,6 @@ def test_the_hidden_state_carries_what_the_first_episode_revealed():
     (RL2 + ["outer.tbptt=0"], "outer.tbptt"),
     (RL2 + ["inner.meta_sgd=true"], "inner.meta_sgd"),
     (RL2 + ["policy.context_dim=4"], "policy.context_dim"),
-    (RL2 + ["advantages.baseline=mlp"], "advantages.baseline"),
     (RL2 + ["policy.hidden=[]"], "policy.hidden"),
     (RL2 + ["outer.minibatches=0"], "outer.minibatches"),
     (RL2 + ["outer.minibatches=11"], "outer.minibatches"),    # more than meta_batch.tasks
@@ -276,11 +282,13 @@ def test_good_rl2_config_loads():
 
 
 # ----------------------------------------------------------------------------- training
-def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path):
-    straight = MetaTrainer(api.resolve_config("reach-cpu", overrides=TINY_RL2), tmp_path / "a",
+@pytest.mark.parametrize("baseline", ["linear", "mlp"])
+def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path, baseline):
+    tiny = TINY_RL2 + [f"advantages.baseline={baseline}"]
+    straight = MetaTrainer(api.resolve_config("reach-cpu", overrides=tiny), tmp_path / "a",
                            progress=False)
     straight.train()
-    first = MetaTrainer(api.resolve_config("reach-cpu", overrides=TINY_RL2 + ["iterations=1"]),
+    first = MetaTrainer(api.resolve_config("reach-cpu", overrides=tiny + ["iterations=1"]),
                         tmp_path / "b", progress=False)
     first.train()
     resumed = MetaTrainer.resume(tmp_path / "b", progress=False, iterations=2)
@@ -292,6 +300,12 @@ def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path):
     assert "gru.weight_hh" in a["model"]["params"]
     for name, value in a["model"]["params"].items():
         assert torch.equal(value, b["model"]["params"][name]), name
+    # The value network (over whole trials) is trained and resumed with the policy.
+    values = [c["algo_state"]["value_baseline"] for c in (a, b)]
+    assert (values[0] is None) == (baseline == "linear")
+    if baseline == "mlp":
+        for name, value in values[0]["value_fn"].items():
+            assert torch.equal(value, values[1]["value_fn"][name]), name
     policy = load_trained_policy(tmp_path / "a")
     result = evaluate_policy(policy, "test", adapt_steps=2, num_tasks=2, episodes=1)
     assert result.returns.shape == (3, 2) and result.success.shape == (3, 2)

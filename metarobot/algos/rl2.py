@@ -134,9 +134,10 @@ def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: 
     """``epochs`` passes of :func:`ppo_loss`, one Adam step per minibatch of trials
     (``minibatches`` equal shares, split at random by ``generator`` each epoch; 1: the
     whole batch). ``params`` change in place through ``apply_step``, the trainer's
-    backward-clip-and-step with its non-finite checks. Returns the first step's loss and
-    the last step's statistics."""
-    first_loss, stats = None, {}
+    backward-clip-and-step with its non-finite checks; a skipped step (False) ends the
+    update, as in PPO-MAML's (:func:`metarobot.algos.promp.update`). Returns the
+    first step's loss and the last step's statistics."""
+    first_loss, stats, skipped = None, {}, False
     num_trials = adv.shape[0]
     for _ in range(epochs):
         order = (torch.arange(num_trials) if minibatches == 1
@@ -145,6 +146,9 @@ def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: 
             part = trials if minibatches == 1 else select(trials, index)
             loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt)
             first_loss = loss.item() if first_loss is None else first_loss
-            if not apply_step(loss):
+            skipped = not apply_step(loss)
+            if skipped:
                 break
+        if skipped:
+            break
     return {"outer_loss": float(first_loss), **{k: v.item() for k, v in stats.items()}}

@@ -115,9 +115,10 @@ class AdvantageConfig:
     gamma: float = 0.99
     lam: float = 1.0
     normalize: bool = True
-    #: "linear": per-task linear feature baseline everywhere (ProMP). "mlp": the outer
-    #: objective's advantages come from a value network trained across iterations
-    #: (:mod:`metarobot.algos.value`); the inner step keeps the linear baseline (as the device).
+    #: "linear": per-task linear feature baseline everywhere (ProMP; RL2: one fit over all
+    #: trials). "mlp": the outer objective's advantages come from a value network trained
+    #: across iterations (:mod:`metarobot.algos.value`; RL2: over each whole trial); the
+    #: inner step keeps the linear baseline (as the device).
     baseline: BaselineName = "linear"
     value_hidden: list[int] = field(default_factory=lambda: [64, 64])
     value_lr: float = 1e-3
@@ -276,10 +277,8 @@ class TrainConfig:
              "a number > 0 (inf: no clipping)"),
             ("advantages.gamma", adv.gamma, 0 < adv.gamma <= 1, "a number in (0, 1]"),
             ("advantages.lam", adv.lam, 0 <= adv.lam <= 1, "a number in [0, 1]"),
-            ("advantages.baseline", adv.baseline, adv.baseline in BASELINES and not (
-                rl2 and adv.baseline != "linear"),
-             f"one of {list(BASELINES)} ('linear' with outer.algo: rl2, whose advantages "
-             "run over whole trials with one linear baseline for all tasks)"),
+            ("advantages.baseline", adv.baseline, adv.baseline in BASELINES,
+             f"one of {list(BASELINES)}"),
             ("advantages.value_hidden", adv.value_hidden, all(h >= 1 for h in adv.value_hidden),
              "a list of layer widths, each an integer >= 1"),
             ("advantages.value_lr", adv.value_lr, _positive(adv.value_lr), "a finite number > 0"),

@@ -432,12 +432,10 @@ class MetaTrainer:
         adaptation_kl = self._adaptation_kl(rollouts)
         t_sampled = time.perf_counter()
         if self.value_baseline is not None:
-            task_features = (torch.from_numpy(np.stack([t.params.features() for t in tasks]))
-                             if cfg.advantages.value_task_features else None)
             post_adv, rollouts.explained_variance[-1] = self.value_baseline.advantages(
                 post.obs, post.rew, post.mask, self.model.obs_mean, self.model.obs_var,
                 cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize,
-                task_features)
+                self._task_features(tasks))
         t_scored = time.perf_counter()
 
         # 3. Outer update.
@@ -487,8 +485,17 @@ class MetaTrainer:
             self.model, params, tasks, cfg.meta_batch.episodes,
             seed=cfg.seed * 1_000_003 + 7 * it, generator=self.generator)
         trials = rl2.pack_trials(batch)
-        adv, explained_variance = rl2.trial_advantages(
-            trials, cfg.advantages.gamma, cfg.advantages.lam, cfg.advantages.normalize)
+        adv_cfg = cfg.advantages
+        if self.value_baseline is None:
+            adv, explained_variance = rl2.trial_advantages(
+                trials, adv_cfg.gamma, adv_cfg.lam, adv_cfg.normalize)
+        else:  # each trial as one long episode [M, 1, L] of the value network
+            inputs = trials.inputs
+            adv, explained_variance = self.value_baseline.advantages(
+                inputs.obs[:, None], trials.rew[:, None], inputs.mask[:, None],
+                self.model.obs_mean, self.model.obs_var, adv_cfg.gamma, adv_cfg.lam,
+                adv_cfg.normalize, self._task_features(tasks))
+            adv = adv[:, 0]
         t_sampled = time.perf_counter()
         stats = rl2.update(self.model, self.params, trials, adv, cfg.outer.epochs,
                            cfg.outer.clip, cfg.outer.tbptt, self._apply_update,
@@ -513,6 +520,12 @@ class MetaTrainer:
             scalars.update(self.curriculum.scalars())
         self._save_episodes(it, tasks, [batch])
         return scalars
+
+    def _task_features(self, tasks: list[Task]) -> torch.Tensor | None:
+        """The value network's privileged task input ``[M, F]``, or ``None`` without it."""
+        if not self.config.advantages.value_task_features:
+            return None
+        return torch.from_numpy(np.stack([t.params.features() for t in tasks]))
 
     def _adaptation_kl(self, rollouts: AdaptationRollouts) -> torch.Tensor:
         """Approximate KL(pre-update || adapted) per task on the first pre-update batch:
