@@ -25,7 +25,7 @@ from metarobot.training.config import (
     resume_config,
     save_config,
 )
-from sim_envs.registry import FAMILY_NAMES
+from sim_envs.registry import FAMILY_NAMES, make_family
 
 FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -61,7 +61,9 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "meta_batch.tasks": _int(1),
     "meta_batch.episodes": _int(1),
-    "meta_batch.balance": _choice("", "azimuth", "radius", "height"),  # base(): reach's
+    # "" or a task parameter of the config's family (base() is reach: see below).
+    "meta_batch.balance": _choice("", *sorted({name for family in FAMILY_NAMES for name in
+                                               make_family(family).params_type.specs()})),
     "inner.steps": _int(1),
     "inner.lr": _float(lambda v: 0 < v < INF),
     "inner.loss": _choice("lvc", "dice", "vpg", "dynamics"),  # dynamics: see below
@@ -81,6 +83,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "outer.es_sigma": _float(lambda v: 0 < v < INF),
     "outer.tbptt": _int(1),
     "outer.minibatches": _int(1),  # and 1 unless outer.algo is rl2: see below
+    "outer.entropy_coef": _float(lambda v: 0 <= v < INF),  # and 0 unless rl2: see below
     "outer.max_grad_norm": _float(lambda v: v > 0),
     "advantages.gamma": _float(lambda v: 0 < v <= 1),
     "advantages.lam": _float(lambda v: 0 <= v <= 1),
@@ -174,6 +177,10 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
         allowed = False  # the dynamics loss and its model need each other and a context
     if key == "outer.minibatches" and allowed and converted != 1:
         allowed = False  # minibatches are RL2's, and base() is PPO-MAML
+    if key == "meta_batch.balance" and allowed and value:
+        allowed = value in make_family("reach").params_type.specs()
+    if key == "outer.entropy_coef" and allowed and converted != 0:
+        allowed = False  # the entropy bonus is RL2's
     if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2")):
         allowed = False  # RL2 and its GRU policy go together; base() has neither
     cur = base()["curriculum"]

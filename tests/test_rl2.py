@@ -192,6 +192,11 @@ def test_minibatches_step_once_per_share_and_cover_every_trial_each_epoch():
     parts = [rl2.ppo_loss(model, params, rl2.select(trials, torch.tensor([i])), adv[i:i + 1],
                           0.2, 8)[0] * steps[i] for i in range(5)]
     assert torch.allclose(sum(parts) / steps.sum(), full, atol=1e-6)
+    # The entropy bonus: the loss less coef x entropy, whose gradient raises log_std.
+    bonus, bonus_stats = rl2.ppo_loss(model, params, trials, adv, 0.2, 8, entropy_coef=0.5)
+    assert torch.allclose(bonus, full - 0.5 * bonus_stats["entropy"], atol=1e-6)
+    (grad,) = torch.autograd.grad(bonus - full, [params["log_std"]])
+    assert (grad < 0).all()
 
     seen: list[int] = []
 
@@ -269,6 +274,8 @@ def test_the_hidden_state_carries_what_the_first_episode_revealed():
     (RL2 + ["outer.minibatches=0"], "outer.minibatches"),
     (RL2 + ["outer.minibatches=11"], "outer.minibatches"),    # more than meta_batch.tasks
     (["outer.minibatches=2"], "outer.minibatches"),           # RL2's only
+    (["outer.entropy_coef=0.01"], "outer.entropy_coef"),      # RL2's only
+    (RL2 + ["outer.entropy_coef=-0.1"], "outer.entropy_coef"),
 ])
 def test_bad_rl2_settings_are_named(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

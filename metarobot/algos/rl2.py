@@ -102,9 +102,11 @@ def trial_advantages(trials: PackedTrials, gamma: float, lam: float, normalize: 
 
 
 def ppo_loss(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: Tensor,
-             clip: float, tbptt: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO-clip loss over the trials (mean over real steps), the policy re-run from the
-    trials' start with truncated BPTT every ``tbptt`` steps; and statistics."""
+             clip: float, tbptt: int, entropy_coef: float = 0.0,
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO-clip loss over the trials (mean over real steps) minus ``entropy_coef`` times
+    the policy's entropy, the policy re-run from the trials' start with truncated BPTT
+    every ``tbptt`` steps; and statistics."""
     inputs = trials.inputs
     h0 = model.initial_state(inputs.mask.shape[0])
     mean, log_std, _ = recurrent_sequence(model, params, inputs, h0, tbptt)
@@ -112,12 +114,13 @@ def ppo_loss(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv
     ratio = torch.exp(logp - trials.logp)
     surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
     steps = inputs.mask.sum().clamp_min(1.0)
-    loss = -(surrogate * inputs.mask).sum() / steps
+    entropy = gaussian_entropy(log_std[:, 0]).mean()
+    loss = -(surrogate * inputs.mask).sum() / steps - entropy_coef * entropy
     with torch.no_grad():
         log_ratio = (logp - trials.logp) * inputs.mask
         stats = {"outer_kl": ((ratio - 1.0) * inputs.mask - log_ratio).sum() / steps,
                  "clip_frac": (((ratio - 1.0).abs() > clip).float() * inputs.mask).sum() / steps,
-                 "entropy": gaussian_entropy(log_std[:, 0]).mean()}
+                 "entropy": entropy.detach()}
     return loss, stats
 
 
@@ -130,7 +133,7 @@ def select(trials: PackedTrials, index: Tensor) -> PackedTrials:
 def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: Tensor,
            epochs: int, clip: float, tbptt: int, apply_step: Callable[[Tensor], bool],
            minibatches: int = 1, generator: torch.Generator | None = None,
-           ) -> dict[str, float]:
+           entropy_coef: float = 0.0) -> dict[str, float]:
     """``epochs`` passes of :func:`ppo_loss`, one Adam step per minibatch of trials
     (``minibatches`` equal shares, split at random by ``generator`` each epoch; 1: the
     whole batch). ``params`` change in place through ``apply_step``, the trainer's
@@ -144,7 +147,7 @@ def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: 
                  else torch.randperm(num_trials, generator=generator))
         for index in order.tensor_split(minibatches):
             part = trials if minibatches == 1 else select(trials, index)
-            loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt)
+            loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt, entropy_coef)
             first_loss = loss.item() if first_loss is None else first_loss
             skipped = not apply_step(loss)
             if skipped:

@@ -107,6 +107,9 @@ class OuterConfig:
     tbptt: int = 100
     #: RL2: Adam steps per epoch, each on an equal share of the batch's trials
     minibatches: int = 1
+    #: RL2: weight of the policy's entropy (nats) subtracted from the PPO loss, against the
+    #: collapse to a deterministic task-blind policy before the memory learns anything.
+    entropy_coef: float = 0.0
     max_grad_norm: float = 10.0
 
 
@@ -271,6 +274,9 @@ class TrainConfig:
              and (outer.minibatches == 1 or outer.algo == "rl2"),
              "an integer in [1, meta_batch.tasks], 1 unless outer.algo is 'rl2' (RL2 splits "
              "its trials into that many minibatches per epoch)"),
+            ("outer.entropy_coef", outer.entropy_coef,
+             0 <= outer.entropy_coef < math.inf and (outer.entropy_coef == 0 or rl2),
+             "a finite number >= 0, and 0 unless outer.algo is 'rl2' (RL2's entropy bonus)"),
             ("outer.reptile_lr", outer.reptile_lr, 0 < outer.reptile_lr <= 1,
              "a number in (0, 1] (the fraction of the way toward the adapted parameters)"),
             ("outer.max_grad_norm", outer.max_grad_norm, outer.max_grad_norm > 0,

@@ -499,7 +499,7 @@ class MetaTrainer:
         t_sampled = time.perf_counter()
         stats = rl2.update(self.model, self.params, trials, adv, cfg.outer.epochs,
                            cfg.outer.clip, cfg.outer.tbptt, self._apply_update,
-                           cfg.outer.minibatches, self.generator)
+                           cfg.outer.minibatches, self.generator, cfg.outer.entropy_coef)
         t_done = time.perf_counter()
 
         self.normalizer.update(batch.obs, batch.mask)
