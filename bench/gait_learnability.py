@@ -1,8 +1,9 @@
 """How hard is walking to learn? SB3 PPO on one walk task, with and without the gait generator.
 
 One fixed training task of the walk family (the first forward one of the train split,
-seed 0), so nothing is hidden: this measures how hard walking itself is to learn, not
-adaptation. For each setting (``gait_generator`` off and on) SB3 PPO with the multi-task
+seed 0, or with ``--heading backward`` the first backward one), so nothing is hidden:
+this measures how hard walking itself is to learn, not adaptation. For each setting
+(``gait_generator`` off and on, or one of them with ``--gait``) SB3 PPO with the multi-task
 baseline's settings (``bench/baselines.py``: 2 envs, VecNormalize, a 64x64 MLP, initial
 log-std -1 as in ``walk-cpu``) trains for ``--steps`` env steps; every ``--eval-every``
 steps its deterministic policy runs ``--eval-episodes`` episodes of the same task:
@@ -26,15 +27,18 @@ Usage::
     python -m bench.gait_learnability                 # 2 x 300k steps, about 15 min on 2 cores
     python -m bench.gait_learnability --multitask-observed --steps 500000 --eval-every 100000
     python -m bench.gait_learnability --evaluate-runs runs/A runs/B --eval-episodes 4
+    python -m bench.gait_learnability --heading backward --gait off --steps 200000
 
 Writes ``bench/results/gait/gait_learnability.json`` and ``.png``
-(``multitask_observed.json`` and ``.png`` with ``--multitask-observed``,
+(``gait_learnability_backward.*`` with ``--heading backward``;
+``multitask_observed.json`` and ``.png`` with ``--multitask-observed``,
 ``meta_runs.json`` with ``--evaluate-runs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +58,14 @@ from sim_envs.tasks import Task
 OUT = REPO / "bench" / "results" / "gait"
 
 
-def forward_task() -> Task:
-    """The first train task of the walk family (seed 0) whose command points forward."""
+#: ``--heading``: the walk family's two directions (rad).
+HEADING_NAMES = {"forward": 0.0, "backward": math.pi}
+
+
+def first_task(heading: float = 0.0) -> Task:
+    """The first train task of the walk family (seed 0) with this heading."""
     tasks = make_family("walk").sample_tasks(20, "train", seed=0)
-    return next(t for t in tasks if t.params.heading == 0.0)
+    return next(t for t in tasks if t.params.heading == heading)
 
 
 class _StandStill:
@@ -65,11 +73,11 @@ class _StandStill:
         return np.zeros(12, dtype=np.float32)
 
 
-def standing_return() -> float:
-    """Return of one episode standing still (the zero action) on :func:`forward_task`."""
+def standing_return(task: Task) -> float:
+    """Return of one episode standing still (the zero action) on ``task``."""
     env = baselines.make_env("walk")
     try:
-        return float(baselines.evaluate_on_task(_StandStill(), env, forward_task(), 1,
+        return float(baselines.evaluate_on_task(_StandStill(), env, task, 1,
                                                 seed=0).returns[0])
     finally:
         env.close()
@@ -259,8 +267,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}")
-    fig.suptitle("SB3 PPO on one walk task (forward 0.5 m/s), with and without the gait "
-                 "generator", fontsize=10)
+    direction = "forward" if data["task"]["params"]["heading"] == 0.0 else "backward"
+    fig.suptitle(f"SB3 PPO on one walk task ({direction}): "
+                 + ", ".join(data["curves"]), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -273,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-episodes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--heading", choices=sorted(HEADING_NAMES), default="forward",
+                   help="the single task's direction (backward: writes "
+                   "gait_learnability_backward.json)")
+    p.add_argument("--gait", choices=["off", "on", "both"], default="both",
+                   help="train without the gait generator, with it, or both")
     p.add_argument("--multitask-observed", action="store_true",
                    help="multi-task PPO on walk with the direction observed (see above)")
     p.add_argument("--evaluate-runs", type=Path, nargs="+", metavar="RUN",
@@ -296,17 +310,18 @@ def main(argv: list[str] | None = None) -> None:
         plot_multitask(data, args.out / "multitask_observed.png")
         print(f"wrote {args.out / 'multitask_observed.json'} and .png")
         return
-    task = forward_task()
+    task = first_task(HEADING_NAMES[args.heading])
     curves = {}
-    for gait in (False, True):
+    for gait in {"off": (False,), "on": (True,), "both": (False, True)}[args.gait]:
         curves[f"gait_generator={gait}"] = learning_curve(
             task, gait, args.steps, args.eval_every, args.eval_episodes, args.seed)
     data = {"task": task.to_dict(), "seed": args.seed, "ppo": baselines.MULTITASK_PPO,
-            "standing_return": standing_return(), "curves": curves,
+            "standing_return": standing_return(task), "curves": curves,
             **provenance()}
-    write_json(args.out / "gait_learnability.json", data)
-    plot(data, args.out / "gait_learnability.png")
-    print(f"wrote {args.out / 'gait_learnability.json'} and .png")
+    name = "gait_learnability" + ("" if args.heading == "forward" else f"_{args.heading}")
+    write_json(args.out / f"{name}.json", data)
+    plot(data, args.out / f"{name}.png")
+    print(f"wrote {args.out / name}.json and .png")
 
 
 if __name__ == "__main__":
