@@ -18,12 +18,12 @@ command) to ``--out``::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from bench.common import command_line, machine_info, write_json
 from metarobot import api
+from metarobot.training.runlog import read_log
 from metarobot.training.trainer import MetaTrainer
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer.family.sample_tasks = lambda n, split="train", seed=None: [task] * n
         trainer.train()
         trainer.close()
-        rows = [json.loads(line) for line in open(Path(run_dir) / "log.jsonl")]
+        rows = list(read_log(run_dir).values())
     curve = {key: [row[key] for row in rows] for key in
              ("iteration", "env_steps", "return/trial", "success/post", "outer/entropy")}
     first, last = curve["return/trial"][0], curve["return/trial"][-1]

@@ -28,16 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.09, 0.13],
                         help="step heights (m) to report the share at or below")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     args = parser.parse_args(argv)
 
     tasks = LocomotionFamily().sample_tasks(args.tasks, "test", seed=args.seed)
     stairs = [t.params for t in tasks if t.params.terrain == "stairs"]
-    heights = {p: step_height(p.difficulty) for p in stairs}
     rows = {}
     for factor in HELD_OUT_FACTORS + ("all",):
         chosen = [p for p in stairs if factor == "all" or held_out_factors(p) == [factor]]
-        h = np.array([heights[p] for p in chosen])
+        h = np.array([step_height(p.difficulty) for p in chosen])
         rows[factor] = {
             "share_of_stairs": len(chosen) / len(stairs),
             "step_cm_min_q1_median_q3_max": (100 * np.percentile(h, [0, 25, 50, 75, 100])
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             **{f"share_at_most_{100 * t:g}cm": float(np.mean(h <= t))
                for t in args.thresholds}}
         print(f"{factor:8s} {rows[factor]}")
-    write_json(args.out / "stairs_split.json" if args.out.suffix != ".json" else args.out, {
+    write_json(args.out, {
         "command": command_line(), "machine": machine_info(), "tasks": args.tasks,
         "seed": args.seed, "stairs_share_of_test": len(stairs) / len(tasks), "by_factor": rows})
 

@@ -140,18 +140,19 @@ def update(model: GaussianGRUPolicy, params: Params, trials: PackedTrials, adv: 
     backward-clip-and-step with its non-finite checks; a skipped step (False) ends the
     update, as in PPO-MAML's (:func:`metarobot.algos.promp.update`). Returns the
     first step's loss and the last step's statistics."""
-    first_loss, stats, skipped = None, {}, False
     num_trials = adv.shape[0]
-    for _ in range(epochs):
-        order = (torch.arange(num_trials) if minibatches == 1
-                 else torch.randperm(num_trials, generator=generator))
-        for index in order.tensor_split(minibatches):
-            part = trials if minibatches == 1 else select(trials, index)
-            loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt, entropy_coef)
-            first_loss = loss.item() if first_loss is None else first_loss
-            skipped = not apply_step(loss)
-            if skipped:
-                break
-        if skipped:
+
+    def shares():  # each epoch's split is drawn when the epoch starts
+        for _ in range(epochs):
+            order = (torch.arange(num_trials) if minibatches == 1
+                     else torch.randperm(num_trials, generator=generator))
+            yield from order.tensor_split(minibatches)
+
+    first_loss, stats = None, {}
+    for index in shares():
+        part = trials if minibatches == 1 else select(trials, index)
+        loss, stats = ppo_loss(model, params, part, adv[index], clip, tbptt, entropy_coef)
+        first_loss = loss.item() if first_loss is None else first_loss
+        if not apply_step(loss):
             break
     return {"outer_loss": float(first_loss), **{k: v.item() for k, v in stats.items()}}
