@@ -59,6 +59,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
+    "policy.reward_norm": ("bool", None),  # true: with policy.kind gru
     "meta_batch.tasks": _int(1),
     "meta_batch.episodes": _int(1),
     # "" or a task parameter of the config's family (base() is reach: see below).
@@ -181,8 +182,9 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
         allowed = value in make_family("reach").params_type.specs()
     if key == "outer.entropy_coef" and allowed and converted != 0:
         allowed = False  # the entropy bonus is RL2's
-    if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2")):
-        allowed = False  # RL2 and its GRU policy go together; base() has neither
+    if (key, value) in (("policy.kind", "gru"), ("outer.algo", "rl2"),
+                        ("policy.reward_norm", True)):
+        allowed = False  # RL2, its GRU and the GRU's reward input go together; base() is MLP
     cur = base()["curriculum"]
     if allowed and ((key == "curriculum.enabled" and value)  # base() is reach: no difficulty
                     or (key == "curriculum.min_level" and converted > cur["start"])

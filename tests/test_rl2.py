@@ -289,9 +289,9 @@ def test_good_rl2_config_loads():
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.mark.parametrize("baseline", ["linear", "mlp"])
-def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path, baseline):
-    tiny = TINY_RL2 + [f"advantages.baseline={baseline}"]
+@pytest.mark.parametrize("baseline, reward_norm", [("linear", False), ("mlp", True)])
+def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path, baseline, reward_norm):
+    tiny = TINY_RL2 + [f"advantages.baseline={baseline}", f"policy.reward_norm={reward_norm}"]
     straight = MetaTrainer(api.resolve_config("reach-cpu", overrides=tiny), tmp_path / "a",
                            progress=False)
     straight.train()
@@ -313,7 +313,17 @@ def test_rl2_trains_checkpoints_resumes_and_evaluates_on_reach(tmp_path, baselin
     if baseline == "mlp":
         for name, value in values[0]["value_fn"].items():
             assert torch.equal(value, values[1]["value_fn"][name]), name
+    # The reward input's normaliser (its resumed state is in the equality above).
+    norms = [c["algo_state"]["reward_normalizer"] for c in (a, b)]
     policy = load_trained_policy(tmp_path / "a")
+    if reward_norm:
+        assert norms[0]["count"] == norms[1]["count"] > 0
+        assert torch.equal(norms[0]["mean"], norms[1]["mean"])
+        assert float(norms[0]["mean"]) < 0  # reach's rewards are minus a distance
+        assert torch.equal(policy.model.rew_mean, norms[0]["mean"].float())
+        assert torch.equal(policy.model.rew_var, norms[0]["var"].float())
+    else:
+        assert norms == [None, None] and float(policy.model.rew_var) == 1.0
     result = evaluate_policy(policy, "test", adapt_steps=2, num_tasks=2, episodes=1)
     assert result.returns.shape == (3, 2) and result.success.shape == (3, 2)
     assert all(math.isfinite(x) for x in result.returns.ravel())
@@ -350,6 +360,7 @@ def _export_random_gru(tmp_path, hidden=(32, 24)):
     model = GaussianGRUPolicy(obs_space.shape[0], act_space.shape[0], hidden=hidden,
                               init_log_std=-0.5)
     model.set_normalizer(0.1 * torch.randn(model.obs_dim), 0.5 + torch.rand(model.obs_dim))
+    model.set_reward_normalizer(torch.tensor([-0.3]), torch.tensor([0.04]))
     params = {k: (v + 0.3 * torch.randn_like(v)).detach() for k, v in
               model.init_params().items()}
     path = export_bundle(model, params, tmp_path / "bundle", family="reach",

@@ -4,7 +4,7 @@ RL2 (Duan et al. 2016) adapts by memory: the policy is recurrent, and its input 
 ``t`` of a *trial* (E consecutive episodes of one task) is the observation together with
 the previous step's action, reward and a flag that the previous step ended an episode::
 
-    x_t = [normalize(obs_t), a_{t-1}, r_{t-1}, d_{t-1}]        ([O + A + 2])
+    x_t = [normalize(obs_t), a_{t-1}, norm_r(r_{t-1}), d_{t-1}] ([O + A + 2])
     e_t = tanh MLP(x_t)                                       (policy.hidden[:-1])
     h_t = GRU(e_t, h_{t-1})                                   (H = policy.hidden[-1])
     mean_t = W h_t + b,  log_std (state independent, clamped to [-5, 2])
@@ -12,7 +12,8 @@ the previous step's action, reward and a flag that the previous step ended an ep
 The hidden state starts at 0 at the beginning of a trial and is carried across the
 episode boundaries inside it, so what the policy learned about the task in episode 1 can
 change how it acts in episode 2. ``a_{t-1}``, ``r_{t-1}``, ``d_{t-1}`` are 0 at the first
-step of a trial; ``d = 1`` on the first step of every later episode.
+step of a trial; ``d = 1`` on the first step of every later episode. ``norm_r`` is the
+identity unless the trainer sets a reward normaliser (``policy.reward_norm``).
 
 The GRU equations are written out (:func:`gru_cell`, the same numbers as
 :class:`torch.nn.GRUCell`) so the exported ONNX graph holds plain MatMul / Sigmoid / Tanh
@@ -78,7 +79,8 @@ class GaussianGRUPolicy(nn.Module):
     """``a_t ~ N(mean(h_t), exp(log_std)^2)`` with ``h_t`` a GRU over the trial so far.
 
     The observation normaliser is a pair of buffers (``obs_mean``, ``obs_var``), as in
-    :class:`~metarobot.core.policy.GaussianMLPPolicy`; rewards and actions enter raw.
+    :class:`~metarobot.core.policy.GaussianMLPPolicy`; the reward input's is another
+    (``rew_mean``, ``rew_var`` ``[1]``; 0 and 1, the identity, unless set). Actions enter raw.
 
     Args:
         obs_dim: observation size O.
@@ -110,6 +112,8 @@ class GaussianGRUPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(init_log_std)))
         self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
         self.register_buffer("obs_var", torch.ones(self.obs_dim))
+        self.register_buffer("rew_mean", torch.zeros(1))
+        self.register_buffer("rew_var", torch.ones(1))
 
     def normalize(self, obs: Tensor) -> Tensor:
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-OBS_CLIP, OBS_CLIP)
@@ -118,8 +122,8 @@ class GaussianGRUPolicy(nn.Module):
                    prev_done: Tensor) -> Tensor:
         """``x_t = [normalize(obs), a_{t-1}, r_{t-1}, d_{t-1}]``: ``[..., O + A + 2]`` for
         any leading shape (one step ``[...]`` or a sequence ``[..., L]``)."""
-        return torch.cat([self.normalize(obs), prev_act, prev_rew.unsqueeze(-1),
-                          prev_done.unsqueeze(-1)], -1)
+        rew = (prev_rew.unsqueeze(-1) - self.rew_mean) / torch.sqrt(self.rew_var + 1e-8)
+        return torch.cat([self.normalize(obs), prev_act, rew, prev_done.unsqueeze(-1)], -1)
 
     def forward(self, obs: Tensor, prev_act: Tensor, prev_rew: Tensor, prev_done: Tensor,
                 h: Tensor) -> RecurrentStep:
@@ -139,6 +143,11 @@ class GaussianGRUPolicy(nn.Module):
     def set_normalizer(self, mean: Tensor, var: Tensor) -> None:
         self.obs_mean.copy_(mean)
         self.obs_var.copy_(var)
+
+    def set_reward_normalizer(self, mean: Tensor, var: Tensor) -> None:
+        """Standardise the reward input by ``mean``, ``var`` (``[1]``; ``policy.reward_norm``)."""
+        self.rew_mean.copy_(mean)
+        self.rew_var.copy_(var)
 
     def init_params(self) -> Params:
         """A fresh copy of the module's parameters as a dict (leaf tensors)."""

@@ -52,6 +52,8 @@ class AlgoState:
         meta_sgd_lr: Meta-SGD's per-parameter inner learning rates (None without).
         value_baseline: the learned value baseline's state dict (None without).
         curriculum_levels: the terrain curriculum's level per group (None without).
+        reward_normalizer: the RL2 reward input's normaliser state dict (``mean``,
+            ``var`` ``[1]``, ``count``; None without ``policy.reward_norm``).
     """
 
     eta: float
@@ -60,6 +62,7 @@ class AlgoState:
     meta_sgd_lr: dict[str, Tensor] | None = None
     value_baseline: dict[str, Any] | None = None
     curriculum_levels: dict[str, float] | None = None
+    reward_normalizer: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class Checkpoint:
                            "recent_adaptation_kl": list(algo.recent_adaptation_kl),
                            "meta_sgd_lr": algo.meta_sgd_lr,
                            "value_baseline": algo.value_baseline,
-                           "curriculum_levels": algo.curriculum_levels},
+                           "curriculum_levels": algo.curriculum_levels,
+                           "reward_normalizer": algo.reward_normalizer},
         }
 
     @staticmethod
@@ -133,7 +137,8 @@ class Checkpoint:
                     recent_adaptation_kl=list(algo.get("recent_adaptation_kl", [])),
                     meta_sgd_lr=algo.get("meta_sgd_lr"),
                     value_baseline=algo.get("value_baseline"),
-                    curriculum_levels=algo.get("curriculum_levels")))
+                    curriculum_levels=algo.get("curriculum_levels"),
+                    reward_normalizer=algo.get("reward_normalizer")))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where} is not a metarobot checkpoint (bad model or "
                              f"algo_state: {type(err).__name__}: {err})") from None

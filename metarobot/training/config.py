@@ -54,6 +54,10 @@ class PolicyConfig:
     context_dim: int = 0
     #: Hidden widths of the dynamics model of ``inner.loss: dynamics`` (empty: none).
     dynamics_hidden: list[int] = field(default_factory=list)
+    #: RL2 only: the GRU's reward input is standardised by a running mean and variance of
+    #: the rewards seen in training (folded into the exported graph, as the observation
+    #: normaliser is). Off: the reward enters raw.
+    reward_norm: bool = False
 
 
 @dataclass
@@ -229,6 +233,8 @@ class TrainConfig:
             ("policy.kind", p.kind, p.kind in POLICY_KINDS and (p.kind == "gru") == rl2,
              f"one of {list(POLICY_KINDS)}: 'gru' exactly when outer.algo is 'rl2' (RL2 needs "
              "the recurrent policy; the gradient meta-learners adapt the MLP)"),
+            ("policy.reward_norm", p.reward_norm, not p.reward_norm or p.kind == "gru",
+             "false unless policy.kind is gru (it normalises RL2's reward input)"),
             ("policy.dynamics_hidden", p.dynamics_hidden,
              all(h >= 1 for h in p.dynamics_hidden) and (
                  not p.dynamics_hidden or inner.loss == "dynamics"),

@@ -60,6 +60,11 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
                         config.policy.dynamics_hidden).to(device)
     norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
+    reward_norm = state.algo_state.reward_normalizer
+    if reward_norm is not None:
+        assert isinstance(model, GaussianGRUPolicy)
+        model.set_reward_normalizer(reward_norm["mean"].float().to(device),
+                                    reward_norm["var"].float().to(device))
     params = {k: v.to(device) for k, v in state.model.params.items()}
     expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
     if {k: tuple(v.shape) for k, v in params.items()} != expected:

@@ -235,6 +235,7 @@ class MetaTrainer:
         trainable = list(self.params.values()) + list((self.meta_sgd_lr or {}).values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer.lr)
         self.normalizer = RunningMeanStd(self.obs_dim)
+        self.reward_normalizer = RunningMeanStd(1) if config.policy.reward_norm else None
         adv_cfg = config.advantages
         self.value_baseline: LearnedBaseline | None = (
             LearnedBaseline(self.obs_dim, adv_cfg.value_hidden, adv_cfg.value_lr,
@@ -303,7 +304,9 @@ class MetaTrainer:
                 value_baseline=None if self.value_baseline is None else
                 self.value_baseline.state_dict(),
                 curriculum_levels=None if self.curriculum is None else
-                dict(self.curriculum.levels)),
+                dict(self.curriculum.levels),
+                reward_normalizer=None if self.reward_normalizer is None else
+                self.reward_normalizer.state_dict()),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -372,6 +375,12 @@ class MetaTrainer:
                 raise ValueError("checkpoint has no curriculum levels (it was trained "
                                  "with curriculum.enabled: false)")
             self.curriculum.levels = dict(algo.curriculum_levels or {})
+        if self.reward_normalizer is not None:
+            if algo.reward_normalizer is None and state.iteration > 0:
+                raise ValueError("checkpoint has no reward normaliser (it was trained "
+                                 "with policy.reward_norm: false)")
+            if algo.reward_normalizer is not None:
+                self.reward_normalizer.load_state_dict(algo.reward_normalizer)
         self.iteration = state.iteration
 
     @classmethod
@@ -404,6 +413,10 @@ class MetaTrainer:
         t_start = time.perf_counter()
         self.model.set_normalizer(self.normalizer.mean.float().to(self.device),
                                   self.normalizer.var.float().to(self.device))
+        if self.reward_normalizer is not None:
+            assert isinstance(self.model, GaussianGRUPolicy)
+            self.model.set_reward_normalizer(self.reward_normalizer.mean.float().to(self.device),
+                                             self.reward_normalizer.var.float().to(self.device))
         task_seed = cfg.seed * 1_000_003 + it
         tasks = (self.family.sample_balanced(cfg.meta_batch.tasks, "train", task_seed,
                                              by=cfg.meta_batch.balance)
@@ -503,6 +516,8 @@ class MetaTrainer:
         t_done = time.perf_counter()
 
         self.normalizer.update(batch.obs, batch.mask)
+        if self.reward_normalizer is not None:
+            self.reward_normalizer.update(batch.rew[..., None], batch.mask)
         self.env_steps += int(batch.mask.sum().item())
         self.iteration += 1
         returns, success = batch.episode_returns, batch.success
