@@ -41,7 +41,7 @@ import torch
 from bench.common import command_line, write_json
 from bench.results import provenance
 from metarobot.core.advantages import compute_advantages
-from metarobot.sampling.rollouts import adapt_params
+from metarobot.sampling.rollouts import adapt_params, sample_episodes
 from metarobot.sampling.sampler import MultiTaskSampler
 from metarobot.training.evaluate import load_trained_policy, mean_ci95
 from sim_envs.registry import env_id, make_family
@@ -70,8 +70,8 @@ def probe(run: Path, scales: list[float], num_tasks: int, episodes: int | None, 
     with MultiTaskSampler(env_id(cfg.family), workers, cfg.sampler.envs_per_worker,
                           env_kwargs=cfg.env_kwargs) as sampler:
         theta = {k: v.detach().expand(num_tasks, *v.shape) for k, v in policy.params.items()}
-        data = sampler.sample(policy.model, theta, tasks, episodes, seed=10_000 + seed,
-                              generator=torch.Generator().manual_seed(seed))
+        data = sample_episodes(sampler, policy.model, theta, tasks, episodes,
+                               seed=10_000 + seed, generator=torch.Generator().manual_seed(seed))
         adv, _ = compute_advantages(data.obs, data.rew, data.mask, cfg.advantages.gamma,
                                     cfg.advantages.lam, cfg.advantages.normalize)
         for i, scale in enumerate(scales):
@@ -84,9 +84,10 @@ def probe(run: Path, scales: list[float], num_tasks: int, episodes: int | None, 
                 adapted, _, _ = adapt_params(policy.model, policy.params, [data], [adv],
                                              inner, lr)
             # Same reset seeds and noise for every scale: paired episodes.
-            batch = sampler.sample(policy.model, {k: v.detach() for k, v in adapted.items()},
-                                   tasks, episodes, seed=20_000 + seed,
-                                   generator=torch.Generator().manual_seed(seed + 1))
+            batch = sample_episodes(sampler, policy.model,
+                                    {k: v.detach() for k, v in adapted.items()}, tasks,
+                                    episodes, seed=20_000 + seed,
+                                    generator=torch.Generator().manual_seed(seed + 1))
             returns[i] = batch.episode_returns.mean(1).cpu().numpy()
             success[i] = batch.success.mean(1).cpu().numpy()
             print(f"scale {scale:g}: return {returns[i].mean():.2f}, "

@@ -58,6 +58,8 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.hidden": ("widths", None),
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
+    # > 0: with policy.context_dim >= 1 and inner.adapt context (base() has neither)
+    "policy.context_noise": _float(lambda v: v == 0),
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "policy.reward_norm": ("bool", None),  # true: with policy.kind gru
     "meta_batch.tasks": _int(1),

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,9 +49,50 @@ from metarobot.core.policy import (
     GaussianMLPPolicy,
     Params,
     gaussian_entropy,
+    latent_log_prob,
     log_prob,
     policy_forward,
+    with_latent,
 )
+
+
+class EpisodeLatents(NamedTuple):
+    """The per-episode latents of a batch: ``value [M, E, C]``, their sampling
+    log-density ``old_logp [M, E]`` and advantage ``adv [M, E]`` (no grad)."""
+
+    value: Tensor
+    old_logp: Tensor
+    adv: Tensor
+
+
+def episode_latents(batch: EpisodeBatch) -> EpisodeLatents | None:
+    """The batch's latents with each episode's advantage: its return standardised over
+    the task's ``E`` episodes; None for a batch without latents."""
+    if batch.latent is None or batch.latent_logp is None:
+        return None
+    returns = batch.episode_returns
+    adv = (returns - returns.mean(1, keepdim=True)) / (returns.std(1, keepdim=True,
+                                                                unbiased=False) + 1e-8)
+    return EpisodeLatents(batch.latent, batch.latent_logp, adv)
+
+
+def latent_rows(latents: EpisodeLatents, horizon: int) -> Tensor:
+    """One task's latents ``[E, C]`` repeated for each step: ``[E * T, C]`` (the rows of
+    :func:`batch_to_inner`)."""
+    num_eps, dim = latents.value.shape
+    return latents.value[:, None].expand(num_eps, horizon, dim).reshape(-1, dim)
+
+
+def latent_loss(model: GaussianMLPPolicy, context: Tensor, latents: EpisodeLatents,
+                clip: float | Tensor = math.inf) -> Tensor:
+    """One task's clipped likelihood-ratio surrogate over its episodes' latents (scalar):
+    ``-mean_e min(r_e A_e, clip(r_e, 1 - c, 1 + c) A_e)``, ``r_e = N(z_e; context,
+    sigma^2) / old density``. At the sampling context its gradient is ``-mean_e A_e
+    (z_e - context) / sigma^2``: a step on it moves the context toward the latents of the
+    episodes that paid. ``latents`` of one task: ``[E, C]``, ``[E]``, ``[E]``."""
+    ratio = torch.exp(latent_log_prob(model, context, latents.value) - latents.old_logp)
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    return -torch.minimum(ratio * latents.adv, clipped * latents.adv).mean()
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -105,8 +147,17 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
 
     loss_function = INNER_LOSS_FUNCTIONS[inner_loss]
 
-    def task_step(p: Params, batch: InnerBatch, horizon: int) -> tuple[Params, Tensor, Tensor]:
-        loss_fn = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
+    def task_step(p: Params, batch: InnerBatch, horizon: int, latents: EpisodeLatents | None,
+                  ) -> tuple[Params, Tensor, Tensor]:
+        if latents is None:
+            loss_fn = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
+        else:
+            rows = latent_rows(latents, horizon)
+
+            def loss_fn(q: Params) -> tuple[Tensor, Tensor]:
+                action_loss, kl = loss_function(model, with_latent(q, rows), batch, clip,
+                                                horizon)
+                return action_loss + latent_loss(model, q["context"], latents, clip), kl
         return inner.inner_step(model, p, batch, inner_lr, first_order=first_order,
                                 loss_fn=loss_fn)
 
@@ -118,8 +169,12 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         j = k if len(pre_batches) > 1 else 0
         batch = batch_to_inner(pre_batches[j], pre_advs[j])
         horizon = pre_batches[j].obs.shape[2]
-        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None))(task_params, batch,
-                                                                      horizon)
+        latents = episode_latents(pre_batches[j])
+        if latents is not None and inner_loss == "dynamics":
+            raise ValueError("the 'dynamics' inner loss takes no per-episode latents")
+        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None, None if latents is None
+                                                         else 0))(task_params, batch, horizon,
+                                                                  latents)
         losses.append(loss)
         kls.append(kl)
     return task_params, torch.stack(losses), torch.stack(kls)
@@ -137,19 +192,33 @@ def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: Epi
         ``(scalar loss, stats)`` with stats ``outer_loss``, ``outer_kl`` (approx KL between
         the sampling and adapted policies), ``clip_frac`` (fraction of real steps with
         ``|ratio - 1| > clip``) and ``entropy`` (mean over tasks, nats).
+    With latents in ``post_batch``, the actions' loss is taken given each episode's
+    latent and :func:`latent_loss` (same ``clip``) is added; stats then also hold
+    ``latent_loss``.
     """
     post = batch_to_inner(post_batch, post_adv)
-    losses, kls = vmap(lambda p, b: inner.inner_loss(model, p, b, clip))(adapted_params, post)
+    latents = episode_latents(post_batch)
+    horizon = post_batch.obs.shape[2]
+    # Each row's policy parameters: the adapted ones, with the episode's latent as context.
+    row_params = adapted_params if latents is None else {
+        **adapted_params, "context": vmap(latent_rows, in_dims=(0, None))(latents, horizon)}
+    losses, kls = vmap(lambda p, b: inner.inner_loss(model, p, b, clip))(row_params, post)
+    stats: dict[str, float] = {}
+    if latents is not None:
+        latent_losses = vmap(lambda c, z: latent_loss(model, c, z, clip))(
+            adapted_params["context"], latents)
+        losses = losses + latent_losses
+        stats["latent_loss"] = latent_losses.mean().item()
     with torch.no_grad():
-        logp = vmap(lambda p, b: log_prob(model, p, b.obs, b.act))(adapted_params, post)
+        logp = vmap(lambda p, b: log_prob(model, p, b.obs, b.act))(row_params, post)
         clipped = (torch.exp(logp - post.old_logp) - 1.0).abs() > clip
         clip_frac = (post.weight * clipped).sum() / post.weight.sum()
         log_std = vmap(lambda p, b: policy_forward(model, p, b.obs[:1])[1])(adapted_params,
                                                                            post)
         entropy = gaussian_entropy(log_std).mean()
     loss = losses.mean()
-    stats = {"outer_loss": loss.item(), "outer_kl": kls.mean().item(),
-             "clip_frac": clip_frac.item(), "entropy": entropy.item()}
+    stats.update(outer_loss=loss.item(), outer_kl=kls.mean().item(),
+                 clip_frac=clip_frac.item(), entropy=entropy.item())
     return loss, stats
 
 
@@ -173,13 +242,22 @@ def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Te
 def kl_penalty(model: GaussianMLPPolicy, params: Params, old_params: Params,
                pre_batch: EpisodeBatch) -> Tensor:
     """Mean ``KL(pi_old || pi_theta)`` of the pre-update policy over ``pre_batch``'s real
-    steps (scalar). ``old_params`` (theta at sampling time) are treated as constants."""
-    mean, log_std = policy_forward(model, params, pre_batch.obs)
+    steps (scalar). ``old_params`` (theta at sampling time) are treated as constants.
+    With latents: the actions' KL given each episode's latent, plus the latent
+    distribution's ``KL(N(old context) || N(context))``."""
+    rows = None
+    if pre_batch.latent is not None:
+        rows = pre_batch.latent[:, :, None].expand(*pre_batch.obs.shape[:-1], -1)
+    mean, log_std = policy_forward(model, with_latent(params, rows), pre_batch.obs)
     with torch.no_grad():
-        old_mean, old_log_std = policy_forward(
-            model, {k: v.detach() for k, v in old_params.items()}, pre_batch.obs)
+        old = {k: v.detach() for k, v in old_params.items()}
+        old_mean, old_log_std = policy_forward(model, with_latent(old, rows), pre_batch.obs)
     kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
-    return (kl * pre_batch.mask).sum() / pre_batch.mask.sum()
+    kl = (kl * pre_batch.mask).sum() / pre_batch.mask.sum()
+    if rows is not None:
+        kl = kl + (params["context"] - old["context"]).pow(2).sum() / (
+            2.0 * model.context_noise ** 2)
+    return kl
 
 
 def update_eta(eta: float, kl: float, target: float) -> float:

@@ -21,6 +21,10 @@ class EpisodeBatch(NamedTuple):
         mask: ``[M, E, T]`` 1.0 for real steps, 0.0 for padding after the episode ended.
         logp: ``[M, E, T]`` log-probability of ``act`` under the sampling policy (no grad).
         success: ``[M, E]`` 1.0 where the episode succeeded (``info["success"]``).
+        latent: ``[M, E, C]`` each episode's latent input, or None (a policy without
+            ``context_noise``; the sampler never sets it, :func:`~metarobot.sampling.
+            rollouts.sample_episodes` does).
+        latent_logp: ``[M, E]`` its log-density under the sampling context (no grad), or None.
     """
 
     obs: Tensor
@@ -29,6 +33,8 @@ class EpisodeBatch(NamedTuple):
     mask: Tensor
     logp: Tensor
     success: Tensor
+    latent: Tensor | None = None
+    latent_logp: Tensor | None = None
 
     @property
     def episode_returns(self) -> Tensor:

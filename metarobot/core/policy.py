@@ -38,6 +38,13 @@ class GaussianMLPPolicy(nn.Module):
     first layer (CAVIA, Zintgraf et al. 2019). An inner step that changes only the context
     (``inner.adapt: context``) adapts C numbers, through directions the outer loop learns.
 
+    With ``context_noise`` sigma > 0 (needs a context) the context is the mean of a
+    per-episode latent: each episode's input is ``z = context + sigma * eps``, ``eps ~
+    N(0, I)`` drawn once at its start (structured exploration, MAESN, Gupta et al. 2018).
+    The pre-update episodes then differ as wholes, and the inner step moves the context
+    toward the latents of the episodes that paid (:func:`latent_log_prob`,
+    :func:`metarobot.algos.maml.latent_loss`).
+
     With ``dynamics_hidden`` (needs a context) it also holds a small dynamics model
     ``dyn``: a tanh MLP ``(normalised obs, action, context) -> normalised next obs -
     normalised obs`` (:func:`dynamics_forward`), the model of the self-supervised inner
@@ -51,14 +58,21 @@ class GaussianMLPPolicy(nn.Module):
         init_log_std: initial log standard deviation of every action dimension.
         context_dim: size C of the adaptable context input (0: none).
         dynamics_hidden: hidden widths of the dynamics model (empty: no model).
+        context_noise: std sigma of the per-episode latent around the context (0: none).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64),
                  init_log_std: float = 0.0, context_dim: int = 0,
-                 dynamics_hidden: Sequence[int] = ()) -> None:
+                 dynamics_hidden: Sequence[int] = (), context_noise: float = 0.0) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(hidden)
         self.context_dim = int(context_dim)
+        if not (math.isfinite(context_noise) and context_noise >= 0):
+            raise ValueError(f"context_noise must be a finite number >= 0, got {context_noise}")
+        if context_noise and not self.context_dim:
+            raise ValueError("a per-episode latent (context_noise > 0) needs a context input "
+                             "(context_dim > 0)")
+        self.context_noise = float(context_noise)
         layers: list[nn.Module] = []
         width = self.obs_dim + self.context_dim
         for h in self.hidden:
@@ -196,6 +210,18 @@ def log_prob(model: GaussianMLPPolicy, params: Params, obs: Tensor, act: Tensor)
     """``log pi_params(act | obs)`` with shape ``obs.shape[:-1]``."""
     mean, log_std = policy_forward(model, params, obs)
     return gaussian_log_prob(mean, log_std, act)
+
+
+def with_latent(params: Params, latent: Tensor | None) -> Params:
+    """``params`` whose context input is ``latent`` (``[..., C]``, one row per observation,
+    the sampled per-episode latents: data), or ``params`` itself when ``latent`` is None."""
+    return params if latent is None else {**params, "context": latent}
+
+
+def latent_log_prob(model: GaussianMLPPolicy, context: Tensor, latent: Tensor) -> Tensor:
+    """Log-density of latents ``[..., C]`` under ``N(context, context_noise^2 I)`` ``[...]``."""
+    log_std = torch.full_like(context, math.log(model.context_noise))
+    return gaussian_log_prob(context.expand_as(latent), log_std.expand_as(latent), latent)
 
 
 @dataclass(frozen=True)

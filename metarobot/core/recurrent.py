@@ -99,6 +99,7 @@ class GaussianGRUPolicy(nn.Module):
         self.hidden_size = int(hidden[-1])
         self.input_dim = self.obs_dim + self.act_dim + 2
         self.context_dim = 0  # as GaussianMLPPolicy's attribute: no context input
+        self.context_noise = 0.0  # nor a per-episode latent
         layers: list[nn.Module] = []
         width = self.input_dim
         for h in self.hidden[:-1]:
@@ -270,14 +271,15 @@ def _sub_params(params: Params, prefix: str) -> Params:
 
 def make_policy(kind: str, obs_dim: int, act_dim: int, hidden: Sequence[int],
                 init_log_std: float, context_dim: int = 0, dynamics_hidden: Sequence[int] = (),
-                ) -> GaussianMLPPolicy | GaussianGRUPolicy:
+                context_noise: float = 0.0) -> GaussianMLPPolicy | GaussianGRUPolicy:
     """The policy of ``policy.kind``: an MLP (gradient meta-learners) or a GRU (RL2)."""
     if kind == "mlp":
         return GaussianMLPPolicy(obs_dim, act_dim, hidden, init_log_std, context_dim,
-                                 dynamics_hidden)
+                                 dynamics_hidden, context_noise)
     if kind == "gru":
-        if context_dim or dynamics_hidden:
+        if context_dim or dynamics_hidden or context_noise:
             raise ValueError("a GRU policy has no context input or dynamics model "
-                             "(policy.context_dim must be 0, policy.dynamics_hidden empty)")
+                             "(policy.context_dim and context_noise must be 0, "
+                             "policy.dynamics_hidden empty)")
         return GaussianGRUPolicy(obs_dim, act_dim, hidden, init_log_std)
     raise ValueError(f"unknown policy kind {kind!r}; one of {list(POLICY_KINDS)}")

@@ -292,6 +292,10 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
+    if model.context_noise:
+        raise ValueError("a policy with a per-episode latent (policy.context_noise > 0) "
+                         "cannot be exported yet: the device runtime neither draws the "
+                         "latent nor takes the latent's adaptation step")
     names = [n for n, _ in model.named_parameters()]
     if list(params) != names:
         raise ValueError(f"params must have the model's parameter names in order {names}, "

@@ -12,7 +12,7 @@ from metarobot.algos import maml
 from metarobot.core.advantages import compute_advantages
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.inner import step_sizes
-from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.core.policy import GaussianMLPPolicy, Params, latent_log_prob
 from metarobot.training.config import AdvantageConfig, InnerConfig
 from sim_envs.tasks import Task
 
@@ -40,6 +40,33 @@ class AdaptationRollouts:
     advs: list[Tensor]
     explained_variance: list[Tensor]
     adapted: Params
+
+
+def sample_episodes(sampler: Sampler, model: GaussianMLPPolicy, params: Params,
+                    tasks: list[Task], episodes_per_task: int, *, seed: int,
+                    generator: torch.Generator, deterministic: bool = False) -> EpisodeBatch:
+    """``sampler.sample`` with ``params`` stacked ``[M, ...]``, and for a policy with a
+    per-episode latent (``model.context_noise`` > 0) each episode's latent drawn from
+    ``generator`` (``[M, E, C]``, before the sampler's action noise; the context itself
+    when ``deterministic``). The sampler runs each (task, episode) as a task of its own
+    with that latent as its context (reset seeds ``(seed, m * E + e, 0)``); the batch is
+    returned as ``[M, E, ...]`` with ``latent`` and ``latent_logp`` set."""
+    if not model.context_noise:
+        return sampler.sample(model, params, tasks, episodes_per_task, seed=seed,
+                              generator=generator, deterministic=deterministic)
+    num_tasks, num_eps = len(tasks), episodes_per_task
+    context = params["context"]  # [M, C]
+    noise = torch.randn((num_tasks, num_eps, model.context_dim), generator=generator,
+                        device=generator.device).to(context.device)
+    latent = context[:, None] + (0.0 if deterministic else model.context_noise) * noise
+    episode_params = {k: v.repeat_interleave(num_eps, 0) for k, v in params.items()}
+    episode_params["context"] = latent.reshape(num_tasks * num_eps, -1)
+    flat = sampler.sample(model, episode_params, [t for t in tasks for _ in range(num_eps)],
+                          1, seed=seed, generator=generator, deterministic=deterministic)
+    fields = (x.reshape(num_tasks, num_eps, *x.shape[2:])
+              for x in (flat.obs, flat.act, flat.rew, flat.mask, flat.logp, flat.success))
+    return EpisodeBatch(*fields, latent=latent,
+                        latent_logp=latent_log_prob(model, context[:, None], latent))
 
 
 def adapt_params(model: GaussianMLPPolicy, params: Params, batches: list[EpisodeBatch],
@@ -75,8 +102,8 @@ def collect_adaptation_rollouts(
     batches, advs, evs = [], [], []
     for k in range(steps + 1):
         sampling_params = {n: v.detach() for n, v in adapted.items()}
-        batch = sampler.sample(model, sampling_params, tasks, episodes, seed=seed + 7919 * k,
-                               generator=generator)
+        batch = sample_episodes(sampler, model, sampling_params, tasks, episodes,
+                                seed=seed + 7919 * k, generator=generator)
         adv, ev = compute_advantages(batch.obs, batch.rew, batch.mask, advantages.gamma,
                                      advantages.lam, advantages.normalize)
         batches.append(batch)

@@ -225,7 +225,7 @@ class MetaTrainer:
         self.model: GaussianMLPPolicy | GaussianGRUPolicy = make_policy(
             config.policy.kind, self.obs_dim, self.act_dim, config.policy.hidden,
             config.policy.init_log_std, config.policy.context_dim,
-            config.policy.dynamics_hidden).to(self.device)
+            config.policy.dynamics_hidden, config.policy.context_noise).to(self.device)
         self.params: Params = self.model.init_params()  # leaves, on the model's device
         # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
@@ -546,12 +546,18 @@ class MetaTrainer:
         """Approximate KL(pre-update || adapted) per task on the first pre-update batch:
         the quantity the device runtime checks before accepting an adaptation. The
         largest values seen recently go into the checkpoint so the export can set the
-        runtime's bound from what training produced."""
+        runtime's bound from what training produced. With a per-episode latent (whose
+        actions given the latent the step leaves alone): the KL of the latent's
+        distribution, ``|context' - context|^2 / (2 sigma^2)``."""
         pre_inner = maml.batch_to_inner(rollouts.batches[0], rollouts.advs[0])
         adapted = {k: v.detach() for k, v in rollouts.adapted.items()}
         with torch.no_grad():
-            _, kl = torch.func.vmap(
-                lambda p, b: inner_loss(self.model, p, b, math.inf))(adapted, pre_inner)
+            if rollouts.batches[0].latent is not None:
+                shift = adapted["context"] - self.params["context"].detach()
+                kl = shift.pow(2).sum(-1) / (2.0 * self.model.context_noise ** 2)
+            else:
+                _, kl = torch.func.vmap(
+                    lambda p, b: inner_loss(self.model, p, b, math.inf))(adapted, pre_inner)
         self.recent_adaptation_kl = (self.recent_adaptation_kl + [kl.max().item()])[-20:]
         return kl
 
@@ -604,7 +610,8 @@ class MetaTrainer:
             out[f"success/{tag}"] = batch.success.mean().item()
             out[f"baseline/explained_variance_{tag}"] = rollouts.explained_variance[k].mean().item()
         for key in ("outer_loss", "outer_kl", "clip_frac", "entropy", "loss", "kl_penalty",
-                    "dynamics_loss", "es_fitness_mean", "es_fitness_std", "es_grad_norm"):
+                    "dynamics_loss", "latent_loss", "es_fitness_mean", "es_fitness_std",
+                    "es_grad_norm"):
             if key in stats:
                 out[f"outer/{'kl' if key == 'kl_penalty' else key}"] = stats[key]
         return out
@@ -619,6 +626,8 @@ class MetaTrainer:
             arrays[f"rew_{k}"] = b.rew.cpu().numpy().astype(np.float32)
             arrays[f"mask_{k}"] = b.mask.cpu().numpy().astype(np.uint8)
             arrays[f"success_{k}"] = b.success.cpu().numpy().astype(np.uint8)
+            if b.latent is not None:
+                arrays[f"latent_{k}"] = b.latent.cpu().numpy().astype(np.float32)
         np.savez_compressed(folder / f"iter_{iteration:05d}.npz", **arrays)
 
     def _event(self, message: str, **fields: Any) -> None:
