@@ -104,6 +104,21 @@ def test_equal_returns_leave_the_context_where_it_is():
                                params["context"].expand_as(adapted["context"]))
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_the_adapted_context_depends_on_the_pre_update_actions(first_order):
+    """Through each episode's action likelihood ratio, the step's direction is a function
+    of theta's action parameters (second order); FOMAML drops that path."""
+    model = tiny_model()
+    params = model.init_params()
+    pre, adv = latent_batch(model, stacked(params), seed=6)
+    adapted, _, _ = maml.adapt(model, params, [pre], [adv],
+                               step_sizes("context", 0.3, params, None), 1,
+                               first_order=first_order)
+    grad = torch.autograd.grad(adapted["context"].sum(), params["mean_net.0.weight"],
+                               allow_unused=True)[0]
+    assert (grad is not None and grad.norm() > 1e-6) != first_order
+
+
 def test_the_meta_gradient_with_latents_matches_finite_differences():
     """Through the latent step, the actions given the latent and the latent's outer term:
     a directional derivative against a central difference."""

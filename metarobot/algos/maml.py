@@ -84,15 +84,33 @@ def latent_rows(latents: EpisodeLatents, horizon: int) -> Tensor:
 
 
 def latent_loss(model: GaussianMLPPolicy, context: Tensor, latents: EpisodeLatents,
-                clip: float | Tensor = math.inf) -> Tensor:
+                clip: float | Tensor = math.inf, action_ratio: Tensor | None = None) -> Tensor:
     """One task's clipped likelihood-ratio surrogate over its episodes' latents (scalar):
     ``-mean_e min(r_e A_e, clip(r_e, 1 - c, 1 + c) A_e)``, ``r_e = N(z_e; context,
     sigma^2) / old density``. At the sampling context its gradient is ``-mean_e A_e
     (z_e - context) / sigma^2``: a step on it moves the context toward the latents of the
-    episodes that paid. ``latents`` of one task: ``[E, C]``, ``[E]``, ``[E]``."""
+    episodes that paid. ``latents`` of one task: ``[E, C]``, ``[E]``, ``[E]``.
+
+    ``action_ratio`` ``[E]`` (the inner step's): each episode's mean likelihood ratio of
+    its actions given its latent, 1 in value at the sampling parameters, multiplying
+    ``A_e``. Its gradient, the episode's mean score, is the term through which the outer
+    loop learns how theta's actions make the latents' returns differ, i.e. to explore
+    (ProMP's per-step ratio, in the latent's form; DiCE's would be the product over the
+    episode, whose variance grows with its length).
+    """
     ratio = torch.exp(latent_log_prob(model, context, latents.value) - latents.old_logp)
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    return -torch.minimum(ratio * latents.adv, clipped * latents.adv).mean()
+    adv = latents.adv if action_ratio is None else latents.adv * action_ratio
+    return -torch.minimum(ratio * adv, clipped * adv).mean()
+
+
+def episode_action_ratio(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+                         horizon: int) -> Tensor:
+    """One task's mean likelihood ratio of each episode's real steps ``[E]`` (``params``
+    with the latent rows as context; ``batch`` of ``E * horizon`` rows)."""
+    ratio = torch.exp(log_prob(model, params, batch.obs, batch.act) - batch.old_logp)
+    weight = batch.weight.reshape(-1, horizon)
+    return (weight * ratio.reshape(-1, horizon)).sum(-1) / weight.sum(-1).clamp_min(1.0)
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -155,9 +173,11 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
             rows = latent_rows(latents, horizon)
 
             def loss_fn(q: Params) -> tuple[Tensor, Tensor]:
-                action_loss, kl = loss_function(model, with_latent(q, rows), batch, clip,
-                                                horizon)
-                return action_loss + latent_loss(model, q["context"], latents, clip), kl
+                given_latent = with_latent(q, rows)
+                action_loss, kl = loss_function(model, given_latent, batch, clip, horizon)
+                action_ratio = episode_action_ratio(model, given_latent, batch, horizon)
+                return action_loss + latent_loss(model, q["context"], latents, clip,
+                                                 action_ratio), kl
         return inner.inner_step(model, p, batch, inner_lr, first_order=first_order,
                                 loss_fn=loss_fn)
 
