@@ -58,8 +58,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.hidden": ("widths", None),
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
-    # > 0: with policy.context_dim >= 1 and inner.adapt context (base() has neither)
-    "policy.context_noise": _float(lambda v: v == 0),
+    "policy.context_noise": _float(lambda v: 0 <= v < INF),  # > 0: see below
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "policy.reward_norm": ("bool", None),  # true: with policy.kind gru
     "meta_batch.tasks": _int(1),
@@ -178,6 +177,8 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
     if (key == "inner.loss" and value == "dynamics") or (
             key == "policy.dynamics_hidden" and allowed and value):
         allowed = False  # the dynamics loss and its model need each other and a context
+    if key == "policy.context_noise" and allowed and converted != 0:
+        allowed = False  # a per-episode latent needs a context, and base() has none
     if key == "outer.minibatches" and allowed and converted != 1:
         allowed = False  # minibatches are RL2's, and base() is PPO-MAML
     if key == "meta_batch.balance" and allowed and value:

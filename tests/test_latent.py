@@ -91,6 +91,19 @@ def test_the_inner_step_moves_the_context_toward_the_latents_that_paid():
             torch.testing.assert_close(adapted[name], params[name].expand_as(adapted[name]))
 
 
+def test_a_full_step_moves_the_context_by_the_latent_term_alone():
+    """With ``inner.adapt: all`` the other parameters take the actions' step and the
+    context the latent's, the same as in a context-only step."""
+    model = tiny_model()
+    params = model.init_params()
+    pre, adv = latent_batch(model, stacked(params), seed=7)
+    full, _, _ = maml.adapt(model, params, [pre], [adv], 0.3, 1)
+    context_only, _, _ = maml.adapt(model, params, [pre], [adv],
+                                    step_sizes("context", 0.3, params, None), 1)
+    torch.testing.assert_close(full["context"], context_only["context"])
+    assert not torch.allclose(full["mean_net.0.weight"], context_only["mean_net.0.weight"])
+
+
 def test_equal_returns_leave_the_context_where_it_is():
     """The actions' terms take the latent as data: with every episode of a task equally
     good the context gets no gradient from them, however the actions scored."""
@@ -199,9 +212,10 @@ def test_two_iterations_train_and_evaluate_and_the_export_refuses(tmp_path):
 
 @pytest.mark.parametrize("overrides", [
     ["policy.context_noise=0.5"],  # no context
-    ["policy.context_noise=0.5", "policy.context_dim=2"],  # the step adapts everything
     ["policy.context_noise=0.5", "policy.context_dim=2", "inner.adapt=context",
      "outer.algo=reptile"],
+    ["policy.context_noise=0.5", "policy.context_dim=2", "policy.dynamics_hidden=[8]",
+     "inner.adapt=context", "inner.loss=dynamics"],
     ["policy.context_noise=-1"],
     ["policy.context_noise=.inf"]])
 def test_config_validation_names_the_key(overrides):

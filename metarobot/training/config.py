@@ -55,8 +55,8 @@ class PolicyConfig:
     #: Std of a per-episode latent around the context (MAESN-style exploration: each
     #: episode's context input is ``context + context_noise * N(0, I)``, drawn at its
     #: start; the inner step moves the context toward the latents of the episodes that
-    #: paid). 0: none. Needs ``context_dim`` >= 1, ``inner.adapt: context`` and
-    #: ``outer.algo: ppo``; trainer-only for now (such a policy is not exported).
+    #: paid). 0: none. Needs ``context_dim`` >= 1 and ``outer.algo: ppo``; trainer-only
+    #: for now (such a policy is not exported).
     context_noise: float = 0.0
     #: Hidden widths of the dynamics model of ``inner.loss: dynamics`` (empty: none).
     dynamics_hidden: list[int] = field(default_factory=list)
@@ -237,11 +237,11 @@ class TrainConfig:
                 rl2 and p.context_dim), "an integer >= 0 (0 with outer.algo: rl2, whose GRU "
              "policy adapts by memory, not through a context input)"),
             ("policy.context_noise", p.context_noise, 0 <= p.context_noise < math.inf and (
-                p.context_noise == 0 or (p.context_dim >= 1 and inner.adapt == "context"
-                                         and outer.algo == "ppo" and inner.loss != "dynamics")),
+                p.context_noise == 0 or (p.context_dim >= 1 and outer.algo == "ppo"
+                                         and inner.loss != "dynamics")),
              "a finite number >= 0; above 0 only with policy.context_dim >= 1, "
-             "inner.adapt: context, outer.algo: ppo and an inner loss other than 'dynamics' "
-             "(the per-episode latent is the context's exploration)"),
+             "outer.algo: ppo and an inner loss other than 'dynamics' (the per-episode "
+             "latent is the context's exploration)"),
             ("policy.kind", p.kind, p.kind in POLICY_KINDS and (p.kind == "gru") == rl2,
              f"one of {list(POLICY_KINDS)}: 'gru' exactly when outer.algo is 'rl2' (RL2 needs "
              "the recurrent policy; the gradient meta-learners adapt the MLP)"),
