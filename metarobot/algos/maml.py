@@ -208,13 +208,14 @@ def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: Epi
     :func:`metarobot.core.inner.inner_loss` with ``clip``. ``adapted_params`` are stacked
     ``[M, ...]`` and carry the graph back to theta through the inner steps.
 
+    With latents in ``post_batch``, the actions' loss is taken given each episode's
+    latent and :func:`latent_loss` (same ``clip``) is added.
+
     Returns:
         ``(scalar loss, stats)`` with stats ``outer_loss``, ``outer_kl`` (approx KL between
         the sampling and adapted policies), ``clip_frac`` (fraction of real steps with
-        ``|ratio - 1| > clip``) and ``entropy`` (mean over tasks, nats).
-    With latents in ``post_batch``, the actions' loss is taken given each episode's
-    latent and :func:`latent_loss` (same ``clip``) is added; stats then also hold
-    ``latent_loss``.
+        ``|ratio - 1| > clip``) and ``entropy`` (mean over tasks, nats); with latents
+        also ``latent_loss``.
     """
     post = batch_to_inner(post_batch, post_adv)
     latents = episode_latents(post_batch)
