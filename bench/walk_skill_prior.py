@@ -1,0 +1,115 @@
+"""Walk from a gait prior: pretrain a walker that is told the direction, then meta-train
+its direction input as a per-episode latent context.
+
+Why: meta-trained from scratch, walk's pre-update policy walks forward in every episode,
+and a latent input learned from scratch never came to steer the gait
+(``bench/results/meta_latent/walk/notes.md``). Here the latent steers it from the start:
+
+1. **Pretrain** (training tasks only): the ordinary trainer on walk with the direction
+   observed (``env_kwargs: {observe_command: true}``: the command's 2 numbers are the last
+   of the observation), as multi-task PPO (an inner step of rate 1e-6, first order).
+2. **Warm start** a run of ``--config`` (a 2-number context with ``policy.context_noise``):
+   the pretrained policy whose first layer reads the context where it read the normalised
+   command, the context set to the normalised zero command (neither direction), the
+   observation normaliser's first O dims copied. It is saved as iteration 0 of
+   ``RUNS/walk/seedS`` and counts the pretraining's env steps as its own.
+3. ``python -m bench.results --family walk --config CONFIG --seeds S --stages 0 10 40
+   --no-baselines --eval-tasks 20 --runs-dir RUNS --out OUT`` evaluates it before any
+   meta-training (stage 0) and continues it like any run. At test time the direction is
+   hidden: the adaptation step sees rewards only.
+
+Usage: ``python -m bench.walk_skill_prior --seed 0 --runs-dir RUNS`` (resumable: a
+finished pretraining is reused, an existing warm start is left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from metarobot import api
+from metarobot.core.policy import OBS_CLIP
+from metarobot.training.checkpoint import CHECKPOINT_NAME, load_run
+from metarobot.training.evaluate import load_trained_policy
+from metarobot.training.trainer import MetaTrainer
+
+#: The pretraining: walk-cpu, direction observed, multi-task PPO (a negligible inner step).
+PRETRAIN_OVERRIDES = ["env_kwargs={observe_command: true}", "inner.lr=1e-6",
+                      "inner.first_order=true", "inner.meta_sgd=false", "meta_batch.episodes=4"]
+#: The observation's command dims (the last two with ``observe_command``).
+COMMAND_DIMS = 2
+
+
+def pretrain(run_dir: Path, iterations: int, seed: int, workers: int) -> Path:
+    """Train (or continue) the direction-observing walker to ``iterations``."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        if load_run(run_dir).iteration >= iterations:
+            return run_dir
+        MetaTrainer.resume(run_dir, progress=False, iterations=iterations).train()
+        return run_dir
+    cfg = api.resolve_config("walk-cpu", overrides=PRETRAIN_OVERRIDES + [
+        f"seed={seed}", f"iterations={iterations}", f"sampler.num_workers={workers}"])
+    MetaTrainer(cfg, run_dir, progress=False).train()
+    return run_dir
+
+
+def warm_start(prior_dir: Path, config: str, run_dir: Path, seed: int, workers: int) -> Path:
+    """Write iteration 0 of a ``config`` run initialised from the pretrained walker."""
+    prior = load_trained_policy(prior_dir)
+    prior_state = load_run(prior_dir)
+    cfg = api.resolve_config(config, overrides=[f"seed={seed}",
+                                                f"sampler.num_workers={workers}"])
+    trainer = MetaTrainer(cfg, run_dir, progress=False)
+    obs_dim = trainer.obs_dim
+    if prior.model.obs_dim != obs_dim + COMMAND_DIMS or cfg.policy.context_dim != COMMAND_DIMS:
+        raise SystemExit(f"{config} needs policy.context_dim {COMMAND_DIMS} and the walk "
+                         f"observation ({obs_dim}) without the command")
+    if set(trainer.params) - {"context"} != set(prior.params):
+        raise SystemExit(f"{config}'s policy does not have the pretrained policy's layers")
+    norm = prior_state.normalizer
+    mean, var = norm["mean"].double(), norm["var"].double()
+    with torch.no_grad():
+        for name, value in prior.params.items():
+            trainer.params[name].copy_(value)  # first layer: obs columns, then command's
+        zero_command = (-mean[obs_dim:] / torch.sqrt(var[obs_dim:] + 1e-8)).clamp(-OBS_CLIP,
+                                                                                   OBS_CLIP)
+        trainer.params["context"].copy_(zero_command.float())
+    trainer.normalizer.load_state_dict({"mean": mean[:obs_dim], "var": var[:obs_dim],
+                                        "count": norm["count"]})
+    trainer.model.set_normalizer(mean[:obs_dim].float(), var[:obs_dim].float())
+    trainer.env_steps = prior_state.algo_state.env_steps
+    path = trainer.save()
+    trainer.close()
+    print(f"warm start: {path} (context {zero_command.tolist()}, "
+          f"{trainer.env_steps} env steps of pretraining)", flush=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="walk-skill-cpu",
+                   help="the meta-training config (a 2-number latent context)")
+    p.add_argument("--pretrain-iterations", type=int, default=40)
+    p.add_argument("--runs-dir", type=Path, required=True,
+                   help="pretraining in RUNS/walk-prior/seedS, the warm start in "
+                        "RUNS/walk/seedS (bench.results' layout)")
+    p.add_argument("--workers", type=int, default=2, help="sampler workers")
+    args = p.parse_args(argv)
+    if args.pretrain_iterations < 1 or not math.isfinite(args.pretrain_iterations):
+        p.error("--pretrain-iterations must be >= 1")
+    prior_dir = pretrain(args.runs_dir / "walk-prior" / f"seed{args.seed}",
+                         args.pretrain_iterations, args.seed, args.workers)
+    run_dir = args.runs_dir / "walk" / f"seed{args.seed}"
+    if (run_dir / CHECKPOINT_NAME).exists():
+        print(f"{run_dir} already has a checkpoint: left alone", flush=True)
+        return
+    warm_start(prior_dir, args.config, run_dir, args.seed, args.workers)
+
+
+if __name__ == "__main__":
+    main()
