@@ -43,15 +43,18 @@ PRETRAIN_OVERRIDES = ["env_kwargs={observe_command: true}", "inner.lr=1e-6",
 COMMAND_DIMS = 2
 
 
-def pretrain(run_dir: Path, iterations: int, seed: int, workers: int) -> Path:
-    """Train (or continue) the direction-observing walker to ``iterations``."""
+def pretrain(run_dir: Path, iterations: int, seed: int, workers: int,
+             overrides: tuple[str, ...] = ()) -> Path:
+    """Train (or continue) the direction-observing walker to ``iterations`` (``overrides``:
+    more ``key=value`` settings of a new run)."""
     if (run_dir / CHECKPOINT_NAME).exists():
         if load_run(run_dir).iteration >= iterations:
             return run_dir
         MetaTrainer.resume(run_dir, progress=False, iterations=iterations).train()
         return run_dir
     cfg = api.resolve_config("walk-cpu", overrides=PRETRAIN_OVERRIDES + [
-        f"seed={seed}", f"iterations={iterations}", f"sampler.num_workers={workers}"])
+        f"seed={seed}", f"iterations={iterations}", f"sampler.num_workers={workers}",
+        *overrides])
     MetaTrainer(cfg, run_dir, progress=False).train()
     return run_dir
 
