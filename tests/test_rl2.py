@@ -167,7 +167,8 @@ def test_trial_sampling_carries_the_state_and_packing_rebuilds_its_inputs():
     err = (logp_of(trials) - trials.logp).abs().max().item()
     assert err < 1e-4, err
     for e in range(3):  # episode e alone, from a zero state
-        alone = rl2.pack_trials(type(batch)(*(x[:, e:e + 1] for x in batch)))
+        alone = rl2.pack_trials(type(batch)(**{k: x[:, e:e + 1]
+                                               for k, x in batch.tensors().items()}))
         gap = (logp_of(alone) - alone.logp).abs().max().item()
         assert (gap < 1e-4) if e == 0 else (gap > 1e-3), (e, gap)
 

@@ -144,8 +144,9 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def assert_batches_equal(a, b) -> None:
-    for name, x, y in zip(a._fields, a, b):
-        assert torch.equal(x, y), f"{name} differs"
+    assert a.tensors().keys() == b.tensors().keys()
+    for name, x in a.tensors().items():
+        assert torch.equal(x, b.tensors()[name]), f"{name} differs"
 
 
 @pytest.fixture(autouse=True)
@@ -315,8 +316,8 @@ def test_workers_are_deterministic_match_in_process_and_clean_up():
         again = sampler.sample(model, params, tasks, 5, seed=11, generator=gen(4))
     assert_batches_equal(first, again)
     # Same reset seeds and noise per (task, episode, step) whatever the slot layout.
-    for name, x, y in zip(first._fields, first, reference):
-        assert torch.allclose(x, y, atol=1e-5), name
+    for name, x in first.tensors().items():
+        assert torch.allclose(x, reference.tensors()[name], atol=1e-5), name
     assert multiprocessing.active_children() == []
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -358,7 +359,7 @@ def test_dead_and_hung_workers_are_replaced_and_the_batch_is_complete(tmp_path):
         undisturbed = sampler.sample(model, params, tasks, 3, seed=2, generator=gen(5))
         assert len(sampler.events) == 4
     assert torch.equal(batch.mask.sum(-1), torch.tensor([[9.0] * 3, [float(MAX_STEPS)] * 3]))
-    assert all(torch.all(torch.isfinite(x)) for x in batch)
+    assert all(torch.all(torch.isfinite(x)) for x in batch.tensors().values())
     # The re-run episodes reproduce exactly what an undisturbed run samples.
     assert_batches_equal(batch, undisturbed)
 
@@ -380,8 +381,8 @@ def test_pipelined_halves_match_unpipelined_layouts():
     for layout, batch in batches.items():
         assert torch.equal(batch.mask, pipelined.mask), layout
         assert torch.equal(batch.success, pipelined.success), layout
-        for name, x, y in zip(batch._fields, batch, pipelined):
-            assert torch.allclose(x, y, atol=1e-6), (layout, name)
+        for name, x in batch.tensors().items():
+            assert torch.allclose(x, pipelined.tensors()[name], atol=1e-6), (layout, name)
 
 
 def test_worker_killed_with_both_halves_outstanding_gives_the_undisturbed_batch(tmp_path):
@@ -442,8 +443,8 @@ def test_worker_killed_mid_trial_gives_the_undisturbed_trials(tmp_path):
     # share its batch, and the re-run trials are batched with other rows.
     assert torch.equal(batch.mask, undisturbed.mask)
     assert torch.equal(batch.success, undisturbed.success)
-    for name, x, y in zip(batch._fields, batch, undisturbed):
-        assert torch.allclose(x, y, rtol=0, atol=1e-5), name
+    for name, x in batch.tensors().items():
+        assert torch.allclose(x, undisturbed.tensors()[name], rtol=0, atol=1e-5), name
     lengths = torch.tensor([[5.0] * 3, [float(MAX_STEPS)] * 3, [3.0] * 3])
     assert torch.equal(batch.mask.sum(-1), lengths)
     trials = rl2.pack_trials(batch)
@@ -512,6 +513,6 @@ def test_reach_smoke():
         batch = sampler.sample(model, stacked(model, 2), tasks, 1, seed=0, generator=gen())
     assert batch.obs.shape == (2, 1, sampler.max_episode_steps, obs_dim)
     assert sampler.max_episode_steps == 50
-    assert all(torch.all(torch.isfinite(x)) for x in batch)
+    assert all(torch.all(torch.isfinite(x)) for x in batch.tensors().values())
     assert torch.all(batch.mask[..., 0] == 1)
     assert math.isclose(sampler.last_stats["env_steps"], float(batch.mask.sum()))

@@ -36,6 +36,10 @@ class EpisodeBatch(NamedTuple):
     latent: Tensor | None = None
     latent_logp: Tensor | None = None
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The batch's tensors by field name (the latent fields only where present)."""
+        return {name: value for name, value in zip(self._fields, self) if value is not None}
+
     @property
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[M, E]``."""
