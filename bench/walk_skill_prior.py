@@ -18,14 +18,14 @@ and a latent input learned from scratch never came to steer the gait
    meta-training (stage 0) and continues it like any run. At test time the direction is
    hidden: the adaptation step sees rewards only.
 
-Usage: ``python -m bench.walk_skill_prior --seed 0 --runs-dir RUNS`` (resumable: a
+Usage: ``python -m bench.walk_skill_prior --seed 0 --runs-dir RUNS --pretrain-iterations
+60`` (the measured runs' setting; resumable: a
 finished pretraining is reused, an existing warm start is left alone).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                         "RUNS/walk/seedS (bench.results' layout)")
     p.add_argument("--workers", type=int, default=2, help="sampler workers")
     args = p.parse_args(argv)
-    if args.pretrain_iterations < 1 or not math.isfinite(args.pretrain_iterations):
+    if args.pretrain_iterations < 1:
         p.error("--pretrain-iterations must be >= 1")
     prior_dir = pretrain(args.runs_dir / "walk-prior" / f"seed{args.seed}",
                          args.pretrain_iterations, args.seed, args.workers)

@@ -49,6 +49,7 @@ from metarobot.core.policy import (
     GaussianMLPPolicy,
     Params,
     gaussian_entropy,
+    latent_kl,
     latent_log_prob,
     log_prob,
     policy_forward,
@@ -76,11 +77,13 @@ def episode_latents(batch: EpisodeBatch) -> EpisodeLatents | None:
     return EpisodeLatents(batch.latent, batch.latent_logp, adv)
 
 
-def latent_rows(latents: EpisodeLatents, horizon: int) -> Tensor:
-    """One task's latents ``[E, C]`` repeated for each step: ``[E * T, C]`` (the rows of
-    :func:`batch_to_inner`)."""
-    num_eps, dim = latents.value.shape
-    return latents.value[:, None].expand(num_eps, horizon, dim).reshape(-1, dim)
+def latent_inputs(batch: EpisodeBatch) -> Tensor | None:
+    """Each step's latent input, its episode's latent, ``[M, E, T, C]`` (the layout of
+    ``batch.obs``; ``flatten(1, 2)`` gives the rows of :func:`batch_to_inner`), or None
+    for a batch without latents."""
+    if batch.latent is None:
+        return None
+    return batch.latent[:, :, None].expand(*batch.obs.shape[:-1], batch.latent.shape[-1])
 
 
 def latent_loss(model: GaussianMLPPolicy, context: Tensor, latents: EpisodeLatents,
@@ -166,12 +169,10 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
     loss_function = INNER_LOSS_FUNCTIONS[inner_loss]
 
     def task_step(p: Params, batch: InnerBatch, horizon: int, latents: EpisodeLatents | None,
-                  ) -> tuple[Params, Tensor, Tensor]:
+                  rows: Tensor | None) -> tuple[Params, Tensor, Tensor]:
         if latents is None:
             loss_fn = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
         else:
-            rows = latent_rows(latents, horizon)
-
             def loss_fn(q: Params) -> tuple[Tensor, Tensor]:
                 given_latent = with_latent(q, rows)
                 action_loss, kl = loss_function(model, given_latent, batch, clip, horizon)
@@ -189,12 +190,12 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         j = k if len(pre_batches) > 1 else 0
         batch = batch_to_inner(pre_batches[j], pre_advs[j])
         horizon = pre_batches[j].obs.shape[2]
-        latents = episode_latents(pre_batches[j])
+        latents, rows = episode_latents(pre_batches[j]), latent_inputs(pre_batches[j])
         if latents is not None and inner_loss == "dynamics":
             raise ValueError("the 'dynamics' inner loss takes no per-episode latents")
-        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None, None if latents is None
-                                                         else 0))(task_params, batch, horizon,
-                                                                  latents)
+        latent_dim = None if latents is None else 0
+        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None, latent_dim, latent_dim))(
+            task_params, batch, horizon, latents, None if rows is None else rows.flatten(1, 2))
         losses.append(loss)
         kls.append(kl)
     return task_params, torch.stack(losses), torch.stack(kls)
@@ -218,11 +219,9 @@ def outer_loss(model: GaussianMLPPolicy, adapted_params: Params, post_batch: Epi
         also ``latent_loss``.
     """
     post = batch_to_inner(post_batch, post_adv)
-    latents = episode_latents(post_batch)
-    horizon = post_batch.obs.shape[2]
+    latents, rows = episode_latents(post_batch), latent_inputs(post_batch)
     # Each row's policy parameters: the adapted ones, with the episode's latent as context.
-    row_params = adapted_params if latents is None else {
-        **adapted_params, "context": vmap(latent_rows, in_dims=(0, None))(latents, horizon)}
+    row_params = with_latent(adapted_params, None if rows is None else rows.flatten(1, 2))
     losses, kls = vmap(lambda p, b: inner.inner_loss(model, p, b, clip))(row_params, post)
     stats: dict[str, float] = {}
     if latents is not None:
@@ -266,9 +265,7 @@ def kl_penalty(model: GaussianMLPPolicy, params: Params, old_params: Params,
     steps (scalar). ``old_params`` (theta at sampling time) are treated as constants.
     With latents: the actions' KL given each episode's latent, plus the latent
     distribution's ``KL(N(old context) || N(context))``."""
-    rows = None
-    if pre_batch.latent is not None:
-        rows = pre_batch.latent[:, :, None].expand(*pre_batch.obs.shape[:-1], -1)
+    rows = latent_inputs(pre_batch)
     mean, log_std = policy_forward(model, with_latent(params, rows), pre_batch.obs)
     with torch.no_grad():
         old = {k: v.detach() for k, v in old_params.items()}
@@ -276,8 +273,7 @@ def kl_penalty(model: GaussianMLPPolicy, params: Params, old_params: Params,
     kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
     kl = (kl * pre_batch.mask).sum() / pre_batch.mask.sum()
     if rows is not None:
-        kl = kl + (params["context"] - old["context"]).pow(2).sum() / (
-            2.0 * model.context_noise ** 2)
+        kl = kl + latent_kl(model, old["context"], params["context"])
     return kl
 
 

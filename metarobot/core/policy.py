@@ -224,6 +224,12 @@ def latent_log_prob(model: GaussianMLPPolicy, context: Tensor, latent: Tensor) -
     return gaussian_log_prob(context.expand_as(latent), log_std.expand_as(latent), latent)
 
 
+def latent_kl(model: GaussianMLPPolicy, old_context: Tensor, context: Tensor) -> Tensor:
+    """``KL(N(old_context, sigma^2 I) || N(context, sigma^2 I))`` ``[...]`` of contexts
+    ``[..., C]``: ``|context - old_context|^2 / (2 sigma^2)``."""
+    return (context - old_context).pow(2).sum(-1) / (2.0 * model.context_noise ** 2)
+
+
 @dataclass(frozen=True)
 class ParamLayout:
     """How a parameter dict maps to one flat vector ``[P]`` (used by export and deploy).

@@ -63,9 +63,9 @@ def sample_episodes(sampler: Sampler, model: GaussianMLPPolicy, params: Params,
     episode_params["context"] = latent.reshape(num_tasks * num_eps, -1)
     flat = sampler.sample(model, episode_params, [t for t in tasks for _ in range(num_eps)],
                           1, seed=seed, generator=generator, deterministic=deterministic)
-    fields = (x.reshape(num_tasks, num_eps, *x.shape[2:])
-              for x in (flat.obs, flat.act, flat.rew, flat.mask, flat.logp, flat.success))
-    return EpisodeBatch(*fields, latent=latent,
+    per_task = {k: x.reshape(num_tasks, num_eps, *x.shape[2:])
+                for k, x in flat.tensors().items()}
+    return EpisodeBatch(**per_task, latent=latent,
                         latent_logp=latent_log_prob(model, context[:, None], latent))
 
 

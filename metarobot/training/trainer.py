@@ -42,7 +42,7 @@ from metarobot.algos import es, maml, promp, reptile, rl2
 from metarobot.algos.value import LearnedBaseline
 from metarobot.core.batch import EpisodeBatch
 from metarobot.core.inner import adapted_names, inner_loss, step_sizes
-from metarobot.core.policy import GaussianMLPPolicy, Params
+from metarobot.core.policy import GaussianMLPPolicy, Params, latent_kl
 from metarobot.core.recurrent import GaussianGRUPolicy, make_policy
 from metarobot.sampling.rollouts import AdaptationRollouts, collect_adaptation_rollouts
 from metarobot.training.checkpoint import (
@@ -549,13 +549,12 @@ class MetaTrainer:
         runtime's bound from what training produced. With a per-episode latent (whose
         actions given the latent the step leaves alone): the KL of the latent's
         distribution, ``|context' - context|^2 / (2 sigma^2)``."""
-        pre_inner = maml.batch_to_inner(rollouts.batches[0], rollouts.advs[0])
         adapted = {k: v.detach() for k, v in rollouts.adapted.items()}
         with torch.no_grad():
             if rollouts.batches[0].latent is not None:
-                shift = adapted["context"] - self.params["context"].detach()
-                kl = shift.pow(2).sum(-1) / (2.0 * self.model.context_noise ** 2)
+                kl = latent_kl(self.model, self.params["context"].detach(), adapted["context"])
             else:
+                pre_inner = maml.batch_to_inner(rollouts.batches[0], rollouts.advs[0])
                 _, kl = torch.func.vmap(
                     lambda p, b: inner_loss(self.model, p, b, math.inf))(adapted, pre_inner)
         self.recent_adaptation_kl = (self.recent_adaptation_kl + [kl.max().item()])[-20:]
