@@ -37,24 +37,25 @@ from metarobot.training.evaluate import load_trained_policy
 from metarobot.training.trainer import MetaTrainer
 
 #: The pretraining: walk-cpu, direction observed, multi-task PPO (a negligible inner step).
-PRETRAIN_OVERRIDES = ["env_kwargs={observe_command: true}", "inner.lr=1e-6",
-                      "inner.first_order=true", "inner.meta_sgd=false", "meta_batch.episodes=4"]
-#: The observation's command dims (the last two with ``observe_command``).
-COMMAND_DIMS = 2
+PRETRAIN_OVERRIDES = ["inner.lr=1e-6", "inner.first_order=true", "inner.meta_sgd=false",
+                      "meta_batch.episodes=4"]
+#: The meta-training config for each command frame (its context: the command's size).
+CONFIGS = {"base": "walk-skill-cpu", "world": "walk-skill-world-cpu"}
 
 
 def pretrain(run_dir: Path, iterations: int, seed: int, workers: int,
-             overrides: tuple[str, ...] = ()) -> Path:
-    """Train (or continue) the direction-observing walker to ``iterations`` (``overrides``:
-    more ``key=value`` settings of a new run)."""
+             command_frame: str = "base", overrides: tuple[str, ...] = ()) -> Path:
+    """Train (or continue) the direction-observing walker to ``iterations``, its command
+    in ``command_frame`` (:class:`sim_envs.walk.WalkEnv`; ``overrides``: more
+    ``key=value`` settings of a new run)."""
     if (run_dir / CHECKPOINT_NAME).exists():
         if load_run(run_dir).iteration >= iterations:
             return run_dir
         MetaTrainer.resume(run_dir, progress=False, iterations=iterations).train()
         return run_dir
     cfg = api.resolve_config("walk-cpu", overrides=PRETRAIN_OVERRIDES + [
-        f"seed={seed}", f"iterations={iterations}", f"sampler.num_workers={workers}",
-        *overrides])
+        f"env_kwargs={{observe_command: true, command_frame: {command_frame}}}",
+        f"seed={seed}", f"iterations={iterations}", f"sampler.num_workers={workers}", *overrides])
     MetaTrainer(cfg, run_dir, progress=False).train()
     return run_dir
 
@@ -67,9 +68,10 @@ def warm_start(prior_dir: Path, config: str, run_dir: Path, seed: int, workers: 
                                                 f"sampler.num_workers={workers}"])
     trainer = MetaTrainer(cfg, run_dir, progress=False)
     obs_dim = trainer.obs_dim
-    if prior.model.obs_dim != obs_dim + COMMAND_DIMS or cfg.policy.context_dim != COMMAND_DIMS:
-        raise SystemExit(f"{config} needs policy.context_dim {COMMAND_DIMS} and the walk "
-                         f"observation ({obs_dim}) without the command")
+    command_dims = prior.model.obs_dim - obs_dim  # the command: the observation's last
+    if command_dims < 1 or cfg.policy.context_dim != command_dims:
+        raise SystemExit(f"{config} needs policy.context_dim {command_dims} (the prior's "
+                         f"command) and the walk observation ({obs_dim}) without the command")
     if set(trainer.params) - {"context"} != set(prior.params):
         raise SystemExit(f"{config}'s policy does not have the pretrained policy's layers")
     norm = prior_state.normalizer
@@ -95,8 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default="walk-skill-cpu",
-                   help="the meta-training config (a 2-number latent context)")
+    p.add_argument("--command-frame", choices=sorted(CONFIGS), default="base",
+                   help="the pretraining's command (sim_envs.walk): 'base' turns with the "
+                        "robot (2 numbers), 'world' is the constant x velocity (1 number)")
+    p.add_argument("--config", default=None,
+                   help="the meta-training config, a latent context of the command's size "
+                        "(default: walk-skill-cpu for 'base', walk-skill-world-cpu for "
+                        "'world')")
     p.add_argument("--pretrain-iterations", type=int, default=40)
     p.add_argument("--runs-dir", type=Path, required=True,
                    help="pretraining in RUNS/walk-prior/seedS, the warm start in "
@@ -106,12 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.pretrain_iterations < 1:
         p.error("--pretrain-iterations must be >= 1")
     prior_dir = pretrain(args.runs_dir / "walk-prior" / f"seed{args.seed}",
-                         args.pretrain_iterations, args.seed, args.workers)
+                         args.pretrain_iterations, args.seed, args.workers, args.command_frame)
     run_dir = args.runs_dir / "walk" / f"seed{args.seed}"
     if (run_dir / CHECKPOINT_NAME).exists():
         print(f"{run_dir} already has a checkpoint: left alone", flush=True)
         return
-    warm_start(prior_dir, args.config, run_dir, args.seed, args.workers)
+    warm_start(prior_dir, args.config or CONFIGS[args.command_frame], run_dir, args.seed,
+               args.workers)
 
 
 if __name__ == "__main__":

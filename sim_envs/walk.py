@@ -24,10 +24,17 @@ hidden direction (half of 0.5 m/s x 4 s) without a fall.
 *test* when its payload is above 2.25 kg (the heaviest quarter, a robot the policy never
 carried in training); every other task is *train*. Both headings occur in both splits.
 
-``observe_command=True`` appends the direction as a velocity command (0.5 m/s along the
-heading, in the yaw-aligned base frame: 2 values); the family is then an ordinary
-multi-task problem (used by ``bench/gait_learnability.py`` to check that walking is
-learnable at all).
+``observe_command=True`` appends the direction as a velocity command; the family is then an
+ordinary multi-task problem (used by ``bench/gait_learnability.py`` to check that walking is
+learnable at all). ``command_frame`` says how it is shown:
+
+* ``"base"`` (default): 0.5 m/s along the heading in the yaw-aligned base frame, 2 values.
+  It turns as the robot turns, so a walker may go backward by turning around until the
+  command points ahead, and it does (``bench/results/meta_skill/walk/notes.md``).
+* ``"world"``: the commanded velocity along the world x axis (+0.5 or -0.5 m/s), 1 value,
+  constant over the episode. A walker told it must walk the way the command says without
+  knowing its yaw: the gait a constant latent input can select
+  (``bench/walk_skill_prior.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ HEADINGS = (0.0, math.pi)
 WALK_SPEED = 0.5
 #: Distance (m) along the heading that counts as success: half of WALK_SPEED x 4 s.
 SUCCESS_DISTANCE = 0.5 * WALK_SPEED * 4.0
+#: How observe_command shows the direction (see the module docstring).
+COMMAND_FRAMES = ("base", "world")
 #: Control cost per unit of squared action.
 CONTROL_COST = 0.005
 FRICTION_RANGE = (0.5, 1.25)
@@ -112,17 +121,24 @@ class WalkEnv(LeggedEnv):
         task: initial task (default: the first train task of seed 0).
         render_mode: ``None`` or ``"rgb_array"``.
         gait_generator: add the action to a trot in place (:mod:`sim_envs.legged`).
-        observe_command: append the direction as a velocity command (2 values).
+        observe_command: append the direction as a velocity command.
+        command_frame: ``"base"`` (2 values, turning with the robot) or ``"world"`` (the
+            world-x velocity, 1 value, constant); see the module docstring.
     """
 
     family_type = WalkFamily
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
-                 gait_generator: bool = False, observe_command: bool = False) -> None:
+                 gait_generator: bool = False, observe_command: bool = False,
+                 command_frame: str = "base") -> None:
         if not isinstance(observe_command, bool):
             raise ValueError(f"observe_command must be a bool, got {observe_command!r}")
+        if command_frame not in COMMAND_FRAMES:
+            raise ValueError(f"command_frame must be one of {COMMAND_FRAMES}, "
+                             f"got {command_frame!r}")
         self.observe_command = observe_command
-        self.task_obs_size = 2 if observe_command else 0
+        self.command_frame = command_frame
+        self.task_obs_size = 0 if not observe_command else 2 if command_frame == "base" else 1
         super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
 
     def dynamics_of(self, task: Task) -> Dynamics:
@@ -134,6 +150,8 @@ class WalkEnv(LeggedEnv):
     def _task_observation(self) -> list[np.ndarray]:
         if not self.observe_command:
             return []
+        if self.command_frame == "world":
+            return [np.array([WALK_SPEED * self._direction[0]])]
         c, s = math.cos(self.yaw), math.sin(self.yaw)
         dx, dy = WALK_SPEED * self._direction
         return [np.array([c * dx + s * dy, -s * dx + c * dy])]

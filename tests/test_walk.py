@@ -168,3 +168,22 @@ def test_observe_command_shows_the_direction():
         env.close()
     with pytest.raises(ValueError, match="observe_command"):
         WalkEnv(observe_command="yes")
+    with pytest.raises(ValueError, match="command_frame"):
+        WalkEnv(observe_command=True, command_frame="body")
+
+
+@pytest.mark.parametrize("frame, size", [("base", 2), ("world", 1)])
+def test_a_world_frame_command_is_the_x_velocity_and_does_not_turn_with_the_robot(frame, size):
+    env = WalkEnv(task=WalkFamily().make_task(dataclasses.replace(BASE, heading=math.pi)),
+                  observe_command=True, command_frame=frame)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == env.observation_space.shape == (45 + size,)
+        assert obs[45] == pytest.approx(-0.5, abs=1e-6)  # facing +x: -0.5 m/s either way
+        # Turn the robot around: a base-frame command now points ahead, a world one not.
+        env.client.resetBasePositionAndOrientation(env.robot.body_id, list(env._pos),
+                                                   [0.0, 0.0, 1.0, 0.0])
+        env._read_state()
+        assert env._observe()[45] == pytest.approx(0.5 if frame == "base" else -0.5, abs=1e-6)
+    finally:
+        env.close()
