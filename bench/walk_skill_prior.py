@@ -41,6 +41,8 @@ PRETRAIN_OVERRIDES = ["inner.lr=1e-6", "inner.first_order=true", "inner.meta_sgd
                       "meta_batch.episodes=4"]
 #: The meta-training config for each command frame (its context: the command's size).
 CONFIGS = {"base": "walk-skill-cpu", "world": "walk-skill-world-cpu"}
+#: The first layer's parameters (its inputs: normalised observation, then the context).
+FIRST_WEIGHT, FIRST_BIAS = "mean_net.0.weight", "mean_net.0.bias"
 
 
 def pretrain(run_dir: Path, iterations: int, seed: int, workers: int,
@@ -61,14 +63,22 @@ def pretrain(run_dir: Path, iterations: int, seed: int, workers: int,
 
 
 def warm_start(prior_dir: Path, config: str, run_dir: Path, seed: int, workers: int) -> Path:
-    """Write iteration 0 of a ``config`` run initialised from the pretrained walker."""
+    """Write iteration 0 of a ``config`` run initialised from the pretrained walker.
+
+    The context takes the command's place in the first layer. With
+    ``policy.rotate_context`` (a base-frame prior, the run's observation ending in the yaw)
+    the context is the command in the world frame, raw (m/s): the prior's normalisation
+    of the command is folded into the first layer, whose yaw columns start at 0, so the
+    policy given yaw ``psi`` and context ``w`` is the prior told ``R(psi)^T w``.
+    """
     prior = load_trained_policy(prior_dir)
     prior_state = load_run(prior_dir)
     cfg = api.resolve_config(config, overrides=[f"seed={seed}",
                                                 f"sampler.num_workers={workers}"])
     trainer = MetaTrainer(cfg, run_dir, progress=False)
-    obs_dim = trainer.obs_dim
-    command_dims = prior.model.obs_dim - obs_dim  # the command: the observation's last
+    obs_dim, rotate = trainer.obs_dim, cfg.policy.rotate_context
+    proprio = obs_dim - 2 if rotate else obs_dim  # a rotated context's yaw: the last two
+    command_dims = prior.model.obs_dim - proprio  # the prior's command: its last
     if command_dims < 1 or cfg.policy.context_dim != command_dims:
         raise SystemExit(f"{config} needs policy.context_dim {command_dims} (the prior's "
                          f"command) and the walk observation ({obs_dim}) without the command")
@@ -76,19 +86,31 @@ def warm_start(prior_dir: Path, config: str, run_dir: Path, seed: int, workers: 
         raise SystemExit(f"{config}'s policy does not have the pretrained policy's layers")
     norm = prior_state.normalizer
     mean, var = norm["mean"].double(), norm["var"].double()
+    command_mean, command_std = mean[proprio:], torch.sqrt(var[proprio:] + 1e-8)
     with torch.no_grad():
         for name, value in prior.params.items():
-            trainer.params[name].copy_(value)  # first layer: obs columns, then command's
-        zero_command = (-mean[obs_dim:] / torch.sqrt(var[obs_dim:] + 1e-8)).clamp(-OBS_CLIP,
-                                                                                   OBS_CLIP)
-        trainer.params["context"].copy_(zero_command.float())
-    trainer.normalizer.load_state_dict({"mean": mean[:obs_dim], "var": var[:obs_dim],
-                                        "count": norm["count"]})
-    trainer.model.set_normalizer(mean[:obs_dim].float(), var[:obs_dim].float())
+            if not (rotate and name in (FIRST_WEIGHT, FIRST_BIAS)):
+                trainer.params[name].copy_(value)  # first layer: obs columns, then command's
+        if rotate:
+            weight, bias = prior.params[FIRST_WEIGHT].double(), prior.params[FIRST_BIAS]
+            command_weight = weight[:, proprio:] / command_std
+            trainer.params[FIRST_WEIGHT].copy_(torch.cat(
+                [weight[:, :proprio], torch.zeros(len(weight), 2, dtype=torch.float64),
+                 command_weight], 1).float())
+            trainer.params[FIRST_BIAS].copy_(bias - (command_weight @ command_mean).float())
+            context = torch.zeros(2, dtype=torch.float64)  # the zero command
+            mean = torch.cat([mean[:proprio], torch.zeros(2, dtype=torch.float64)])
+            var = torch.cat([var[:proprio], torch.ones(2, dtype=torch.float64)])
+        else:  # the zero command, normalised
+            context = (-command_mean / command_std).clamp(-OBS_CLIP, OBS_CLIP)
+            mean, var = mean[:obs_dim], var[:obs_dim]
+        trainer.params["context"].copy_(context.float())
+    trainer.normalizer.load_state_dict({"mean": mean, "var": var, "count": norm["count"]})
+    trainer.model.set_normalizer(mean.float(), var.float())
     trainer.env_steps = prior_state.algo_state.env_steps
     path = trainer.save()
     trainer.close()
-    print(f"warm start: {path} (context {zero_command.tolist()}, "
+    print(f"warm start: {path} (context {context.tolist()}, "
           f"{trainer.env_steps} env steps of pretraining)", flush=True)
     return path
 

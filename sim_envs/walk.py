@@ -33,8 +33,12 @@ learnable at all). ``command_frame`` says how it is shown:
   command points ahead, and it does (``bench/results/meta_skill/walk/notes.md``).
 * ``"world"``: the commanded velocity along the world x axis (+0.5 or -0.5 m/s), 1 value,
   constant over the episode. A walker told it must walk the way the command says without
-  knowing its yaw: the gait a constant latent input can select
-  (``bench/walk_skill_prior.py``).
+  knowing its yaw.
+
+``observe_yaw=True`` appends ``cos(yaw), sin(yaw)`` of the base (2 values, after the command
+and before the gait phase; the robot starts at yaw 0), as an IMU's heading gives it: with
+it a policy can read a world-frame context in its base frame (``policy.rotate_context``,
+``bench/walk_skill_prior.py``).
 """
 
 from __future__ import annotations
@@ -124,21 +128,25 @@ class WalkEnv(LeggedEnv):
         observe_command: append the direction as a velocity command.
         command_frame: ``"base"`` (2 values, turning with the robot) or ``"world"`` (the
             world-x velocity, 1 value, constant); see the module docstring.
+        observe_yaw: append ``cos(yaw), sin(yaw)`` of the base (2 values, last).
     """
 
     family_type = WalkFamily
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  gait_generator: bool = False, observe_command: bool = False,
-                 command_frame: str = "base") -> None:
-        if not isinstance(observe_command, bool):
-            raise ValueError(f"observe_command must be a bool, got {observe_command!r}")
+                 command_frame: str = "base", observe_yaw: bool = False) -> None:
+        for name, flag in (("observe_command", observe_command), ("observe_yaw", observe_yaw)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
         if command_frame not in COMMAND_FRAMES:
             raise ValueError(f"command_frame must be one of {COMMAND_FRAMES}, "
                              f"got {command_frame!r}")
         self.observe_command = observe_command
         self.command_frame = command_frame
-        self.task_obs_size = 0 if not observe_command else 2 if command_frame == "base" else 1
+        self.observe_yaw = observe_yaw
+        command_size = 0 if not observe_command else 2 if command_frame == "base" else 1
+        self.task_obs_size = command_size + (2 if observe_yaw else 0)
         super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
 
     def dynamics_of(self, task: Task) -> Dynamics:
@@ -148,13 +156,15 @@ class WalkEnv(LeggedEnv):
                         motor_strength=p.motor_strength)
 
     def _task_observation(self) -> list[np.ndarray]:
-        if not self.observe_command:
-            return []
-        if self.command_frame == "world":
-            return [np.array([WALK_SPEED * self._direction[0]])]
-        c, s = math.cos(self.yaw), math.sin(self.yaw)
-        dx, dy = WALK_SPEED * self._direction
-        return [np.array([c * dx + s * dy, -s * dx + c * dy])]
+        parts, c, s = [], math.cos(self.yaw), math.sin(self.yaw)
+        if self.observe_command and self.command_frame == "world":
+            parts.append(np.array([WALK_SPEED * self._direction[0]]))
+        elif self.observe_command:
+            dx, dy = WALK_SPEED * self._direction
+            parts.append(np.array([c * dx + s * dy, -s * dx + c * dy]))
+        if self.observe_yaw:
+            parts.append(np.array([c, s]))
+        return parts
 
     def _reward(self, action: np.ndarray, fell: bool) -> tuple[float, bool, dict[str, Any]]:
         velocity = float(self._lin[0] * self._direction[0] + self._lin[1] * self._direction[1])

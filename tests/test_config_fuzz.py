@@ -59,6 +59,7 @@ SPEC: dict[str, tuple[str, object]] = {
     "policy.init_log_std": _float(lambda v: -5 <= v <= 2),
     "policy.context_dim": _int(0),
     "policy.context_noise": _float(lambda v: 0 <= v < INF),  # > 0: see below
+    "policy.rotate_context": ("bool", None),  # true: with policy.context_dim 2
     "policy.dynamics_hidden": ("widths", None),  # not empty: with inner.loss dynamics
     "policy.reward_norm": ("bool", None),  # true: with policy.kind gru
     "meta_batch.tasks": _int(1),
@@ -179,6 +180,8 @@ def test_one_key_is_accepted_exactly_when_allowed_and_errors_name_it(key, value)
         allowed = False  # the dynamics loss and its model need each other and a context
     if key == "policy.context_noise" and allowed and converted != 0:
         allowed = False  # a per-episode latent needs a context, and base() has none
+    if key == "policy.rotate_context" and value is True:
+        allowed = False  # a world-frame context needs a 2-number context, and base() has none
     if key == "outer.minibatches" and allowed and converted != 1:
         allowed = False  # minibatches are RL2's, and base() is PPO-MAML
     if key == "meta_batch.balance" and allowed and value:

@@ -187,3 +187,20 @@ def test_a_world_frame_command_is_the_x_velocity_and_does_not_turn_with_the_robo
         assert env._observe()[45] == pytest.approx(0.5 if frame == "base" else -0.5, abs=1e-6)
     finally:
         env.close()
+
+
+def test_observe_yaw_shows_the_heading_of_the_base():
+    env = WalkEnv(task=WalkFamily().make_task(BASE), observe_command=True, observe_yaw=True)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == env.observation_space.shape == (49,)
+        assert np.allclose(obs[47:], [math.cos(env.yaw), math.sin(env.yaw)], atol=1e-6)
+        assert obs[47] == pytest.approx(1.0, abs=1e-3)  # it starts facing +x
+        env.client.resetBasePositionAndOrientation(
+            env.robot.body_id, list(env._pos), [0.0, 0.0, math.sin(0.5), math.cos(0.5)])
+        env._read_state()  # turned by 1 rad about z
+        assert np.allclose(env._observe()[47:], [math.cos(1.0), math.sin(1.0)], atol=1e-6)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="observe_yaw"):
+        WalkEnv(observe_yaw=1)

@@ -32,3 +32,23 @@ def test_the_warm_start_is_the_pretrained_walker_with_the_command_as_context(tmp
     zero = torch.zeros(1, prior.model.obs_dim)
     torch.testing.assert_close(meta.params["context"],
                                prior.model.normalize(zero)[0, meta.model.obs_dim:])
+
+
+def test_a_world_frame_context_is_the_base_frame_command_rotated_by_the_yaw(tmp_path):
+    prior_dir = pretrain(tmp_path / "prior", 1, 0, 0, "base", TINY)
+    warm_start(prior_dir, "walk-skill-yaw-cpu", tmp_path / "run", 0, 0)
+    prior, meta = load_trained_policy(prior_dir), load_trained_policy(tmp_path / "run")
+    assert meta.model.rotate_context
+    gen = torch.Generator().manual_seed(0)
+    proprio = torch.randn(6, meta.model.obs_dim - 2, generator=gen)
+    yaw = torch.rand(6, generator=gen) * 6.0 - 3.0
+    world = torch.randn(6, 2, generator=gen) * 0.5  # a command in the world frame, m/s
+    base = torch.stack([torch.cos(yaw) * world[:, 0] + torch.sin(yaw) * world[:, 1],
+                        torch.cos(yaw) * world[:, 1] - torch.sin(yaw) * world[:, 0]], 1)
+    with torch.no_grad():
+        want, _ = policy_forward(prior.model, prior.params, torch.cat([proprio, base], 1))
+        got, _ = policy_forward(
+            meta.model, {**meta.params, "context": world},
+            torch.cat([proprio, torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]], 1))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(meta.params["context"], torch.zeros(2))  # the zero command

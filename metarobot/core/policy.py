@@ -45,6 +45,12 @@ class GaussianMLPPolicy(nn.Module):
     toward the latents of the episodes that paid (:func:`latent_log_prob`,
     :func:`metarobot.algos.maml.latent_loss`).
 
+    With ``rotate_context`` the context is a planar vector in the world frame (C = 2, e.g.
+    a velocity command) and the first layer reads it in the robot's yaw-aligned base
+    frame, ``R(yaw)^T context``, with ``cos(yaw), sin(yaw)`` the observation's last two
+    values (raw). A constant context then asks for the same world direction however the
+    robot turns, as a base-frame command that turns with the robot does.
+
     With ``dynamics_hidden`` (needs a context) it also holds a small dynamics model
     ``dyn``: a tanh MLP ``(normalised obs, action, context) -> normalised next obs -
     normalised obs`` (:func:`dynamics_forward`), the model of the self-supervised inner
@@ -59,14 +65,21 @@ class GaussianMLPPolicy(nn.Module):
         context_dim: size C of the adaptable context input (0: none).
         dynamics_hidden: hidden widths of the dynamics model (empty: no model).
         context_noise: std sigma of the per-episode latent around the context (0: none).
+        rotate_context: read the 2-number context rotated into the base frame by the yaw
+            of the observation's last two values ``cos(yaw), sin(yaw)``.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64),
                  init_log_std: float = 0.0, context_dim: int = 0,
-                 dynamics_hidden: Sequence[int] = (), context_noise: float = 0.0) -> None:
+                 dynamics_hidden: Sequence[int] = (), context_noise: float = 0.0,
+                 rotate_context: bool = False) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(hidden)
         self.context_dim = int(context_dim)
+        if rotate_context and (self.context_dim != 2 or self.obs_dim < 2 or dynamics_hidden):
+            raise ValueError("rotate_context needs a 2-number context, an observation ending "
+                             "in cos(yaw), sin(yaw), and no dynamics model")
+        self.rotate_context = bool(rotate_context)
         if not (math.isfinite(context_noise) and context_noise >= 0):
             raise ValueError(f"context_noise must be a finite number >= 0, got {context_noise}")
         if context_noise and not self.context_dim:
@@ -114,7 +127,11 @@ class GaussianMLPPolicy(nn.Module):
             return x
         if context is None:
             raise ValueError("this policy has a context input: pass its 'context' parameter")
-        return torch.cat([x, context.expand(*x.shape[:-1], self.context_dim)], -1)
+        context = context.expand(*x.shape[:-1], self.context_dim)
+        if self.rotate_context:  # world frame -> yaw-aligned base frame: R(yaw)^T context
+            cos, sin, cx, cy = obs[..., -2], obs[..., -1], context[..., 0], context[..., 1]
+            context = torch.stack([cos * cx + sin * cy, cos * cy - sin * cx], -1)
+        return torch.cat([x, context], -1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(mean [..., A], log_std [..., A])`` for raw observations ``[..., O]``."""

@@ -271,15 +271,17 @@ def _sub_params(params: Params, prefix: str) -> Params:
 
 def make_policy(kind: str, obs_dim: int, act_dim: int, hidden: Sequence[int],
                 init_log_std: float, context_dim: int = 0, dynamics_hidden: Sequence[int] = (),
-                context_noise: float = 0.0) -> GaussianMLPPolicy | GaussianGRUPolicy:
+                context_noise: float = 0.0, rotate_context: bool = False,
+                ) -> GaussianMLPPolicy | GaussianGRUPolicy:
     """The policy of ``policy.kind``: an MLP (gradient meta-learners) or a GRU (RL2)."""
     if kind == "mlp":
         return GaussianMLPPolicy(obs_dim, act_dim, hidden, init_log_std, context_dim,
-                                 dynamics_hidden, context_noise)
+                                 dynamics_hidden, context_noise, rotate_context)
     if kind == "gru":
-        if context_dim or dynamics_hidden or context_noise:
+        if context_dim or dynamics_hidden or context_noise or rotate_context:
             raise ValueError("a GRU policy has no context input or dynamics model "
                              "(policy.context_dim and context_noise must be 0, "
+                             "rotate_context false, "
                              "policy.dynamics_hidden empty)")
         return GaussianGRUPolicy(obs_dim, act_dim, hidden, init_log_std)
     raise ValueError(f"unknown policy kind {kind!r}; one of {list(POLICY_KINDS)}")

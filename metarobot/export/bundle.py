@@ -296,6 +296,9 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
         raise ValueError("a policy with a per-episode latent (policy.context_noise > 0) "
                          "cannot be exported yet: the device runtime neither draws the "
                          "latent nor takes the latent's adaptation step")
+    if model.rotate_context:
+        raise ValueError("a policy with a world-frame context (policy.rotate_context) cannot "
+                         "be exported yet: the exported graph does not rotate its context")
     names = [n for n, _ in model.named_parameters()]
     if list(params) != names:
         raise ValueError(f"params must have the model's parameter names in order {names}, "

@@ -58,6 +58,10 @@ class PolicyConfig:
     #: paid). 0: none. Needs ``context_dim`` >= 1 and ``outer.algo: ppo``; trainer-only
     #: for now (such a policy is not exported).
     context_noise: float = 0.0
+    #: The context is a world-frame planar vector read in the base frame, rotated by the
+    #: yaw of the observation's last two values (``cos, sin``; walk's ``observe_yaw``).
+    #: Needs ``context_dim: 2``, ``kind: mlp``; trainer-only for now (not exported).
+    rotate_context: bool = False
     #: Hidden widths of the dynamics model of ``inner.loss: dynamics`` (empty: none).
     dynamics_hidden: list[int] = field(default_factory=list)
     #: RL2 only: the GRU's reward input is standardised by a running mean and variance of
@@ -242,6 +246,10 @@ class TrainConfig:
              "a finite number >= 0; above 0 only with policy.context_dim >= 1, "
              "outer.algo: ppo and an inner loss other than 'dynamics' (the per-episode "
              "latent is the context's exploration)"),
+            ("policy.rotate_context", p.rotate_context, not p.rotate_context or (
+                p.context_dim == 2 and p.kind == "mlp" and not p.dynamics_hidden),
+             "false unless policy.context_dim is 2 with policy.kind: mlp and no "
+             "policy.dynamics_hidden (a planar world-frame context)"),
             ("policy.kind", p.kind, p.kind in POLICY_KINDS and (p.kind == "gru") == rl2,
              f"one of {list(POLICY_KINDS)}: 'gru' exactly when outer.algo is 'rl2' (RL2 needs "
              "the recurrent policy; the gradient meta-learners adapt the MLP)"),

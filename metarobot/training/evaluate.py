@@ -57,7 +57,7 @@ def load_trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPoli
     model = make_policy(config.policy.kind, state.model.obs_dim, state.model.act_dim,
                         config.policy.hidden, config.policy.init_log_std,
                         config.policy.context_dim, config.policy.dynamics_hidden,
-                        config.policy.context_noise).to(device)
+                        config.policy.context_noise, config.policy.rotate_context).to(device)
     norm = state.normalizer
     model.set_normalizer(norm["mean"].float().to(device), norm["var"].float().to(device))
     reward_norm = state.algo_state.reward_normalizer

@@ -225,7 +225,8 @@ class MetaTrainer:
         self.model: GaussianMLPPolicy | GaussianGRUPolicy = make_policy(
             config.policy.kind, self.obs_dim, self.act_dim, config.policy.hidden,
             config.policy.init_log_std, config.policy.context_dim,
-            config.policy.dynamics_hidden, config.policy.context_noise).to(self.device)
+            config.policy.dynamics_hidden, config.policy.context_noise,
+            config.policy.rotate_context).to(self.device)
         self.params: Params = self.model.init_params()  # leaves, on the model's device
         # Meta-SGD: one learned rate per adapted parameter (all, or the context alone).
         self.meta_sgd_lr: Params | None = (
