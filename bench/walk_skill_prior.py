@@ -6,21 +6,26 @@ and a latent input learned from scratch never came to steer the gait
 (``bench/results/meta_latent/walk/notes.md``). Here the latent steers it from the start:
 
 1. **Pretrain** (training tasks only): the ordinary trainer on walk with the direction
-   observed (``env_kwargs: {observe_command: true}``: the command's 2 numbers are the last
-   of the observation), as multi-task PPO (an inner step of rate 1e-6, first order).
-2. **Warm start** a run of ``--config`` (a 2-number context with ``policy.context_noise``):
-   the pretrained policy whose first layer reads the context where it read the normalised
-   command, the context set to the normalised zero command (neither direction), the
-   observation normaliser's first O dims copied. It is saved as iteration 0 of
-   ``RUNS/walk/seedS`` and counts the pretraining's env steps as its own.
+   observed (``env_kwargs: {observe_command: true, command_frame: F}``: the command is the
+   last of the observation), as multi-task PPO (an inner step of rate 1e-6, first order).
+   In the base frame (default) the command turns with the robot, and the walker goes
+   backward by turning around until it points ahead (``bench/walk_prior_probe.py``).
+2. **Warm start** a run of ``--config`` (a context with ``policy.context_noise``): the
+   pretrained policy whose first layer reads the context where it read the command, the
+   context set to the zero command (neither direction), the observation normaliser copied.
+   The default, ``walk-skill-yaw-cpu``, observes the yaw and reads a world-frame context
+   rotated into the base frame (``policy.rotate_context``): a constant context is then a
+   command the walker can turn toward. ``walk-skill-cpu`` (the context replaces the
+   base-frame command, held constant) and ``walk-skill-world-cpu`` (a world-frame prior)
+   are the earlier variants. The run is saved as iteration 0 of ``RUNS/walk/seedS`` and
+   counts the pretraining's env steps as its own.
 3. ``python -m bench.results --family walk --config CONFIG --seeds S --stages 0 10 40
    --no-baselines --eval-tasks 20 --runs-dir RUNS --out OUT`` evaluates it before any
    meta-training (stage 0) and continues it like any run. At test time the direction is
    hidden: the adaptation step sees rewards only.
 
-Usage: ``python -m bench.walk_skill_prior --seed 0 --runs-dir RUNS --pretrain-iterations
-60`` (the measured runs' setting; resumable: a
-finished pretraining is reused, an existing warm start is left alone).
+Usage: ``python -m bench.walk_skill_prior --seed 0 --runs-dir RUNS`` (resumable: a finished
+pretraining is reused, an existing warm start is left alone).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from metarobot.training.trainer import MetaTrainer
 PRETRAIN_OVERRIDES = ["inner.lr=1e-6", "inner.first_order=true", "inner.meta_sgd=false",
                       "meta_batch.episodes=4"]
 #: The meta-training config for each command frame (its context: the command's size).
-CONFIGS = {"base": "walk-skill-cpu", "world": "walk-skill-world-cpu"}
+CONFIGS = {"base": "walk-skill-yaw-cpu", "world": "walk-skill-world-cpu"}
 #: The first layer's parameters (its inputs: normalised observation, then the context).
 FIRST_WEIGHT, FIRST_BIAS = "mean_net.0.weight", "mean_net.0.bias"
 
@@ -123,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="the pretraining's command (sim_envs.walk): 'base' turns with the "
                         "robot (2 numbers), 'world' is the constant x velocity (1 number)")
     p.add_argument("--config", default=None,
-                   help="the meta-training config, a latent context of the command's size "
-                        "(default: walk-skill-cpu for 'base', walk-skill-world-cpu for "
+                   help="the meta-training config, a latent context of the command "
+                        "(default: walk-skill-yaw-cpu for 'base', walk-skill-world-cpu for "
                         "'world')")
-    p.add_argument("--pretrain-iterations", type=int, default=40)
+    p.add_argument("--pretrain-iterations", type=int, default=60,
+                   help="pretraining iterations (60: the measured runs')")
     p.add_argument("--runs-dir", type=Path, required=True,
                    help="pretraining in RUNS/walk-prior/seedS, the warm start in "
                         "RUNS/walk/seedS (bench.results' layout)")
