@@ -59,6 +59,44 @@ def test_the_samplers_row_forward_uses_each_rows_context():
         torch.testing.assert_close(mean[row], want, atol=1e-6, rtol=0)
 
 
+def _with_yaw(proprio: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    return torch.cat([proprio, torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]], 1)
+
+
+def test_a_rotated_context_asks_for_one_world_direction_whatever_the_yaw():
+    torch.manual_seed(0)
+    model = GaussianMLPPolicy(6, 2, (16, 16), context_dim=2, rotate_context=True)
+    plain = GaussianMLPPolicy(6, 2, (16, 16), context_dim=2)
+    params = {k: v.detach() for k, v in model.init_params().items()}
+    params["mean_net.4.weight"] = torch.randn(2, 16)
+    params["mean_net.0.weight"][:, 4:6] = 0.0  # the yaw reaches the policy only via the context
+    proprio, yaw, turn = torch.randn(5, 4), torch.rand(5) * 6 - 3, 0.7
+    world = torch.tensor([0.5, -0.2])
+    mean, _ = policy_forward(model, dict(params, context=world), _with_yaw(proprio, yaw))
+    # Turning the robot and the command together changes nothing ...
+    c, s = np.cos(turn), np.sin(turn)
+    turned = torch.tensor([c * 0.5 + s * 0.2, s * 0.5 - c * 0.2], dtype=torch.float32)
+    again, _ = policy_forward(model, dict(params, context=turned), _with_yaw(proprio, yaw + turn))
+    torch.testing.assert_close(again, mean, atol=1e-5, rtol=0)
+    # ... turning the robot alone does; at yaw 0 it is the unrotated policy.
+    other, _ = policy_forward(model, dict(params, context=world), _with_yaw(proprio, yaw + turn))
+    assert not torch.allclose(other, mean, atol=1e-3)
+    zero = _with_yaw(proprio, torch.zeros(5))
+    torch.testing.assert_close(policy_forward(model, dict(params, context=world), zero)[0],
+                               policy_forward(plain, dict(params, context=world), zero)[0])
+    # The sampler's row forward rotates each row's own context by its own yaw.
+    stacked = {k: v.expand(3, *v.shape).clone() for k, v in params.items()}
+    stacked["context"] = torch.randn(3, 2)
+    obs, index = _with_yaw(torch.randn(7, 4), torch.rand(7) * 6 - 3), torch.tensor(
+        [0, 1, 2, 2, 1, 0, 1])
+    rows, _ = rows_policy_forward(model, stacked, obs, index)
+    for row, task in enumerate(index.tolist()):
+        want, _ = policy_forward(model, {k: v[task] for k, v in stacked.items()}, obs[row])
+        torch.testing.assert_close(rows[row], want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="rotate_context"):
+        GaussianMLPPolicy(6, 2, context_dim=3, rotate_context=True)
+
+
 def test_a_context_step_changes_only_the_context():
     model, params = _policy()
     rates = step_sizes("context", 2.0, params, None)
