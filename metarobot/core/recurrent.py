@@ -100,6 +100,7 @@ class GaussianGRUPolicy(nn.Module):
         self.input_dim = self.obs_dim + self.act_dim + 2
         self.context_dim = 0  # as GaussianMLPPolicy's attribute: no context input
         self.context_noise = 0.0  # nor a per-episode latent
+        self.rotate_context = False  # nor a world-frame context
         layers: list[nn.Module] = []
         width = self.input_dim
         for h in self.hidden[:-1]:
