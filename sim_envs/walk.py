@@ -128,7 +128,8 @@ class WalkEnv(LeggedEnv):
         observe_command: append the direction as a velocity command.
         command_frame: ``"base"`` (2 values, turning with the robot) or ``"world"`` (the
             world-x velocity, 1 value, constant); see the module docstring.
-        observe_yaw: append ``cos(yaw), sin(yaw)`` of the base (2 values, last).
+        observe_yaw: append ``cos(yaw), sin(yaw)`` of the base (2 values, after the
+            command and before the gait phase).
     """
 
     family_type = WalkFamily
@@ -156,6 +157,8 @@ class WalkEnv(LeggedEnv):
                         motor_strength=p.motor_strength)
 
     def _task_observation(self) -> list[np.ndarray]:
+        if not self.task_obs_size:
+            return []  # walk's default: no yaw to compute on every step
         parts, c, s = [], math.cos(self.yaw), math.sin(self.yaw)
         if self.observe_command and self.command_frame == "world":
             parts.append(np.array([WALK_SPEED * self._direction[0]]))
