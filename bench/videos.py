@@ -119,6 +119,8 @@ def main() -> None:
                "run": str(args.run), "iteration": policy.iteration, "task_seed": args.task_seed,
                "task": task.to_dict(),
                "adaptation_episodes": episodes, "machine": machine_info()}
+    if policy.meta_sgd_lr is not None and "context" in policy.meta_sgd_lr:
+        summary["context_step_sizes"] = policy.meta_sgd_lr["context"].tolist()
     fps = env.metadata.get("render_fps", 25) / args.every
     for label, params in (("before", policy.params), ("after", adapted)):
         frames, ret, info = record_episode(env, policy.model, params, args.task_seed,
@@ -131,6 +133,8 @@ def main() -> None:
                           "last_info": last_info}
         if "command" in info:  # locomotion: this episode's joystick command
             summary[label]["command"] = [float(c) for c in info["command"]]
+        if "context" in params:  # a context policy: the context this episode was given
+            summary[label]["context"] = params["context"].tolist()
         print(f"{label} adaptation: return {ret:.2f}, last info {last_info}")
     env.close()
     (args.out / f"{name}_videos.json").write_text(json.dumps(summary, indent=2))
