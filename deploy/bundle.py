@@ -68,6 +68,12 @@ RECURRENT_POLICY_OUTPUTS = ("action_mean", "log_std", "h_out")
 #: ``metadata["adaptation"]``: by inner gradient steps (adapt graphs) or by memory (RL2).
 ADAPTATION_KINDS = ("gradient", "memory")
 ADAPT_INPUTS = ("params", "obs", "act", "adv", "old_logp", "weight", "lr", "clip")
+#: The adapt graph's further inputs in a bundle whose policy draws a per-episode latent
+#: around its context (``inner.latent_std``): ``latent [E, C]``, ``latent_old_logp [E]``,
+#: ``latent_adv [E]``, ``episode [E, N]`` (:class:`metarobot.core.inner.EpisodeLatents`).
+LATENT_ADAPT_INPUTS = ("latent", "latent_old_logp", "latent_adv", "episode")
+#: The parameter that holds the policy's context (the latents' mean).
+CONTEXT_NAME = "context"
 ADAPT_OUTPUTS = ("new_params", "loss", "approx_kl")
 #: ``metadata["inner"]["loss"]``: the inner objectives an adapt graph can hold (the same
 #: as :data:`metarobot.core.inner.EXPORTABLE_INNER_LOSSES`).
@@ -262,6 +268,20 @@ class Bundle:
     @property
     def policy_file(self) -> Path:
         return self.path / self.spec.models.policy
+
+    @property
+    def context_slice(self) -> slice:
+        """Where the policy's context parameter lies in the flat parameters ``[P]``.
+
+        Raises:
+            BundleError: the policy has no context.
+        """
+        layout = self.layout
+        if CONTEXT_NAME not in layout.names:
+            raise BundleError(f"{self.path}: the policy has no {CONTEXT_NAME!r} parameter")
+        i = layout.names.index(CONTEXT_NAME)
+        size = int(np.prod(layout.shapes[i]))
+        return slice(layout.offsets[i], layout.offsets[i] + size)
 
 
 # ---------------------------------------------------------------- typed JSON checks
@@ -520,6 +540,10 @@ class InnerSpec:
         baseline: the advantages' baseline (``"linear_feature"``: the per-task linear
             feature baseline of :mod:`deploy.advantages`, as in training).
         normalize: advantages normalised per task (True in bundles that predate the key).
+        latent_std: the std sigma of the policy's per-episode latent around its context
+            (MAESN-style exploration), or None (absent): each episode acts with its
+            context parameter replaced by ``z ~ N(context, sigma^2 I)``, drawn at its
+            start, and the adapt graphs take :data:`LATENT_ADAPT_INPUTS`.
     """
 
     loss: str
@@ -530,17 +554,19 @@ class InnerSpec:
     lam: float
     baseline: str
     normalize: bool = True
+    latent_std: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"loss": self.loss,
                 "lr": self.lr.to_dict() if isinstance(self.lr, PerParameterLr) else self.lr,
                 "clip": self.clip, "steps": self.steps, "gamma": self.gamma, "lam": self.lam,
-                "baseline": self.baseline, "normalize": self.normalize}
+                "baseline": self.baseline, "normalize": self.normalize,
+                **({} if self.latent_std is None else {"latent_std": self.latent_std})}
 
     @staticmethod
     def from_dict(inner: Any) -> InnerSpec:
         """Parse and range-check; raises :class:`BundleError`."""
-        inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize",))
+        inner = _mapping(inner, "metadata 'inner'", _INNER_KEYS, ("normalize", "latent_std"))
         if inner["loss"] not in ADAPT_LOSSES:
             raise BundleError(f"inner loss must be one of {list(ADAPT_LOSSES)} (an adapt "
                               f"graph's), got {inner['loss']!r:.40}")
@@ -557,13 +583,23 @@ class InnerSpec:
         normalize = inner.get("normalize", True)
         if not isinstance(normalize, bool):
             raise BundleError(f"inner normalize must be a boolean, got {_kind(normalize)}")
+        latent_std = inner.get("latent_std")
+        if latent_std is not None:
+            latent_std = _number(latent_std, "inner latent_std", low=0.0, low_open=True)
+            if inner["loss"] != "lvc":
+                raise BundleError("inner latent_std (a per-episode latent) takes the 'lvc' "
+                                  f"inner loss, not {inner['loss']!r:.40}")
+            if not isinstance(lr, PerParameterLr):
+                raise BundleError("inner latent_std needs per-parameter learning rates "
+                                  "(the step adapts the context alone)")
         return InnerSpec(
             loss=inner["loss"], lr=lr,
             clip=_number(inner["clip"], "inner clip", low=0.0, low_open=True, finite=False),
             steps=_integer(inner["steps"], "inner steps", 1, MAX_UNROLLED_STEPS),
             gamma=_number(inner["gamma"], "inner gamma", low=0.0, high=1.0, low_open=True),
             lam=_number(inner["lam"], "inner lam", low=0.0, high=1.0),
-            baseline=_string(inner["baseline"], "inner baseline"), normalize=normalize)
+            baseline=_string(inner["baseline"], "inner baseline"), normalize=normalize,
+            latent_std=latent_std)
 
 
 @dataclass(frozen=True)
@@ -859,11 +895,17 @@ def check_graph_signatures(bundle: Bundle, policy: Any, adapt: Mapping[int, Any]
     if bundle.lr is None:
         return
     lr_shape = tuple(bundle.lr.shape)
+    latent = []
+    if bundle.inner.latent_std is not None:
+        c = bundle.context_slice.stop - bundle.context_slice.start
+        latent = [("latent", (None, c)), ("latent_old_logp", (None,)),
+                  ("latent_adv", (None,)), ("episode", (None, None))]
     for steps, session in adapt.items():
         path = bundle.adapt_files[steps]
         _expect(path, "inputs", _signature(session.get_inputs()),
                 [("params", (p,)), ("obs", (None, o)), ("act", (None, a)), ("adv", (None,)),
-                 ("old_logp", (None,)), ("weight", (None,)), ("lr", lr_shape), ("clip", ())])
+                 ("old_logp", (None,)), ("weight", (None,)), ("lr", lr_shape), ("clip", ()),
+                 *latent])
         _expect(path, "outputs", _signature(session.get_outputs()),
                 [("new_params", (p,)), ("loss", ()), ("approx_kl", ())])
 
@@ -1026,6 +1068,15 @@ def load_bundle(path: str | Path, *, family: str | None = None,
     bundle = Bundle(root, metadata, spec, layout, params, lr, clip,
                     *spec.observation_space.bounds(), *spec.action_space.bounds(),
                     {k: root / v for k, v in spec.models.adapt.items()})
+    if spec.inner is not None and spec.inner.latent_std is not None:
+        # The runtime's trust region measures the latent's KL alone: the step may move
+        # nothing but the context (the actions given their latent do not change).
+        assert lr is not None
+        context = bundle.context_slice
+        if np.any(np.delete(lr, np.arange(context.start, context.stop)) != 0):
+            raise BundleError(f"{root}: a bundle with a per-episode latent (inner "
+                              "latent_std) may adapt its context alone, but its learning "
+                              "rates are not 0 elsewhere")
     if check_models:
         policy = open_session(bundle.policy_file)
         adapt = {k: open_session(p) for k, p in bundle.adapt_files.items()}

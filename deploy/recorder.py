@@ -30,6 +30,10 @@ class Episode:
     logp: list[float] = field(default_factory=list)
     rew: list[float] = field(default_factory=list)
     refused: bool = False  # a transition was refused: the episode has a gap, drop it
+    #: the episode's latent ``[C]`` float32 and its log-density under the context that
+    #: drew it (a bundle with ``inner.latent_std``), else None and NaN.
+    latent: np.ndarray | None = None
+    latent_logp: float = float("nan")
 
     @property
     def total(self) -> float:
@@ -45,10 +49,14 @@ class Episode:
                         and np.isfinite(np.asarray(self.act)).all())
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Copies: ``{"obs": [T, O], "act": [T, A], "logp": [T], "rew": [T]}`` (float32)."""
-        return {"obs": np.array(self.obs), "act": np.array(self.act),
-                "logp": np.array(self.logp, dtype=np.float32),
-                "rew": np.array(self.rew, dtype=np.float32)}
+        """Copies: ``{"obs": [T, O], "act": [T, A], "logp": [T], "rew": [T]}`` (float32),
+        and ``"latent": [C]`` for an episode that acted on a latent."""
+        out = {"obs": np.array(self.obs), "act": np.array(self.act),
+               "logp": np.array(self.logp, dtype=np.float32),
+               "rew": np.array(self.rew, dtype=np.float32)}
+        if self.latent is not None:
+            out["latent"] = self.latent.copy()
+        return out
 
 
 class EpisodeRecorder:
@@ -142,6 +150,12 @@ class EpisodeRecorder:
         self._open = False
         return kept
 
+    def set_latent(self, latent: np.ndarray, logp: float) -> None:
+        """The current episode acts on ``latent`` ``[C]`` (drawn with log-density
+        ``logp``) from now on; its transitions so far, if any, are dropped (they acted on
+        another)."""
+        self._current = Episode(latent=latent, latent_logp=float(logp))
+
     def discard_current(self) -> None:
         """Drop the current episode's transitions so far (they came from parameters that
         are no longer in use); the episode itself goes on."""
@@ -169,7 +183,13 @@ def adaptation_data(episodes: list[Episode], obs_dim: int, act_dim: int,
     ``weight`` is 1 on every step, except with the ``"dynamics"`` inner loss: there it is
     the transition weight, 1 where the next row is the next step of the same episode and
     0 on each episode's last step (which has no recorded successor), as the trainer's
-    :func:`metarobot.core.inner.transition_weights`."""
+    :func:`metarobot.core.inner.transition_weights`.
+
+    With ``inner.latent_std`` (every episode then has a latent) also the latent adapt
+    graph's :data:`deploy.bundle.LATENT_ADAPT_INPUTS`: ``latent [E, C]``,
+    ``latent_old_logp [E]``, ``latent_adv [E]`` (each episode's return standardised over
+    the episodes, as :func:`metarobot.core.inner.standardized_returns`) and ``episode
+    [E, N]`` (1 where row n is a step of episode e)."""
     horizon = max(len(e.rew) for e in episodes)
     n_ep = len(episodes)
     obs = np.zeros((n_ep, horizon, obs_dim), dtype=np.float32)
@@ -188,5 +208,19 @@ def adaptation_data(episodes: list[Episode], obs_dim: int, act_dim: int,
         weight = (mask * np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1))[real]
     else:
         weight = np.ones(int(real.sum()), dtype=np.float32)
-    return {"obs": obs[real], "act": act[real], "adv": adv[real].astype(np.float32),
+    data = {"obs": obs[real], "act": act[real], "adv": adv[real].astype(np.float32),
             "old_logp": logp[real], "weight": weight.astype(np.float32)}
+    if inner.latent_std is not None:
+        if any(e.latent is None for e in episodes):
+            raise ValueError("a bundle with a per-episode latent adapts on episodes that "
+                             "each recorded their latent")
+        returns = np.array([e.total for e in episodes], dtype=np.float64)
+        latent_adv = (returns - returns.mean()) / (returns.std() + 1e-8)
+        # Episode e's rows are the real steps of row e of the padded [E, T] arrays.
+        rows = np.repeat(np.arange(n_ep), mask.sum(1).astype(np.int64))
+        data.update(latent=np.stack([e.latent for e in episodes]).astype(np.float32),
+                    latent_old_logp=np.array([e.latent_logp for e in episodes],
+                                             dtype=np.float32),
+                    latent_adv=latent_adv.astype(np.float32),
+                    episode=(rows[None] == np.arange(n_ep)[:, None]).astype(np.float32))
+    return data

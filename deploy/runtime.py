@@ -150,6 +150,13 @@ class AdaptivePolicy:
         self._version = 0  # bumped whenever the acting parameters change
         self._generation = 0  # bumped by reset_adaptation: stale adaptations are dropped
         self._recorder = EpisodeRecorder(max_episodes)
+        # A per-episode latent (inner.latent_std): the episode acts with its context
+        # replaced by z ~ N(context, sigma^2), drawn at its first act and again whenever
+        # the parameters change within it (its transitions so far are then dropped).
+        self._latent_std = bundle.inner.latent_std
+        self._context = bundle.context_slice if self._latent_std is not None else None
+        self._acting: np.ndarray = bundle.params  # parameters with the episode's latent
+        self._acting_version = -1  # the _version they were drawn for
         self._trial = UpdateTrial()
         self._executor: ThreadPoolExecutor | None = None
         self.rollbacks = 0  #: roll-backs: non-finite actions and updates that did worse
@@ -256,7 +263,7 @@ class AdaptivePolicy:
         """
         obs = check_observation(obs, self._obs_dim)
         with self._lock:
-            params = self._params
+            params = self._acting_params_locked(deterministic)
             self._recorder.open_episode()
         self._obs_buf[0] = obs
         mean, log_std = self._policy.run(None, {"obs": self._obs_buf, "params": params})
@@ -264,7 +271,7 @@ class AdaptivePolicy:
         for _ in range(2):
             if np.isfinite(mean).all() and np.isfinite(log_std).all():
                 break
-            params = self._roll_back("the policy produced a non-finite action")
+            params = self._roll_back("the policy produced a non-finite action", deterministic)
             mean, log_std = self._policy.run(None, {"obs": self._obs_buf, "params": params})
         else:
             if not (np.isfinite(mean).all() and np.isfinite(log_std).all()):
@@ -281,7 +288,27 @@ class AdaptivePolicy:
         self._recorder.remember(self._obs_buf[0].copy(), raw.copy(), action, logp)
         return action.copy()
 
-    def _roll_back(self, why: str) -> np.ndarray:
+    def _acting_params_locked(self, deterministic: bool) -> np.ndarray:
+        """The parameters the next action uses: those in use, or with a per-episode latent
+        those with the episode's latent as context (drawn at the episode's first act, or
+        when the parameters changed since; the context itself when that act is
+        ``deterministic``, as the trainer's deterministic episodes)."""
+        if self._context is None:
+            return self._params
+        if self._recorder.episode_open and self._acting_version == self._version:
+            return self._acting
+        assert self._latent_std is not None
+        context = self._params[self._context]
+        noise = 0.0 if deterministic else self._rng.standard_normal(context.shape)
+        latent = (context + self._latent_std * noise).astype(np.float32)
+        log_std = np.full(context.shape, math.log(self._latent_std))
+        self._recorder.set_latent(latent, float(gaussian_log_prob(context, log_std, latent)))
+        self._acting = self._params.copy()
+        self._acting[self._context] = latent
+        self._acting_version = self._version
+        return self._acting
+
+    def _roll_back(self, why: str, deterministic: bool) -> np.ndarray:
         with self._lock:
             self.rollbacks += 1
             self._params, self._last_good = self._last_good, self.bundle.params
@@ -289,7 +316,7 @@ class AdaptivePolicy:
             self._recorder.clear()
             self._recorder.discard_current()
             self._trial.cancel(f"{why}: rolled back")
-            params = self._params
+            params = self._acting_params_locked(deterministic)
         warnings.warn(f"{why}: rolled back to the last good parameters", RuntimeWarning,
                       stacklevel=3)
         return params
@@ -427,7 +454,7 @@ class AdaptivePolicy:
                                 episodes=len(episodes))
         counts = {"episodes": len(episodes), "transitions": int(data["obs"].shape[0]),
                   "loss": loss}
-        check = check_update(self.safety, params, new, loss, lambda p: self._kl(p, data))
+        check = check_update(self.safety, params, new, loss, lambda p: self._kl(params, p, data))
         values = {**counts, "kl": check.kl, "update_norm": check.update_norm,
                   "update_scale": check.update_scale, "backtracks": check.backtracks}
         if not check.accepted:
@@ -463,9 +490,18 @@ class AdaptivePolicy:
             loss = float(loss_out)
         return new, loss
 
-    def _kl(self, new: np.ndarray, data: Mapping[str, np.ndarray]) -> float:
+    def _kl(self, old: np.ndarray, new: np.ndarray, data: Mapping[str, np.ndarray]) -> float:
         """Approximate KL(pre-update || new) on the adaptation data, ``E[(r - 1) - log r]``
-        (``old_logp`` was recorded under the pre-update parameters: they acted)."""
+        (``old_logp`` was recorded under the pre-update parameters: they acted).
+
+        With a per-episode latent, the exact KL of the latent's distribution,
+        ``|context' - context|^2 / (2 sigma^2)`` (what training records): the step moves
+        the context alone (checked at load), so the actions given a latent do not change.
+        """
+        if self._context is not None:
+            assert self._latent_std is not None
+            shift = new[self._context].astype(np.float64) - old[self._context]
+            return float((shift * shift).sum() / (2.0 * self._latent_std ** 2))
         mean, log_std = self._policy.run(None, {"obs": data["obs"], "params": new})
         log_ratio = gaussian_log_prob(mean, log_std, data["act"]) - data["old_logp"]
         return approx_kl(log_ratio)

@@ -2,7 +2,7 @@
 
 Each episode's context input is ``z = context + sigma * eps``, drawn once at its start.
 The inner step moves the context toward the latents of the episodes that paid (the
-latent's own likelihood-ratio term, :func:`metarobot.algos.maml.latent_loss`); the
+latent's own likelihood-ratio term, :func:`metarobot.core.inner.latent_loss`); the
 actions' terms treat ``z`` as data.
 """
 
@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import vmap
 
+from deploy import AdaptivePolicy
 from metarobot import api
 from metarobot.algos import maml
 from metarobot.core.advantages import compute_advantages
@@ -193,7 +195,7 @@ def _reach_dims() -> tuple[int, int]:
         return sampler.obs_dim, sampler.act_dim
 
 
-def test_two_iterations_train_and_evaluate_and_the_export_refuses(tmp_path):
+def test_two_iterations_train_evaluate_export_and_run_on_the_device(tmp_path):
     cfg = api.resolve_config("reach-cpu", overrides=TINY)
     trainer = MetaTrainer(cfg, tmp_path / "run", progress=False)
     before = trainer.params["context"].detach().clone()
@@ -205,9 +207,12 @@ def test_two_iterations_train_and_evaluate_and_the_export_refuses(tmp_path):
     assert len(scalars) == 2 and all(math.isfinite(r["outer/latent_loss"]) for r in scalars)
     result = api.evaluate(tmp_path / "run", adapt_steps=1, num_tasks=2, episodes=2)
     assert result.returns.shape == (2, 2) and torch.isfinite(torch.as_tensor(result.returns)).all()
-    with pytest.raises(ValueError, match="per-episode latent"):
-        api.export(tmp_path / "run", tmp_path / "bundle")
-    assert not (tmp_path / "bundle").exists()
+    bundle = api.export(tmp_path / "run", tmp_path / "bundle", unrolled_steps=(1,))
+    policy = AdaptivePolicy.load(bundle, family="reach", seed=0)
+    assert policy.bundle.inner.latent_std == 0.5
+    np.testing.assert_allclose(policy.bundle.params[policy.bundle.context_slice],
+                               trainer.params["context"].detach().numpy(), rtol=1e-6)
+    policy.close()
 
 
 @pytest.mark.parametrize("overrides", [

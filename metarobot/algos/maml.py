@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -44,37 +43,37 @@ from torch.func import vmap
 
 from metarobot.core import inner
 from metarobot.core.batch import EpisodeBatch
-from metarobot.core.inner import INNER_LOSS_FUNCTIONS, INNER_LOSSES, InnerBatch, InnerLossName
+from metarobot.core.inner import (
+    INNER_LOSS_FUNCTIONS,
+    INNER_LOSSES,
+    EpisodeLatents,
+    InnerBatch,
+    InnerLossName,
+    latent_loss,
+)
 from metarobot.core.policy import (
     GaussianMLPPolicy,
     Params,
     gaussian_entropy,
     latent_kl,
-    latent_log_prob,
     log_prob,
     policy_forward,
     with_latent,
 )
 
 
-class EpisodeLatents(NamedTuple):
-    """The per-episode latents of a batch: ``value [M, E, C]``, their sampling
-    log-density ``old_logp [M, E]`` and advantage ``adv [M, E]`` (no grad)."""
-
-    value: Tensor
-    old_logp: Tensor
-    adv: Tensor
-
-
 def episode_latents(batch: EpisodeBatch) -> EpisodeLatents | None:
-    """The batch's latents with each episode's advantage: its return standardised over
-    the task's ``E`` episodes; None for a batch without latents."""
+    """The batch's latents stacked ``[M, ...]`` (:class:`~metarobot.core.inner.
+    EpisodeLatents`, rows those of :func:`batch_to_inner`), or None for a batch without
+    latents."""
     if batch.latent is None or batch.latent_logp is None:
         return None
-    returns = batch.episode_returns
-    adv = (returns - returns.mean(1, keepdim=True)) / (returns.std(1, keepdim=True,
-                                                                unbiased=False) + 1e-8)
-    return EpisodeLatents(batch.latent, batch.latent_logp, adv)
+    num_eps, horizon = batch.mask.shape[1:]
+    # [M, E, E*T]: episode e's rows are e*T .. (e+1)*T - 1, where real.
+    episode = torch.eye(num_eps, dtype=batch.mask.dtype, device=batch.mask.device)
+    episode = episode.repeat_interleave(horizon, 1) * batch.mask.flatten(1)[:, None]
+    return EpisodeLatents(batch.latent, batch.latent_logp,
+                          inner.standardized_returns(batch.episode_returns), episode)
 
 
 def latent_inputs(batch: EpisodeBatch) -> Tensor | None:
@@ -84,36 +83,6 @@ def latent_inputs(batch: EpisodeBatch) -> Tensor | None:
     if batch.latent is None:
         return None
     return batch.latent[:, :, None].expand(*batch.obs.shape[:-1], batch.latent.shape[-1])
-
-
-def latent_loss(model: GaussianMLPPolicy, context: Tensor, latents: EpisodeLatents,
-                clip: float | Tensor = math.inf, action_ratio: Tensor | None = None) -> Tensor:
-    """One task's clipped likelihood-ratio surrogate over its episodes' latents (scalar):
-    ``-mean_e min(r_e A_e, clip(r_e, 1 - c, 1 + c) A_e)``, ``r_e = N(z_e; context,
-    sigma^2) / old density``. At the sampling context its gradient is ``-mean_e A_e
-    (z_e - context) / sigma^2``: a step on it moves the context toward the latents of the
-    episodes that paid. ``latents`` of one task: ``[E, C]``, ``[E]``, ``[E]``.
-
-    ``action_ratio`` ``[E]`` (the inner step's): each episode's mean likelihood ratio of
-    its actions given its latent, 1 in value at the sampling parameters, multiplying
-    ``A_e``. Its gradient, the episode's mean score, is the term through which the outer
-    loop learns how theta's actions make the latents' returns differ, i.e. to explore
-    (ProMP's per-step ratio, in the latent's form; DiCE's would be the product over the
-    episode, whose variance grows with its length).
-    """
-    ratio = torch.exp(latent_log_prob(model, context, latents.value) - latents.old_logp)
-    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    adv = latents.adv if action_ratio is None else latents.adv * action_ratio
-    return -torch.minimum(ratio * adv, clipped * adv).mean()
-
-
-def episode_action_ratio(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
-                         horizon: int) -> Tensor:
-    """One task's mean likelihood ratio of each episode's real steps ``[E]`` (``params``
-    with the latent rows as context; ``batch`` of ``E * horizon`` rows)."""
-    ratio = torch.exp(log_prob(model, params, batch.obs, batch.act) - batch.old_logp)
-    weight = batch.weight.reshape(-1, horizon)
-    return (weight * ratio.reshape(-1, horizon)).sum(-1) / weight.sum(-1).clamp_min(1.0)
 
 
 def batch_to_inner(batch: EpisodeBatch, adv: Tensor) -> InnerBatch:
@@ -169,16 +138,11 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
     loss_function = INNER_LOSS_FUNCTIONS[inner_loss]
 
     def task_step(p: Params, batch: InnerBatch, horizon: int, latents: EpisodeLatents | None,
-                  rows: Tensor | None) -> tuple[Params, Tensor, Tensor]:
-        if latents is None:
-            loss_fn = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
-        else:
-            def loss_fn(q: Params) -> tuple[Tensor, Tensor]:
-                given_latent = with_latent(q, rows)
-                action_loss, kl = loss_function(model, given_latent, batch, clip, horizon)
-                action_ratio = episode_action_ratio(model, given_latent, batch, horizon)
-                return action_loss + latent_loss(model, q["context"], latents, clip,
-                                                 action_ratio), kl
+                  ) -> tuple[Params, Tensor, Tensor]:
+        action_loss = partial(loss_function, model, batch=batch, clip=clip, horizon=horizon)
+        loss_fn = action_loss if latents is None else partial(
+            inner.latent_inner_loss, model, batch=batch, latents=latents, clip=clip,
+            action_loss=action_loss)
         return inner.inner_step(model, p, batch, inner_lr, first_order=first_order,
                                 loss_fn=loss_fn)
 
@@ -190,12 +154,12 @@ def adapt(model: GaussianMLPPolicy, params: Params, pre_batches: Sequence[Episod
         j = k if len(pre_batches) > 1 else 0
         batch = batch_to_inner(pre_batches[j], pre_advs[j])
         horizon = pre_batches[j].obs.shape[2]
-        latents, rows = episode_latents(pre_batches[j]), latent_inputs(pre_batches[j])
+        latents = episode_latents(pre_batches[j])
         if latents is not None and inner_loss == "dynamics":
             raise ValueError("the 'dynamics' inner loss takes no per-episode latents")
         latent_dim = None if latents is None else 0
-        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None, latent_dim, latent_dim))(
-            task_params, batch, horizon, latents, None if rows is None else rows.flatten(1, 2))
+        task_params, loss, kl = vmap(task_step, in_dims=(0, 0, None, latent_dim))(
+            task_params, batch, horizon, latents)
         losses.append(loss)
         kls.append(kl)
     return task_params, torch.stack(losses), torch.stack(kls)

@@ -36,6 +36,7 @@ Shapes: ``obs [N, O]``, ``act [N, A]``, ``adv``, ``old_logp``, ``weight`` ``[N]`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Literal, NamedTuple, Protocol, get_args
@@ -49,7 +50,9 @@ from metarobot.core.policy import (
     ParamLayout,
     Params,
     dynamics_forward,
+    latent_log_prob,
     log_prob,
+    with_latent,
 )
 
 #: ``inner.loss``: the inner objectives of :data:`INNER_LOSS_FUNCTIONS`.
@@ -165,6 +168,68 @@ def dynamics_loss_weighted(model: GaussianMLPPolicy, params: Params, batch: Inne
     return loss, approx_kl(logp - batch.old_logp, kl_weight)
 
 
+class EpisodeLatents(NamedTuple):
+    """One task's per-episode latents (``policy.context_noise``): ``value [E, C]``, their
+    sampling log-density ``old_logp [E]``, advantage ``adv [E]`` (each episode's return
+    standardised over the task's episodes) and ``episode [E, N]``, which rows of the
+    task's :class:`InnerBatch` belong to which episode (1 on an episode's real steps,
+    else 0). No grad; the trainer stacks them ``[M, ...]``."""
+
+    value: Tensor
+    old_logp: Tensor
+    adv: Tensor
+    episode: Tensor
+
+
+def standardized_returns(returns: Tensor) -> Tensor:
+    """Each episode's return standardised over the task's episodes (last dim): the
+    latents' advantage. The device's numpy twin is in :mod:`deploy.recorder`."""
+    return (returns - returns.mean(-1, keepdim=True)) / (
+        returns.std(-1, keepdim=True, unbiased=False) + 1e-8)
+
+
+def latent_loss(model: GaussianMLPPolicy, context: Tensor, latents: EpisodeLatents,
+                clip: float | Tensor = math.inf, action_ratio: Tensor | None = None) -> Tensor:
+    """One task's clipped likelihood-ratio surrogate over its episodes' latents (scalar):
+    ``-mean_e min(r_e A_e, clip(r_e, 1 - c, 1 + c) A_e)``, ``r_e = N(z_e; context,
+    sigma^2) / old density``. At the sampling context its gradient is ``-mean_e A_e
+    (z_e - context) / sigma^2``: a step on it moves the context toward the latents of the
+    episodes that paid.
+
+    ``action_ratio`` ``[E]`` (the inner step's): each episode's mean likelihood ratio of
+    its actions given its latent, 1 in value at the sampling parameters, multiplying
+    ``A_e``. Its gradient, the episode's mean score, is the term through which the outer
+    loop learns how theta's actions make the latents' returns differ, i.e. to explore
+    (ProMP's per-step ratio, in the latent's form; DiCE's would be the product over the
+    episode, whose variance grows with its length).
+    """
+    ratio = torch.exp(latent_log_prob(model, context, latents.value) - latents.old_logp)
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    adv = latents.adv if action_ratio is None else latents.adv * action_ratio
+    return -torch.minimum(ratio * adv, clipped * adv).mean()
+
+
+def latent_inner_loss(model: GaussianMLPPolicy, params: Params, batch: InnerBatch,
+                      latents: EpisodeLatents, clip: Tensor | float,
+                      action_loss: Callable[[Params], tuple[Tensor, Tensor]] | None = None,
+                      ) -> tuple[Tensor, Tensor]:
+    """The inner objective of a policy with per-episode latents: the actions' loss given
+    each row's episode latent (the latents are data: it does not reach the context) plus
+    :func:`latent_loss` with each episode's :func:`action ratio <latent_loss>`. Returns
+    ``(loss, approx_kl of the actions given their latents)``.
+
+    ``action_loss``: the actions' objective given the latents, ``params -> (loss, kl)``
+    (default :func:`inner_loss` with ``clip``, the adapt graph's). The trainer's inner
+    step and the bundle's latent adapt graph both call this function.
+    """
+    given = with_latent(params, latents.episode.transpose(0, 1) @ latents.value)
+    loss, kl = (inner_loss(model, given, batch, clip) if action_loss is None
+                else action_loss(given))
+    ratio = torch.exp(log_prob(model, given, batch.obs, batch.act) - batch.old_logp)
+    action_ratio = (latents.episode @ ratio) / latents.episode.sum(-1).clamp_min(1.0)
+    return loss + latent_loss(model, params["context"], latents, clip, action_ratio), kl
+
+
 class InnerLossFunction(Protocol):
     """One task's inner objective: ``(model, params, batch, clip, horizon) -> (loss,
     approx_kl)``. ``clip`` is the "lvc" ratio clip (inf: none); ``horizon`` the episode
@@ -250,7 +315,8 @@ EXPORTABLE_INNER_LOSSES: tuple[InnerLossName, ...] = ("lvc", "dynamics")
 
 def inner_steps_flat(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor,
                      batch: InnerBatch, lr: Tensor, clip: Tensor, steps: int = 1,
-                     loss: InnerLossName = "lvc") -> tuple[Tensor, Tensor, Tensor]:
+                     loss: InnerLossName = "lvc", latents: EpisodeLatents | None = None,
+                     ) -> tuple[Tensor, Tensor, Tensor]:
     """``steps`` inner steps on flat parameters ``[P]``: the function the adapt graph exports.
 
     ``lr`` is a scalar tensor or a ``[P]`` vector (Meta-SGD). Every step uses the same
@@ -258,18 +324,27 @@ def inner_steps_flat(model: GaussianMLPPolicy, layout: ParamLayout, flat: Tensor
     ``loss``: ``"lvc"`` (:func:`inner_loss` with ``clip``), or ``"dynamics"``
     (:func:`dynamics_error`; then ``batch.weight`` is the transition weight, 0 on each
     episode's last row, ``adv`` and ``clip`` are unused, and the KL is weighted by it).
+    With ``latents`` (a policy with per-episode latents; ``"lvc"`` only) the objective is
+    :func:`latent_inner_loss`.
     Returns ``(new flat params [P], loss, approx_kl)`` where loss and KL are those of the
     last step, evaluated before it.
     """
     if loss not in EXPORTABLE_INNER_LOSSES:
         raise ValueError(f"an adapt graph holds one of {list(EXPORTABLE_INNER_LOSSES)}, "
                          f"not {loss!r}")
+    if latents is not None and loss != "lvc":
+        raise ValueError(f"per-episode latents take the 'lvc' inner loss, not {loss!r}")
     rates: float | Tensor | Params = lr if lr.dim() == 0 else layout.unflatten(lr)
 
     def dynamics(p: Params) -> tuple[Tensor, Tensor]:
         return dynamics_loss_weighted(model, p, batch, batch.weight, batch.weight)
 
-    loss_fn = dynamics if loss == "dynamics" else None
+    def with_latents(p: Params) -> tuple[Tensor, Tensor]:
+        assert latents is not None
+        return latent_inner_loss(model, p, batch, latents, clip)
+
+    loss_fn = (dynamics if loss == "dynamics" else with_latents if latents is not None
+               else None)
     params = layout.unflatten(flat)
     value = kl = flat.new_zeros(())
     for _ in range(steps):

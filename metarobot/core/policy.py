@@ -43,7 +43,7 @@ class GaussianMLPPolicy(nn.Module):
     N(0, I)`` drawn once at its start (structured exploration, MAESN, Gupta et al. 2018).
     The pre-update episodes then differ as wholes, and the inner step moves the context
     toward the latents of the episodes that paid (:func:`latent_log_prob`,
-    :func:`metarobot.algos.maml.latent_loss`).
+    :func:`metarobot.core.inner.latent_loss`).
 
     With ``rotate_context`` the context is a planar vector in the world frame (C = 2, e.g.
     a velocity command) and the first layer reads it in the robot's yaw-aligned base

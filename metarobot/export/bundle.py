@@ -21,6 +21,8 @@ import metarobot
 from deploy.advantages import BASELINE_NAME
 from deploy.bundle import (
     ADAPT_INPUTS,
+    CONTEXT_NAME,
+    LATENT_ADAPT_INPUTS,
     LR_NAME,
     MANIFEST_NAME,
     METADATA_KEY,
@@ -45,7 +47,8 @@ from deploy.bundle import (
     write_manifest,
 )
 from deploy.runtime import SafetyConfig
-from metarobot.core.inner import InnerBatch, inner_steps_flat
+from metarobot.core import inner as inner_module
+from metarobot.core.inner import EpisodeLatents, InnerBatch, inner_steps_flat
 from metarobot.core.policy import (
     LOG_STD_MAX,
     LOG_STD_MIN,
@@ -53,6 +56,7 @@ from metarobot.core.policy import (
     GaussianMLPPolicy,
     ParamLayout,
     Params,
+    latent_log_prob,
     policy_forward,
 )
 from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_step
@@ -64,6 +68,8 @@ from metarobot.export.graphs import (
     export_recurrent_policy_graph,
 )
 
+# The bundle format names the policy's context parameter as the policy does.
+assert CONTEXT_NAME == inner_module.CONTEXT_NAME
 MODEL_AUTHOR = "metarobot"
 MODEL_LICENSE = "MIT"
 #: The keys ``export_bundle``'s ``inner_config`` needs (``baseline`` and ``normalize`` are
@@ -89,11 +95,12 @@ def _space_spec(space: gymnasium.spaces.Box, name: str) -> SpaceSpec:
                      str(space.dtype))
 
 
-def _inner_spec(inner_config: Mapping[str, Any], params: Params,
-                layout: ParamLayout) -> tuple[InnerSpec, np.ndarray | None]:
-    """The bundle's :class:`InnerSpec` from ``export_bundle``'s ``inner_config``, and the
-    flat Meta-SGD rates (or None). Converts the Python values (tensors, numbers); the
-    ranges are checked by :meth:`InnerSpec.from_dict`, the loader's own check."""
+def _inner_spec(inner_config: Mapping[str, Any], params: Params, layout: ParamLayout,
+                latent_std: float | None) -> tuple[InnerSpec, np.ndarray | None]:
+    """The bundle's :class:`InnerSpec` from ``export_bundle``'s ``inner_config`` (and the
+    policy's per-episode latent std, or None), and the flat Meta-SGD rates (or None).
+    Converts the Python values (tensors, numbers); the ranges are checked by
+    :meth:`InnerSpec.from_dict`, the loader's own check."""
     missing = [k for k in INNER_KEYS if k not in inner_config]
     if missing:
         raise ValueError(f"inner_config lacks {missing} (needs {list(INNER_KEYS)})")
@@ -123,10 +130,31 @@ def _inner_spec(inner_config: Mapping[str, Any], params: Params,
             "steps": inner_config["steps"], "gamma": float(inner_config["gamma"]),
             "lam": float(inner_config["lam"]),
             "baseline": inner_config.get("baseline", BASELINE_NAME),
-            "normalize": bool(inner_config.get("normalize", True))})
+            "normalize": bool(inner_config.get("normalize", True)),
+            **({} if latent_std is None else {"latent_std": latent_std})})
     except BundleError as err:
         raise ValueError(f"bad inner_config: {err}") from None
+    if latent_std is not None:
+        assert lr_flat is not None
+        rates = layout.unflatten(torch.from_numpy(lr_flat))
+        moved = [k for k, v in rates.items() if k != CONTEXT_NAME and bool(torch.any(v != 0))]
+        if moved:
+            raise ValueError("a policy with a per-episode latent exports a step that adapts "
+                             f"its context alone (inner.adapt: context); its lr moves {moved}")
     return spec, lr_flat
+
+
+def _example_latents(model: GaussianMLPPolicy, flat: Tensor, layout: ParamLayout,
+                     gen: torch.Generator) -> EpisodeLatents | None:
+    """Latents of 2 episodes over the verification batch's 5 rows (3 and 2 steps) around
+    the context of ``flat``, for a model with ``context_noise`` (else None)."""
+    if not model.context_noise:
+        return None
+    context = layout.unflatten(flat)[CONTEXT_NAME]
+    value = context + model.context_noise * torch.randn(2, model.context_dim, generator=gen)
+    return EpisodeLatents(value, latent_log_prob(model, context, value),
+                          torch.tensor([1.0, -1.0]),
+                          torch.tensor([[1.0, 1, 1, 0, 0], [0, 0, 0, 1, 1]]))
 
 
 def _finish(proto: onnx.ModelProto, metadata_json: str, doc: str) -> onnx.ModelProto:
@@ -292,13 +320,6 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
-    if model.context_noise:
-        raise ValueError("a policy with a per-episode latent (policy.context_noise > 0) "
-                         "cannot be exported yet: the device runtime neither draws the "
-                         "latent nor takes the latent's adaptation step")
-    if model.rotate_context:
-        raise ValueError("a policy with a world-frame context (policy.rotate_context) cannot "
-                         "be exported yet: the exported graph does not rotate its context")
     names = [n for n, _ in model.named_parameters()]
     if list(params) != names:
         raise ValueError(f"params must have the model's parameter names in order {names}, "
@@ -326,7 +347,8 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
     if not memory:
         if inner_config is None:
             raise ValueError("a gradient bundle (an MLP policy) needs inner_config")
-        inner, lr_flat = _inner_spec(inner_config, params, layout)
+        inner, lr_flat = _inner_spec(inner_config, params, layout,
+                                     model.context_noise or None)
     try:
         safety_spec = SafetySpec.from_dict({**({} if memory else DEFAULT_SAFETY),
                                             **(safety or {})})
@@ -336,6 +358,10 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
         "hidden": list(model.hidden), "activation": "tanh",
         "context_dim": model.context_dim, "log_std_bounds": [LOG_STD_MIN, LOG_STD_MAX],
         "action_mean": "unclipped; the runtime clips actions to action_space"}
+    if model.rotate_context:
+        policy_spec["context_frame"] = (
+            "world: the context is a planar world-frame vector, read in the base frame as "
+            "R(yaw)^T context with cos(yaw), sin(yaw) the observation's last two values")
     if isinstance(model, GaussianGRUPolicy):
         policy_spec.update(kind="gru", hidden_size=model.hidden_size, inputs=(
             "obs, and of the previous step: the action as sampled (unclipped), the reward, "
@@ -400,9 +426,11 @@ def export_bundle(model: GaussianMLPPolicy | GaussianGRUPolicy, params: Params,
                                torch.randn(5, generator=gen), torch.zeros(5),
                                torch.tensor([1.0, 1, 1, 1, 0]))
             clip = torch.tensor(0.2)
+            latents = _example_latents(model, flat, layout, gen)
             want = inner_steps_flat(model, layout, flat, batch, lr_value, clip, steps,
-                                    inner.loss)
-            feeds = dict(zip(ADAPT_INPUTS, (flat, *batch, lr_value, clip)))
+                                    inner.loss, latents)
+            feeds = dict(zip(ADAPT_INPUTS + LATENT_ADAPT_INPUTS,
+                             (flat, *batch, lr_value, clip, *(latents or ()))))
             _verify(tmp / name, {k: v.numpy() for k, v in feeds.items()}, want)
 
         write_manifest(tmp, files, metadata.to_dict())

@@ -14,7 +14,10 @@
   ``new_params [P], loss [], approx_kl []`` (loss and KL of the last step, before it).
   With the ``"dynamics"`` inner loss (a context adapted by a dynamics model's error),
   ``weight`` is the transition weight (0 on each episode's last row) and ``adv``, ``clip``
-  are unused inputs, kept so that every adapt graph has one signature.
+  are unused inputs, kept so that every adapt graph has one signature. A policy with a
+  per-episode latent (``policy.context_noise``) has four more inputs, ``latent [E, C],
+  latent_old_logp [E], latent_adv [E], episode [E, N]`` (dynamic ``E``), and the step is
+  that of :func:`metarobot.core.inner.latent_inner_loss`.
 
 * the recurrent ``policy.onnx`` of a memory (RL2) bundle: ``obs [B, O], prev_action
   [B, A], prev_reward [B], prev_done [B], h_in [B, H]`` and the optional ``params [P]`` ->
@@ -40,12 +43,13 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from deploy.bundle import (
     ADAPT_INPUTS,
     ADAPT_OUTPUTS,
+    LATENT_ADAPT_INPUTS,
     POLICY_INPUTS,
     POLICY_OUTPUTS,
     RECURRENT_POLICY_INPUTS,
     RECURRENT_POLICY_OUTPUTS,
 )
-from metarobot.core.inner import InnerBatch, InnerLossName, inner_steps_flat
+from metarobot.core.inner import EpisodeLatents, InnerBatch, InnerLossName, inner_steps_flat
 from metarobot.core.policy import GaussianMLPPolicy, ParamLayout, policy_forward
 from metarobot.core.recurrent import GaussianGRUPolicy, recurrent_step
 
@@ -121,15 +125,20 @@ def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: 
                        per_parameter_lr: bool, loss: InnerLossName = "lvc", opset: int = OPSET,
                        dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
     """The adapt graph of ``steps`` unrolled :func:`inner_steps_flat` steps (dynamic N)
-    with the inner ``loss`` (``"lvc"`` or ``"dynamics"``; the inputs are the same).
+    with the inner ``loss`` (``"lvc"`` or ``"dynamics"``; the inputs are the same), and
+    the latent inputs (dynamic E) for a model with ``context_noise``.
 
     ``dtype`` is the dtype of every input and output; the model must already be in it
     (``float64`` exists for gradient checks; bundles are float32).
     """
+    latent = bool(model.context_noise)
+
     def adapt(params: Tensor, obs: Tensor, act: Tensor, adv: Tensor, old_logp: Tensor,
-              weight: Tensor, lr: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+              weight: Tensor, lr: Tensor, clip: Tensor, *latent_inputs: Tensor,
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        latents = EpisodeLatents(*latent_inputs) if latent_inputs else None
         return inner_steps_flat(model, layout, params, InnerBatch(obs, act, adv, old_logp, weight),
-                                lr, clip, steps, loss)
+                                lr, clip, steps, loss, latents)
 
     n = _free_size(model, layout)
     opts = {"dtype": dtype}
@@ -138,9 +147,15 @@ def export_adapt_graph(model: GaussianMLPPolicy, layout: ParamLayout, *, steps: 
             torch.zeros(n, model.act_dim, **opts), torch.ones(n, **opts), torch.zeros(n, **opts),
             torch.ones(n, **opts), lr, torch.tensor(0.2, **opts))
     dim_n = torch.export.Dim("N")
-    return _to_onnx(adapt, args, ADAPT_INPUTS, ADAPT_OUTPUTS,
-                    [None, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n}, None, None],
-                    opset)
+    names, shapes = list(ADAPT_INPUTS), [None, {0: dim_n}, {0: dim_n}, {0: dim_n}, {0: dim_n},
+                                         {0: dim_n}, None, None]
+    if latent:
+        e, dim_e = n + 1, torch.export.Dim("E")
+        args += (torch.zeros(e, model.context_dim, **opts), torch.zeros(e, **opts),
+                 torch.ones(e, **opts), torch.ones(e, n, **opts))
+        names += LATENT_ADAPT_INPUTS
+        shapes += [{0: dim_e}, {0: dim_e}, {0: dim_e}, {0: dim_e, 1: dim_n}]
+    return _to_onnx(adapt, args, names, ADAPT_OUTPUTS, shapes, opset)
 
 
 def check_standard_ops(proto: onnx.ModelProto, name: str) -> None:
