@@ -10,6 +10,10 @@ A bundle is a directory written by :func:`metarobot.export.export_bundle`::
     lr.npy           (Meta-SGD only) the per-parameter inner learning rates, float32 [P]
     manifest.json    {"format", "format_version", "files": {name: {size, sha256}}, "metadata"}
 
+A policy with a per-episode latent around its context (``inner.latent_std``) acts, each
+episode, with the context replaced by a latent the runtime draws, and its adapt graphs
+take :data:`LATENT_ADAPT_INPUTS` after ``clip``.
+
 A bundle adapts in one of two ways (``metadata["adaptation"]``, :data:`ADAPTATION_KINDS`;
 absent means ``"gradient"``): ``"gradient"`` is the one above (an MLP policy and its
 inner step, run by :class:`deploy.runtime.AdaptivePolicy`); ``"memory"`` is RL2's, whose

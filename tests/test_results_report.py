@@ -276,3 +276,33 @@ def test_per_task_groups_summarise_each_value_of_a_few_valued_parameter():
         f"2; return after 1 step -5.0 ± {mean_ci95(np.array([-5.0]))[1]:.1f}."]
     many = [dict(rows[0], params={"heading": float(i)}) for i in range(MAX_GROUPS + 1)]
     assert group_lines(many, "heading") == []
+
+
+def test_walk_is_judged_on_its_success_target_without_baseline_a(tmp_path):
+    """Walk's target is absolute (success after one step >= 0.5): judged from the meta
+    JSON alone, met or not, and the README table gets a walk row."""
+    import json
+
+    walk = REPO / "bench" / "results" / "meta" / "walk"
+    for seed in (0, 1, 2):
+        shutil.copytree(walk / f"seed{seed}", tmp_path / "met" / "walk" / f"seed{seed}",
+                        ignore=lambda _, names: [n for n in names if n == "saved"])
+    report = tmp_path / "met.md"
+    write_report(tmp_path / "met", report)
+    text = report.read_text()
+    status = [line for line in text.splitlines() if line.startswith("| walk |")][0]
+    assert "| met: success after 1 step" in status and "baseline (a) not run" in status
+    assert "**Target (success after 1 step >= 0.5, mean over 3 seeds' task means): MET**" in text
+    # The same JSON with success after one step halved misses it.
+    seed_dir = tmp_path / "missed" / "walk" / "seed0"
+    shutil.copytree(walk / "seed0", seed_dir, ignore=lambda _, names: [
+        n for n in names if n == "saved" or (n.endswith(".json") and "_it00040" not in n)])
+    path = seed_dir / "meta_it00040.json"
+    data = json.loads(path.read_text())
+    success = np.asarray(data["evaluation"]["success"])
+    success[1] = success[1] * 0.5
+    data["evaluation"]["success"] = success.tolist()
+    path.write_text(json.dumps(data))
+    report = tmp_path / "missed.md"
+    write_report(tmp_path / "missed", report)
+    assert "): NOT MET** (0.41)" in report.read_text()
