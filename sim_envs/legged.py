@@ -152,7 +152,8 @@ class LeggedEnv(MetaEnv):
 
     camera = ((0.0, 0.0, 0.2), 1.3, 40.0, -22.0)
     substeps = SUBSTEPS
-    #: Observation values after proprioception that the subclass appends.
+    #: Observation values the subclass appends (:meth:`_task_observation` and
+    #: :meth:`_heading_observation`).
     task_obs_size = 0
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
@@ -175,7 +176,13 @@ class LeggedEnv(MetaEnv):
         """Draw the episode's command (if any) from ``self.np_random``."""
 
     def _task_observation(self) -> list[np.ndarray]:
-        """Values appended after proprioception (``task_obs_size`` in all)."""
+        """Values appended after proprioception, before the gait phase."""
+        return []
+
+    def _heading_observation(self) -> list[np.ndarray]:
+        """Values appended last, after the gait phase: a heading a policy reads at a fixed
+        place, the observation's end (``policy.rotate_context``). With
+        :meth:`_task_observation`'s, ``task_obs_size`` in all."""
         return []
 
     def _reward(self, action: np.ndarray, fell: bool) -> tuple[float, bool, dict[str, Any]]:
@@ -237,6 +244,7 @@ class LeggedEnv(MetaEnv):
         parts += self._task_observation()
         if self.gait_generator:
             parts.append(np.array([math.sin(self._phase), math.cos(self._phase)]))
+        parts += self._heading_observation()
         return np.concatenate(parts).astype(np.float32)
 
     def _step(self, action: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:

@@ -35,10 +35,10 @@ learnable at all). ``command_frame`` says how it is shown:
   constant over the episode. A walker told it must walk the way the command says without
   knowing its yaw.
 
-``observe_yaw=True`` appends ``cos(yaw), sin(yaw)`` of the base (2 values, after the command
-and before the gait phase; the robot starts at yaw 0), as an IMU's heading gives it: with
-it a policy can read a world-frame context in its base frame (``policy.rotate_context``,
-``bench/walk_skill_prior.py``).
+``observe_yaw=True`` appends ``cos(yaw), sin(yaw)`` of the base as the observation's last 2
+values (after the command and the gait phase; the robot starts at yaw 0), as an IMU's
+heading gives it: with it a policy can read a world-frame context in its base frame
+(``policy.rotate_context``, which reads them there; ``bench/walk_skill_prior.py``).
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ class WalkEnv(LeggedEnv):
         observe_command: append the direction as a velocity command.
         command_frame: ``"base"`` (2 values, turning with the robot) or ``"world"`` (the
             world-x velocity, 1 value, constant); see the module docstring.
-        observe_yaw: append ``cos(yaw), sin(yaw)`` of the base (2 values, after the
-            command and before the gait phase).
+        observe_yaw: append ``cos(yaw), sin(yaw)`` of the base as the observation's last
+            2 values (after the command and the gait phase).
     """
 
     family_type = WalkFamily
@@ -157,17 +157,18 @@ class WalkEnv(LeggedEnv):
                         motor_strength=p.motor_strength)
 
     def _task_observation(self) -> list[np.ndarray]:
-        if not self.task_obs_size:
+        if not self.observe_command:
             return []  # walk's default: no yaw to compute on every step
-        parts, c, s = [], math.cos(self.yaw), math.sin(self.yaw)
-        if self.observe_command and self.command_frame == "world":
-            parts.append(np.array([WALK_SPEED * self._direction[0]]))
-        elif self.observe_command:
-            dx, dy = WALK_SPEED * self._direction
-            parts.append(np.array([c * dx + s * dy, -s * dx + c * dy]))
-        if self.observe_yaw:
-            parts.append(np.array([c, s]))
-        return parts
+        if self.command_frame == "world":
+            return [np.array([WALK_SPEED * self._direction[0]])]
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        dx, dy = WALK_SPEED * self._direction
+        return [np.array([c * dx + s * dy, -s * dx + c * dy])]
+
+    def _heading_observation(self) -> list[np.ndarray]:
+        if not self.observe_yaw:
+            return []
+        return [np.array([math.cos(self.yaw), math.sin(self.yaw)])]
 
     def _reward(self, action: np.ndarray, fell: bool) -> tuple[float, bool, dict[str, Any]]:
         velocity = float(self._lin[0] * self._direction[0] + self._lin[1] * self._direction[1])

@@ -97,6 +97,16 @@ def test_a_rotated_context_asks_for_one_world_direction_whatever_the_yaw():
         GaussianMLPPolicy(6, 2, context_dim=3, rotate_context=True)
 
 
+def test_a_world_frame_context_needs_the_yaw_observed():
+    """The yaw it rotates by must be what the env puts last: a config without walk's
+    ``observe_yaw`` would rotate by whatever else ends the observation."""
+    ok = ["policy.context_dim=2", "policy.rotate_context=true", "inner.adapt=context"]
+    api.resolve_config("walk-cpu", overrides=ok + ["env_kwargs.observe_yaw=true"])
+    for extra in ([], ["env_kwargs.observe_yaw=false"]):
+        with pytest.raises(ValueError, match=r"policy\.rotate_context.*observe_yaw"):
+            api.resolve_config("walk-cpu", overrides=ok + extra)
+
+
 def test_a_context_step_changes_only_the_context():
     model, params = _policy()
     rates = step_sizes("context", 2.0, params, None)

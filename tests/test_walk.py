@@ -204,3 +204,19 @@ def test_observe_yaw_shows_the_heading_of_the_base():
         env.close()
     with pytest.raises(ValueError, match="observe_yaw"):
         WalkEnv(observe_yaw=1)
+
+
+def test_the_yaw_is_last_also_with_the_gait_phase():
+    """``policy.rotate_context`` reads the yaw from the observation's last two values:
+    the gait phase, which the gait generator also appends, goes before it."""
+    env = WalkEnv(task=WalkFamily().make_task(BASE), gait_generator=True, observe_yaw=True)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (49,)  # 45 proprioception, 2 gait phase, 2 yaw
+        for _ in range(5):
+            obs, *_ = env.step(env.action_space.sample())
+        assert np.allclose(obs[-2:], [math.cos(env.yaw), math.sin(env.yaw)], atol=1e-6)
+        assert np.allclose(obs[-4:-2], [math.sin(env._phase), math.cos(env._phase)],
+                           atol=1e-6)
+    finally:
+        env.close()

@@ -247,9 +247,11 @@ class TrainConfig:
              "outer.algo: ppo and an inner loss other than 'dynamics' (the per-episode "
              "latent is the context's exploration)"),
             ("policy.rotate_context", p.rotate_context, not p.rotate_context or (
-                p.context_dim == 2 and p.kind == "mlp" and not p.dynamics_hidden),
-             "false unless policy.context_dim is 2 with policy.kind: mlp and no "
-             "policy.dynamics_hidden (a planar world-frame context)"),
+                p.context_dim == 2 and p.kind == "mlp" and not p.dynamics_hidden
+                and self.env_kwargs.get("observe_yaw") is True),
+             "false unless policy.context_dim is 2 with policy.kind: mlp, no "
+             "policy.dynamics_hidden (a planar world-frame context) and env_kwargs "
+             "observe_yaw: true (the observation's last two values, which it rotates by)"),
             ("policy.kind", p.kind, p.kind in POLICY_KINDS and (p.kind == "gru") == rl2,
              f"one of {list(POLICY_KINDS)}: 'gru' exactly when outer.algo is 'rl2' (RL2 needs "
              "the recurrent policy; the gradient meta-learners adapt the MLP)"),
