@@ -12,6 +12,9 @@ numpy + onnxruntime only (never imports torch). Typical use::
         if episodes_done == E:
             report = policy.adapt(steps=1)           # or policy.adapt_async(1) -> Future
 
+A bundle whose policy draws a per-episode latent (``inner.latent_std``) acts each episode
+with its context replaced by a latent drawn at the episode's first act, and records it.
+
 Adaptation uses the completed episodes recorded since the parameters last changed; it
 computes advantages exactly as the trainer does (:func:`deploy.advantages.compute_advantages`)
 and runs the bundle's adapt graph with the bundle's inner ``lr`` and ``clip``. The result
@@ -368,7 +371,8 @@ class AdaptivePolicy:
 
         Each is ``{"obs": [T, O], "act": [T, A], "logp": [T], "rew": [T]}`` (float32), with
         ``act`` the sampled actions before clipping and ``logp`` their log-probabilities
-        under the parameters that acted.
+        under the parameters that acted; with a per-episode latent also ``"latent": [C]``,
+        the context the episode acted with.
         """
         with self._lock:
             episodes = self._recorder.completed()
