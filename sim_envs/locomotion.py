@@ -47,8 +47,15 @@ heavy payload, weak leg), the other parameters from their training ranges, so th
 can be read per factor.
 
 **Observation** (float32): the 45 proprioceptive values of :mod:`sim_envs.legged`, then the
-command (``vx``, ``vy``, ``wz``: 3 values), then the gait phase's sin and cos with
-``gait_generator=True``: 48 or 50 values.
+command (``vx``, ``vy``, ``wz``: 3 values), then with ``observe_heights=True`` a height
+scan, then the gait phase's sin and cos with ``gait_generator=True``: 48 to 71 values.
+
+**Height scan** (``observe_heights=True``, off by default: the family's robot is blind):
+the base's height above the ground at the 21 points of :data:`SCAN_X` x :data:`SCAN_Y`
+(m, in the yaw-aligned base frame around the base; 0.3 m behind to 0.6 m ahead, two
+points per 0.3 m stair), with uniform noise of ±:data:`SCAN_NOISE` m per point and step
+(legged_gym's perceptive A1 measures such a grid, with the same noise); clipped to
+±1 m. A riser ahead shows as a drop of the forward values by the step's height.
 
 **Reward** per step, in the style of legged_gym's A1 config (its scales, not multiplied by
 the time step), with ``v`` and ``w_z`` the base velocity and yaw rate in the yaw-aligned
@@ -92,6 +99,12 @@ from sim_envs.terrain import TERRAIN_TYPES
 
 #: Per-episode command ranges: forward and lateral speed (m/s), yaw rate (rad/s).
 COMMAND_RANGES = ((0.4, 1.0), (-0.2, 0.2), (-0.5, 0.5))
+#: The height scan's points (m), along the heading and across it (``observe_heights``).
+SCAN_X = (-0.3, -0.15, 0.0, 0.15, 0.3, 0.45, 0.6)
+SCAN_Y = (-0.2, 0.0, 0.2)
+#: Half-width (m) of the scan's uniform noise, and its clip (m).
+SCAN_NOISE, SCAN_CLIP = 0.02, 1.0
+_SCAN_GRID = np.array([(x, y) for x in SCAN_X for y in SCAN_Y])  # [21, 2]
 #: ``command_sampling``: a new command every episode, or one per task.
 CommandSampling = Literal["episode", "task"]
 COMMAND_SAMPLINGS: tuple[CommandSampling, ...] = get_args(CommandSampling)
@@ -280,18 +293,24 @@ class LocomotionEnv(LeggedEnv):
         gait_generator: add the action to a trot in place (:mod:`sim_envs.legged`).
         command_sampling: ``"episode"`` (a new command every episode) or ``"task"`` (one
             command per task, drawn from its ``terrain_seed``); see the module docstring.
+        observe_heights: append the height scan (21 values after the command; see the
+            module docstring).
     """
 
     family_type = LocomotionFamily
-    task_obs_size = 3
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  gait_generator: bool = False,
-                 command_sampling: CommandSampling = "episode") -> None:
+                 command_sampling: CommandSampling = "episode",
+                 observe_heights: bool = False) -> None:
         if command_sampling not in COMMAND_SAMPLINGS:
             raise ValueError(f"command_sampling must be one of {list(COMMAND_SAMPLINGS)}, "
                              f"got {command_sampling!r}")
+        if not isinstance(observe_heights, bool):
+            raise ValueError(f"observe_heights must be a bool, got {observe_heights!r}")
         self.command_sampling = command_sampling
+        self.observe_heights = observe_heights
+        self.task_obs_size = 3 + (len(_SCAN_GRID) if observe_heights else 0)
         super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
 
     def dynamics_of(self, task: Task) -> Dynamics:
@@ -334,7 +353,20 @@ class LocomotionEnv(LeggedEnv):
         super()._build_scene()
 
     def _task_observation(self) -> list[np.ndarray]:
-        return [self._command]
+        if not self.observe_heights:
+            return [self._command]
+        return [self._command, self.height_scan()]
+
+    def height_scan(self, noise: bool = True) -> np.ndarray:
+        """The base's height above the ground at the scan points ``[21]`` (m; module
+        docstring), with the scan's noise unless ``noise`` is False."""
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        x = self._pos[0] + c * _SCAN_GRID[:, 0] - s * _SCAN_GRID[:, 1]
+        y = self._pos[1] + s * _SCAN_GRID[:, 0] + c * _SCAN_GRID[:, 1]
+        scan = self._pos[2] - self.terrain.heights_at(x, y)
+        if noise:
+            scan = scan + self.np_random.uniform(-SCAN_NOISE, SCAN_NOISE, len(scan))
+        return np.clip(scan, -SCAN_CLIP, SCAN_CLIP)
 
     def _reward(self, action: np.ndarray, fell: bool) -> tuple[float, bool, dict[str, Any]]:
         c, s = math.cos(self.yaw), math.sin(self.yaw)

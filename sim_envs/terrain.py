@@ -208,14 +208,19 @@ class Terrain:
 
     def height_at(self, x: float, y: float) -> float:
         """Ground height (m) at world ``(x, y)`` (bilinear; nearest edge outside the map)."""
+        return float(self.heights_at(np.array([x]), np.array([y]))[0])
+
+    def heights_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Ground heights (m) at world points ``(x[i], y[i])``, ``[N]`` each (bilinear;
+        nearest edge outside the map)."""
         half = (self.n - 1) / 2
-        fx = min(max(x / self.cell + half, 0.0), self.n - 1.000001)
-        fy = min(max(y / self.cell + half, 0.0), self.n - 1.000001)
-        ix, iy = int(fx), int(fy)
+        fx = np.clip(np.asarray(x, dtype=np.float64) / self.cell + half, 0.0, self.n - 1.000001)
+        fy = np.clip(np.asarray(y, dtype=np.float64) / self.cell + half, 0.0, self.n - 1.000001)
+        ix, iy = fx.astype(np.int64), fy.astype(np.int64)
         tx, ty = fx - ix, fy - iy
         h = self.heights
-        top = float(h[iy, ix]) * (1 - tx) + float(h[iy, ix + 1]) * tx
-        bottom = float(h[iy + 1, ix]) * (1 - tx) + float(h[iy + 1, ix + 1]) * tx
+        top = h[iy, ix] * (1 - tx) + h[iy, ix + 1] * tx
+        bottom = h[iy + 1, ix] * (1 - tx) + h[iy + 1, ix + 1] * tx
         return top * (1 - ty) + bottom * ty
 
     def lowest_height_near(self, x: float, y: float, radius: float) -> float:

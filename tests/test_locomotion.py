@@ -212,6 +212,31 @@ def test_payload_offset_moves_the_load_onto_the_legs_under_it(env):
 
 
 # ----------------------------------------------------------------------------- dynamics
+def test_the_height_scan_sees_the_first_step_ahead():
+    """``observe_heights``: 21 values after the command, the base's height above the
+    ground; on stairs the points beyond the start platform's edge (0.5 m ahead) drop or
+    rise by the step's height, the others show the platform."""
+    env = LocomotionEnv(observe_heights=True)
+    try:
+        assert env.observation_space.shape == (69,)
+        d = 0.5
+        for seed in range(4):
+            env.set_task(make_task(env.family, terrain="stairs", difficulty=d,
+                                   terrain_seed=seed))
+            obs, _ = env.reset(seed=0, options={"command": (0.5, 0.0, 0.0)})
+            scan = env.height_scan(noise=False)
+            assert np.abs(obs[48:69] - scan).max() <= 0.02 + 1e-6  # the noise's half-width
+            rows = scan.reshape(7, 3)  # 7 points along the heading x 3 across
+            first_step = env.terrain.height_at(env._pos[0] + 0.6, env._pos[1])
+            assert abs(abs(first_step) - step_height(d)) < 0.02  # the robot faces +x
+            np.testing.assert_allclose(rows[:6], env._pos[2], atol=1e-5)  # the platform
+            np.testing.assert_allclose(rows[6], env._pos[2] - first_step, atol=0.02)
+        with pytest.raises(ValueError, match="observe_heights"):
+            LocomotionEnv(observe_heights=1)
+    finally:
+        env.close()
+
+
 def test_reset_observation_layout(env):
     env.set_task(make_task(env.family))
     obs, info = env.reset(seed=3)
