@@ -193,6 +193,35 @@ class Layout:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes],
                 "offsets": list(self.offsets), "size": self.size}
 
+    def slice_of(self, name: str) -> slice:
+        """Where parameter ``name`` lies in the flat parameters ``[P]``.
+
+        Raises:
+            BundleError: no parameter of that name.
+        """
+        if name not in self.names:
+            raise BundleError(f"the policy has no {name!r} parameter")
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i] + math.prod(self.shapes[i]))
+
+
+def check_context_only_rates(lr: np.ndarray, layout: Layout) -> None:
+    """Per-parameter rates ``[P]`` that move the context alone (0 everywhere else): what a
+    bundle with a per-episode latent (``inner.latent_std``) must have, since the runtime's
+    trust region then measures the latent's KL alone (the actions given their latent must
+    not change). The loader and the exporter both check it here.
+
+    Raises:
+        BundleError: the policy has no context, or naming the other parameters the rates
+            move.
+    """
+    layout.slice_of(CONTEXT_NAME)  # raises for a policy without a context
+    moved = [name for name in layout.names if name != CONTEXT_NAME
+             and np.any(lr[layout.slice_of(name)] != 0)]
+    if moved:
+        raise BundleError("a per-episode latent (inner latent_std) takes a step that adapts "
+                          f"its context alone (inner.adapt: context); its lr moves {moved}")
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -280,12 +309,10 @@ class Bundle:
         Raises:
             BundleError: the policy has no context.
         """
-        layout = self.layout
-        if CONTEXT_NAME not in layout.names:
-            raise BundleError(f"{self.path}: the policy has no {CONTEXT_NAME!r} parameter")
-        i = layout.names.index(CONTEXT_NAME)
-        size = int(np.prod(layout.shapes[i]))
-        return slice(layout.offsets[i], layout.offsets[i] + size)
+        try:
+            return self.layout.slice_of(CONTEXT_NAME)
+        except BundleError as err:
+            raise BundleError(f"{self.path}: {err}") from None
 
 
 # ---------------------------------------------------------------- typed JSON checks
@@ -1073,14 +1100,11 @@ def load_bundle(path: str | Path, *, family: str | None = None,
                     *spec.observation_space.bounds(), *spec.action_space.bounds(),
                     {k: root / v for k, v in spec.models.adapt.items()})
     if spec.inner is not None and spec.inner.latent_std is not None:
-        # The runtime's trust region measures the latent's KL alone: the step may move
-        # nothing but the context (the actions given their latent do not change).
         assert lr is not None
-        context = bundle.context_slice
-        if np.any(np.delete(lr, np.arange(context.start, context.stop)) != 0):
-            raise BundleError(f"{root}: a bundle with a per-episode latent (inner "
-                              "latent_std) may adapt its context alone, but its learning "
-                              "rates are not 0 elsewhere")
+        try:
+            check_context_only_rates(lr, layout)
+        except BundleError as err:
+            raise BundleError(f"{root}: {err}") from None
     if check_models:
         policy = open_session(bundle.policy_file)
         adapt = {k: open_session(p) for k, p in bundle.adapt_files.items()}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deploy import AdaptivePolicy
-from deploy.bundle import BundleError, InnerSpec, open_session
+from deploy.bundle import BundleError, InnerSpec, Layout, check_context_only_rates, open_session
 from deploy.recorder import Episode, adaptation_data
 from metarobot.algos import maml
 from metarobot.core.batch import EpisodeBatch
@@ -197,6 +197,13 @@ def test_a_latent_bundle_adapts_its_context_alone(tmp_path):
     spec = InnerSpec.from_dict({**base, "lr": per_parameter, "latent_std": 0.4})
     assert InnerSpec.from_dict(spec.to_dict()) == spec
     assert "latent_std" not in InnerSpec.from_dict(base).to_dict()  # older bundles unchanged
+    # The loader's check (the exporter's is the same function).
+    layout = Layout(("w", "context", "log_std"), ((3,), (2,), (2,)), (0, 3, 5), 7)
+    check_context_only_rates(np.array([0, 0, 0, 0.3, 0.7, 0, 0], np.float32), layout)
+    with pytest.raises(BundleError, match=r"moves \['w', 'log_std'\]"):
+        check_context_only_rates(np.array([0, 1, 0, 0.3, 0.7, 0, 1], np.float32), layout)
+    with pytest.raises(BundleError, match="no 'context' parameter"):
+        check_context_only_rates(np.zeros(3, np.float32), Layout(("w",), ((3,),), (0,), 3))
 
 
 def test_the_adapt_graph_signature_names_the_latent_inputs(latent_bundle):

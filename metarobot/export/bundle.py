@@ -40,6 +40,7 @@ from deploy.bundle import (
     SafetySpec,
     SpaceSpec,
     adapt_file_name,
+    check_context_only_rates,
     dumps_metadata,
     open_session,
     params_sha256,
@@ -136,11 +137,10 @@ def _inner_spec(inner_config: Mapping[str, Any], params: Params, layout: ParamLa
         raise ValueError(f"bad inner_config: {err}") from None
     if latent_std is not None:
         assert lr_flat is not None
-        rates = layout.unflatten(torch.from_numpy(lr_flat))
-        moved = [k for k, v in rates.items() if k != CONTEXT_NAME and bool(torch.any(v != 0))]
-        if moved:
-            raise ValueError("a policy with a per-episode latent exports a step that adapts "
-                             f"its context alone (inner.adapt: context); its lr moves {moved}")
+        try:
+            check_context_only_rates(lr_flat, Layout.from_dict(layout.to_dict()))
+        except BundleError as err:
+            raise ValueError(str(err)) from None
     return spec, lr_flat
 
 
