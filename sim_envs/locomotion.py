@@ -71,7 +71,15 @@ action rate          ``sum_j (a_j - a_j,prev)^2``                               
 collisions           thigh and calf links touching the ground                      -1.0
 feet air time        ``sum_feet (t_air - 0.2 s)`` at each touchdown, 0 when        1.0
                      ``|c_xy| < 0.1 m/s``
+feet clearance       ``sum_feet (h_f - swing_height)^2 * tanh(2 |u_f,xy|)``,       -10.0
+                     only with ``swing_height > 0`` (off by default)
 ==================== ============================================================ =======
+
+The feet-clearance term (IsaacLab's Spot ``foot_clearance_reward``, linearised: its 0.5 x
+``exp(-sum / 0.05)`` has slope 10 at the target) asks each moving foot to swing at
+``swing_height`` m above the ground under it: ``h_f`` is the foot sphere's lowest point
+above the height map, ``u_f`` the foot's velocity. A foot at rest costs nothing, so
+standing still is not paid for.
 
 The sum is clipped at 0 (legged_gym's ``only_positive_rewards``), so falling early never
 pays; a fall ends the episode. The yaw term is gated by the velocity term so that standing
@@ -93,7 +101,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from sim_envs.legged import CONTROL_DT, EPISODE_SECONDS, Dynamics, LeggedEnv
-from sim_envs.robots.a1 import LEG_NAMES
+from sim_envs.robots.a1 import FOOT_RADIUS, LEG_NAMES
 from sim_envs.tasks import ParamSpec, Split, Task, TaskFamily, TaskParams, param, sample_uniform
 from sim_envs.terrain import TERRAIN_TYPES
 
@@ -121,11 +129,17 @@ REWARD_WEIGHTS = {
     "action_rate": -0.01,
     "collision": -1.0,
     "feet_air_time": 1.0,
+    "feet_clearance": -10.0,
 }
 #: Air time (s) a step must exceed to earn the air-time bonus.
 AIR_TIME_TARGET = 0.2
 #: Below this commanded speed (m/s) the air-time bonus is zero: standing is right then.
 AIR_TIME_MIN_COMMAND = 0.1
+#: Gain (s/m) on a foot's horizontal speed in the clearance term's ``tanh``: a foot moving
+#: at 1 m/s counts 0.96, one at rest 0.
+CLEARANCE_SPEED_GAIN = 2.0
+#: Largest ``swing_height`` (m) accepted: about the A1's standing height.
+MAX_SWING_HEIGHT = 0.3
 
 #: Parameter ranges over both splits.
 FRICTION_RANGE = (0.3, 1.25)
@@ -295,6 +309,8 @@ class LocomotionEnv(LeggedEnv):
             command per task, drawn from its ``terrain_seed``); see the module docstring.
         observe_heights: append the height scan (21 values after the command; see the
             module docstring).
+        swing_height: target foot clearance (m) of the feet-clearance reward term; 0 (the
+            default) leaves the term out.
     """
 
     family_type = LocomotionFamily
@@ -302,12 +318,17 @@ class LocomotionEnv(LeggedEnv):
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  gait_generator: bool = False,
                  command_sampling: CommandSampling = "episode",
-                 observe_heights: bool = False) -> None:
+                 observe_heights: bool = False, swing_height: float = 0.0) -> None:
         if command_sampling not in COMMAND_SAMPLINGS:
             raise ValueError(f"command_sampling must be one of {list(COMMAND_SAMPLINGS)}, "
                              f"got {command_sampling!r}")
         if not isinstance(observe_heights, bool):
             raise ValueError(f"observe_heights must be a bool, got {observe_heights!r}")
+        if (isinstance(swing_height, bool) or not isinstance(swing_height, (int, float))
+                or not 0.0 <= swing_height <= MAX_SWING_HEIGHT):
+            raise ValueError(f"swing_height must be a number of metres in [0, "
+                             f"{MAX_SWING_HEIGHT}], got {swing_height!r}")
+        self.swing_height = float(swing_height)
         self.command_sampling = command_sampling
         self.observe_heights = observe_heights
         self.task_obs_size = 3 + (len(_SCAN_GRID) if observe_heights else 0)
@@ -368,6 +389,17 @@ class LocomotionEnv(LeggedEnv):
             scan = scan + self.np_random.uniform(-SCAN_NOISE, SCAN_NOISE, len(scan))
         return np.clip(scan, -SCAN_CLIP, SCAN_CLIP)
 
+    def feet_clearance_error(self) -> float:
+        """The feet-clearance term before its weight: ``sum_f (h_f - swing_height)^2 *
+        tanh(2 |u_f,xy|)`` (m^2), ``h_f`` each foot's lowest point above the ground under
+        it, ``u_f`` its velocity (module docstring)."""
+        feet, feet_velocity = self.robot.foot_states()
+        clearance = (feet[:, 2] - FOOT_RADIUS
+                     - self.terrain.heights_at(feet[:, 0], feet[:, 1]))
+        moving = np.tanh(CLEARANCE_SPEED_GAIN * np.hypot(feet_velocity[:, 0],
+                                                         feet_velocity[:, 1]))
+        return float(np.sum((clearance - self.swing_height) ** 2 * moving))
+
     def _reward(self, action: np.ndarray, fell: bool) -> tuple[float, bool, dict[str, Any]]:
         c, s = math.cos(self.yaw), math.sin(self.yaw)
         vx = c * self._lin[0] + s * self._lin[1]  # yaw-aligned frame
@@ -396,6 +428,8 @@ class LocomotionEnv(LeggedEnv):
             "collision": float(self._leg_collisions),
             "feet_air_time": air_bonus,
         }
+        if self.swing_height > 0.0:
+            terms["feet_clearance"] = self.feet_clearance_error()
         reward = max(0.0, sum(REWARD_WEIGHTS[k] * v for k, v in terms.items()))
 
         self._progress += (vx * self._command_dir[0] + vy * self._command_dir[1]) * CONTROL_DT

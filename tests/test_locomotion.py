@@ -237,6 +237,50 @@ def test_the_height_scan_sees_the_first_step_ahead():
         env.close()
 
 
+def test_the_feet_clearance_term_charges_low_moving_feet_only():
+    """``swing_height``: the term is 0 for feet at rest (standing still is not charged),
+    equals its formula from the feet's states, lowers the reward by its weight, and is
+    absent without the option."""
+    env = LocomotionEnv(swing_height=0.1)
+    plain = LocomotionEnv()
+    try:
+        for e in (env, plain):
+            e.reset(seed=0, options={"command": (0.5, 0.0, 0.0)})
+        for _ in range(20):  # settle on the standing pose: feet at rest
+            env.step(np.zeros(12, dtype=np.float32))
+        assert env.feet_clearance_error() < 1e-4
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-1, 1, size=(30, 12)).astype(np.float32)
+        errors = []
+        for a in actions:
+            env.step(a)
+            feet, velocity = env.robot.foot_states()
+            height = feet[:, 2] - 0.02 - env.terrain.heights_at(feet[:, 0], feet[:, 1])
+            expected = np.sum((height - 0.1) ** 2 * np.tanh(2 * np.hypot(velocity[:, 0],
+                                                                         velocity[:, 1])))
+            errors.append(env.feet_clearance_error())
+            assert errors[-1] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert max(errors) > 1e-3  # thrashing feet move near the ground
+        # Same state, with and without the option: the reward differs by the weighted term.
+        for e in (env, plain):
+            e.reset(seed=1, options={"command": (0.5, 0.0, 0.0)})
+        charged_while_paid = 0
+        for a in 0.5 * actions[:15]:
+            _, r_with, *_ = env.step(a)
+            _, r_without, *_ = plain.step(a)
+            charged = REWARD_WEIGHTS["feet_clearance"] * env.feet_clearance_error()
+            # Both sums are clipped at 0; a clipped plain reward stays clipped when charged.
+            assert r_with == pytest.approx(max(0.0, r_without + charged), abs=1e-9)
+            charged_while_paid += r_without > 0 and charged < -1e-3
+        assert charged_while_paid >= 3
+        for bad in (-0.01, 0.5, float("nan"), True, "0.1"):
+            with pytest.raises(ValueError, match="swing_height"):
+                LocomotionEnv(swing_height=bad)
+    finally:
+        env.close()
+        plain.close()
+
+
 def test_reset_observation_layout(env):
     env.set_task(make_task(env.family))
     obs, info = env.reset(seed=3)

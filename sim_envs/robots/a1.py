@@ -35,6 +35,8 @@ TRUNK_MASS = 4.713
 #: Friction coefficient of every robot link. Bullet multiplies the two bodies'
 #: coefficients, so with 1.0 here the ground's coefficient is the contact friction.
 LINK_FRICTION = 1.0
+#: Radius (m) of each foot's collision sphere in the URDF.
+FOOT_RADIUS = 0.02
 # Gains of PyBullet's position motor (dimensionless): the motor's velocity target is
 # POSITION_GAIN * position error / dt, reached within the torque limit.
 POSITION_GAIN = 0.1
@@ -79,7 +81,7 @@ class A1:
             raise ValueError(f"a1.urdf lacks the joints {missing}")
         #: PyBullet joint indices of the 12 actuated joints, in :data:`STANDING_POSE` order.
         self.joint_ids: list[int] = [by_name[n][0] for n in names]
-        #: Link indices of the four feet (spheres of radius 0.02 m), FR, FL, RR, RL.
+        #: Link indices of the four feet (spheres of radius FOOT_RADIUS), FR, FL, RR, RL.
         self.foot_ids: list[int] = [toes[f"{leg}_toe"] for leg in _LEGS]
         #: Link indices of the thighs and calves (a link's index is its joint's).
         self.leg_link_ids: frozenset[int] = frozenset(
@@ -163,6 +165,13 @@ class A1:
                                          physicsClientId=self._client_id)
         q, qd, _, tau = zip(*states)
         return np.array(q), np.array(qd), np.array(tau)
+
+    def foot_states(self) -> tuple[np.ndarray, np.ndarray]:
+        """Foot sphere centres (m, world) and their linear velocities (m/s, world), each
+        ``(4, 3)``, legs FR, FL, RR, RL."""
+        states = pybullet.getLinkStates(self.body_id, self.foot_ids, computeLinkVelocity=1,
+                                        physicsClientId=self._client_id)
+        return (np.array([s[0] for s in states]), np.array([s[6] for s in states]))
 
     def base_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Base position (m, world), rotation matrix base->world ``(3, 3)``, linear
