@@ -58,8 +58,9 @@ from bench import baselines
 from bench.common import REPO, command_line, git_head, machine_info, read_json, write_json
 from bench.report import write_report
 from bench.stats import summary_rows
+from deploy.files import atomic_write_bytes
 from metarobot.api import resolve_config
-from metarobot.training.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_run
+from metarobot.training.checkpoint import CHECKPOINT_NAME, load_run
 from metarobot.training.config import (
     RESUME_SAFE_KEYS,
     TrainConfig,

@@ -24,7 +24,10 @@ adaptation (``metadata["adaptation"]``):
   a hidden state it had to reset after a fault is counted in the adaptation column.
 
 Either way it prints mean return and success rate before and after, per task and their
-mean. The gradient-step flags (``--max-kl``, ``--max-update-norm``, ``--trial-episodes``,
+mean; ``--json PATH`` also writes them, each episode's return and the command that made
+them to a JSON file (atomically), so a figure quoted in the docs has its record.
+
+The gradient-step flags (``--max-kl``, ``--max-update-norm``, ``--trial-episodes``,
 ``--worse-margin``) are an error with a memory bundle, which takes no step.
 
 The core runtime never imports torch; this command also imports gymnasium and
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +55,7 @@ import numpy as np
 from deploy.bundle import BundleError, load_bundle, shipped_bundles
 from deploy.controller import GymController
 from deploy.extras import missing_train_module, needs_train_extra
+from deploy.files import atomic_write_bytes
 from deploy.recurrent import RecurrentPolicy
 from deploy.runtime import AdaptivePolicy
 
@@ -122,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(RL2) bundle blocks of E episodes carrying the hidden state")
     adapt.add_argument("--seed", type=_seed, default=0,
                        help="seed of task sampling, env resets and action noise")
+    adapt.add_argument("--json", type=Path, default=None, metavar="PATH",
+                       help="also write the results (per task and episode, their means, "
+                            "the arguments and the bundle's parameter hash) to this JSON "
+                            "file")
     adapt.add_argument("--max-kl", type=_positive_float, default=None,
                        help="gradient bundles: trust region: halve the step until its KL "
                             "is at most this "
@@ -274,7 +283,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
           f"split {args.split}, {args.episodes} episodes before/after, {steps}")
     print(header)
     print("-" * len(header))
-    rows = []
+    rows: list[tuple[float, float, float, float]] = []
+    records: list[dict[str, Any]] = []
     with policy:
         for i, task in enumerate(tasks):
             policy.reset_adaptation()  # a memory bundle: a fresh hidden state
@@ -284,13 +294,48 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 controller, policy, args.episodes, args.adapt_steps)
             row = (np.mean(pre_ret), np.mean(post_ret), np.mean(pre_succ), np.mean(post_succ))
             rows.append(row)
+            records.append({"task_id": task.task_id, "adaptation": status,
+                            "returns_before": pre_ret, "returns_after": post_ret,
+                            "successes_before": pre_succ, "successes_after": post_succ})
             print(f"{task.task_id:<28} {row[0]:>13.2f} {row[1]:>12.2f} {row[2]:>14.2f} "
                   f"{row[3]:>13.2f}  {status}")
     mean = np.mean(rows, axis=0)
     print("-" * len(header))
     print(f"{'mean':<28} {mean[0]:>13.2f} {mean[1]:>12.2f} {mean[2]:>14.2f} {mean[3]:>13.2f}")
     env.close()
+    if args.json is not None:
+        write_results(args, policy, env_id, records, mean)
     return 0
+
+
+def write_results(args: argparse.Namespace, policy: Policy, env_id: str,
+                  records: list[dict[str, Any]], mean: np.ndarray) -> None:
+    """Write ``--json``: the arguments, the bundle (path, family, parameter hash), each
+    task's episodes and status, and the means over tasks (return and success rate before
+    and after).
+
+    Raises:
+        UsageError: the file cannot be written.
+    """
+    results = {
+        "command": "metarobot-deploy " + " ".join(sys.argv[1:]),
+        "bundle": str(policy.bundle.path), "family": policy.bundle.family,
+        "params_sha256": policy.bundle.spec.params.sha256,
+        "adaptation": policy.bundle.adaptation, "env_id": env_id, "split": args.split,
+        "seed": args.seed, "episodes": args.episodes, "adapt_steps": args.adapt_steps,
+        "safety": ({k: v if math.isfinite(v) else str(v)  # e.g. max_kl "inf"
+                    for k, v in dataclasses.asdict(policy.safety).items()}
+                   if isinstance(policy, AdaptivePolicy) else None),
+        "tasks": records,
+        "mean": dict(zip(("return_before", "return_after", "success_before",
+                          "success_after"), (float(m) for m in mean))),
+    }
+    text = json.dumps(results, indent=1, default=float)
+    try:
+        atomic_write_bytes(args.json, lambda f: f.write(text.encode()))
+    except OSError as err:
+        raise UsageError(f"cannot write --json {args.json}: {_one_line(err)}") from err
+    print(f"results: {args.json}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

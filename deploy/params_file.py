@@ -9,13 +9,12 @@ are never used with another bundle. numpy only.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from deploy.bundle import Bundle, BundleError, Layout, params_sha256
+from deploy.files import atomic_write_bytes
 
 PARAMS_FORMAT = "metarobot.params"
 PARAMS_FORMAT_VERSION = 1
@@ -30,15 +29,8 @@ def write_params_file(path: str | Path, params: np.ndarray, bundle: Bundle) -> P
             "layout": bundle.layout.to_dict(),
             "base_params_sha256": bundle.spec.params.sha256,
             "sha256": params_sha256(params)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, params=params, meta=np.asarray(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda f: np.savez(f, params=params,
+                                                meta=np.asarray(json.dumps(meta))))
     return path
 
 

@@ -125,6 +125,35 @@ def test_cli_adapts_a_shipped_bundle_by_name(tmp_path):
     assert lines[-1].startswith("mean")
 
 
+def test_cli_json_records_what_the_table_prints(tmp_path, capsys):
+    """``--json``: each task's episodes, their means (equal to the printed mean row), the
+    arguments and the bundle's parameter hash; an unwritable path is one line, exit 2."""
+    name = "reach" if "reach" in SHIPPED else SHIPPED[0]
+    out = tmp_path / "results" / "adapt.json"
+    args = ["adapt", "--bundle", name, "--tasks", "2", "--episodes", "2", "--seed", "3"]
+    assert cli_main(args + ["--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    record = json.loads(out.read_text())
+    assert [p.name for p in out.parent.iterdir()] == ["adapt.json"]  # no temporary left
+    assert record["family"] == load_bundle(name).family
+    assert record["params_sha256"] == load_bundle(name).spec.params.sha256
+    assert (record["seed"], record["episodes"], record["adapt_steps"]) == (3, 2, 1)
+    assert len(record["tasks"]) == 2
+    for task in record["tasks"]:
+        assert len(task["returns_before"]) == len(task["returns_after"]) == 2
+        assert f"{task['task_id']} " in "\n".join(printed)
+    mean_before = np.mean([np.mean(t["returns_before"]) for t in record["tasks"]])
+    assert record["mean"]["return_before"] == pytest.approx(mean_before)
+    mean_row = next(ln for ln in printed if ln.startswith("mean")).split()[1:]
+    assert [float(v) for v in mean_row] == pytest.approx(
+        [record["mean"][k] for k in ("return_before", "return_after", "success_before",
+                                     "success_after")], abs=0.006)
+    assert cli_main(args + ["--tasks", "1", "--json", str(tmp_path)]) == 2  # a directory
+    err = capsys.readouterr().err
+    assert err.startswith("metarobot-deploy adapt: error: cannot write --json")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_cli_unknown_bundle_name_is_one_line_listing_the_shipped_names(tmp_path, monkeypatch,
                                                                        capsys):
     monkeypatch.chdir(tmp_path)

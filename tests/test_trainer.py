@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.files import atomic_write_bytes
 from metarobot import api
 from metarobot.algos import maml
 from metarobot.cli import main as cli_main
-from metarobot.training.checkpoint import atomic_write_bytes, load_checkpoint
+from metarobot.training.checkpoint import load_checkpoint
 from metarobot.training.config import (
     apply_overrides,
     config_from_dict,

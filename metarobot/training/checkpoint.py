@@ -8,8 +8,6 @@ a kill or a NaN never destroys the last good state (atomic writes).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from deploy.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 #: The checkpoint's file name in a run directory.
@@ -142,21 +142,6 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where} is not a metarobot checkpoint (bad model or "
                              f"algo_state: {type(err).__name__}: {err})") from None
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write a file by ``write(file_object)`` into a temporary file, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def temporary_files(directory: Path, name: str) -> list[Path]:

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from deploy.files import atomic_write_bytes
 from metarobot.core.inner import INNER_ADAPTS, INNER_LOSSES, InnerAdaptName, InnerLossName
 
 #: The values of the string switches (the types of their config keys).
@@ -525,7 +526,5 @@ def load_config(path: str | Path | None = None, family: str | None = None,
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the config as YAML, atomically (a temporary file renamed into place)."""
-    from metarobot.training.checkpoint import atomic_write_bytes
-
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
