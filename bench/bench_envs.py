@@ -1,7 +1,8 @@
 """Environment benchmark: env vs raw physics throughput, reset, task switch, 2 processes.
 
-For every family in ``sim_envs.FAMILY_NAMES`` whose module exists (locomotion twice: flat
-ground and rough heightfield terrain), measured in one run:
+For every family in ``sim_envs.FAMILY_NAMES`` whose module exists (locomotion three times:
+flat ground, rough heightfield terrain, and rough terrain with the height scan and the
+feet-clearance term, ``observe_heights`` and ``swing_height``), measured in one run:
 
 * **env steps/s**: ``gym.make(env_id)`` (with its TimeLimit wrapper) stepped with uniform
   random actions in one process, resets at episode ends included.
@@ -60,10 +61,13 @@ from bench.common import REPO, command_line, machine_info
 
 OUT_DIR = REPO / "bench" / "results" / "envs"
 TARGETS = {"env_over_raw": 0.85, "reset_ms": 1.0, "task_switch_ms": 15.0, "two_procs": 1.7}
-#: Locomotion is measured on two scenes: parameter overrides of a sampled train task.
-SCENES: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "locomotion": [("flat", {"terrain": "flat", "difficulty": 0.0}),
-                   ("rough", {"terrain": "rough", "difficulty": 0.5})],
+#: Locomotion is measured on three scenes: parameter overrides of a sampled train task,
+#: and env options (the perceptive robot's height scan and feet-clearance term).
+SCENES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
+    "locomotion": [("flat", {"terrain": "flat", "difficulty": 0.0}, {}),
+                   ("rough", {"terrain": "rough", "difficulty": 0.5}, {}),
+                   ("rough-scan-clearance", {"terrain": "rough", "difficulty": 0.5},
+                    {"observe_heights": True, "swing_height": 0.1})],
 }
 DEFAULT_PANDAGYM_VENV = Path("/tmp/pandagym-venv")
 
@@ -71,14 +75,15 @@ DEFAULT_PANDAGYM_VENV = Path("/tmp/pandagym-venv")
 # ----------------------------------------------------------------------------- cases
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One benchmarked scene: a family and optional task-parameter overrides."""
+    """One benchmarked scene: a family, optional task-parameter overrides and env options."""
 
     name: str
     family: str
     overrides: tuple[tuple[str, Any], ...] = ()
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def make_env(self) -> gym.Env:
-        env = gym.make(sim_envs.env_id(self.family))
+        env = gym.make(sim_envs.env_id(self.family), **dict(self.env_kwargs))
         unwrapped = env.unwrapped
         task = unwrapped.sample_tasks(1, "train", seed=0)[0]
         if self.overrides:
@@ -104,8 +109,9 @@ def all_cases(families: list[str]) -> tuple[list[Case], list[str]]:
         if scenes is None:
             cases.append(Case(family, family))
         else:
-            cases += [Case(f"{family}-{scene}", family, tuple(overrides.items()))
-                      for scene, overrides in scenes]
+            cases += [Case(f"{family}-{scene}", family, tuple(overrides.items()),
+                           tuple(env_kwargs.items()))
+                      for scene, overrides, env_kwargs in scenes]
     return cases, missing
 
 

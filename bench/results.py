@@ -69,6 +69,7 @@ from metarobot.training.config import (
 )
 from metarobot.training.evaluate import evaluate_policy, load_trained_policy
 from metarobot.training.runlog import read_log
+from metarobot.training.trainer import TrainingStopped
 from sim_envs.registry import FAMILY_NAMES
 
 DEFAULT_OUT = REPO / "bench" / "results" / "meta"
@@ -459,7 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     readme = DEFAULT_README if args.report == DEFAULT_REPORT else None
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(args, seed)
+            try:
+                run_seed(args, seed)
+            except TrainingStopped as stop:  # SIGTERM/SIGINT: checkpoint saved, resumable
+                raise SystemExit(f"{stop}; or rerun this command, which resumes "
+                                 "from it") from None
             regenerate_report(args, readme)
     regenerate_report(args, readme)
 
