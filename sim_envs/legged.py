@@ -26,7 +26,10 @@ after 200 steps (4 s, TimeLimit truncation).
 
 **Action**: 12 values in [-1, 1], joint position targets
 ``STANDING_POSE + ACTION_SCALE * action`` with ``ACTION_SCALE`` 0.2 rad (hip), 0.4 rad
-(thigh, calf), tracked by torque-limited position motors.
+(thigh, calf), tracked by torque-limited position motors. ``action_scale_factor``
+multiplies ``ACTION_SCALE``: with the trunk held, the default lets a foot rise at most
+10 cm above its standing position, a factor of 2 about 21 cm (the targets then span the
+calf's URDF range, which allows up to about 2.2).
 
 **Gait generator** (``gait_generator=True``): the action is added to a trot in place,
 as in the policies that modulate a periodic trajectory generator (Iscen et al. 2018,
@@ -148,6 +151,8 @@ class LeggedEnv(MetaEnv):
         render_mode: ``None`` or ``"rgb_array"`` (camera follows the robot).
         gait_generator: add the action to a trot in place and append the gait phase's
             sin and cos to the observation.
+        action_scale_factor: factor on ``ACTION_SCALE`` (module docstring), up to about
+            2.2 (the URDF joint limits).
     """
 
     camera = ((0.0, 0.0, 0.2), 1.3, 40.0, -22.0)
@@ -157,10 +162,11 @@ class LeggedEnv(MetaEnv):
     task_obs_size = 0
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
-                 gait_generator: bool = False) -> None:
+                 gait_generator: bool = False, action_scale_factor: float = 1.0) -> None:
         if not isinstance(gait_generator, bool):
             raise ValueError(f"gait_generator must be a bool, got {gait_generator!r}")
         self.gait_generator = gait_generator
+        self.action_scale_factor = action_scale_factor  # checked by A1 in _build_scene
         size = OBS_PROPRIO + self.task_obs_size + (OBS_GAIT if gait_generator else 0)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(NUM_JOINTS,), dtype=np.float32)
@@ -197,7 +203,8 @@ class LeggedEnv(MetaEnv):
         c.setGravity(0.0, 0.0, -GRAVITY)
         c.setTimeStep(PHYSICS_DT)
         self.terrain = Terrain(c)
-        self.robot = A1(c, SPAWN_POSITION, visual=self.render_mode is not None)
+        self.robot = A1(c, SPAWN_POSITION, visual=self.render_mode is not None,
+                        action_scale_factor=self.action_scale_factor)
         self._prev_action = np.zeros(NUM_JOINTS)
         self._phase = 0.0
         self._payload_offset = np.zeros(3)  # payload position, trunk frame (m)

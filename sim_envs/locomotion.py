@@ -311,6 +311,8 @@ class LocomotionEnv(LeggedEnv):
             module docstring).
         swing_height: target foot clearance (m) of the feet-clearance reward term; 0 (the
             default) leaves the term out.
+        action_scale_factor: factor on the joint offset of an action of 1
+            (:mod:`sim_envs.legged`; up to about 2.2).
     """
 
     family_type = LocomotionFamily
@@ -318,7 +320,8 @@ class LocomotionEnv(LeggedEnv):
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  gait_generator: bool = False,
                  command_sampling: CommandSampling = "episode",
-                 observe_heights: bool = False, swing_height: float = 0.0) -> None:
+                 observe_heights: bool = False, swing_height: float = 0.0,
+                 action_scale_factor: float = 1.0) -> None:
         if command_sampling not in COMMAND_SAMPLINGS:
             raise ValueError(f"command_sampling must be one of {list(COMMAND_SAMPLINGS)}, "
                              f"got {command_sampling!r}")
@@ -332,7 +335,8 @@ class LocomotionEnv(LeggedEnv):
         self.command_sampling = command_sampling
         self.observe_heights = observe_heights
         self.task_obs_size = 3 + (len(_SCAN_GRID) if observe_heights else 0)
-        super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
+        super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator,
+                         action_scale_factor=action_scale_factor)
 
     def dynamics_of(self, task: Task) -> Dynamics:
         return task.params.dynamics()  # type: ignore[attr-defined]

@@ -130,13 +130,16 @@ class WalkEnv(LeggedEnv):
             world-x velocity, 1 value, constant); see the module docstring.
         observe_yaw: append ``cos(yaw), sin(yaw)`` of the base as the observation's last
             2 values (after the command and the gait phase).
+        action_scale_factor: factor on the joint offset of an action of 1
+            (:mod:`sim_envs.legged`; up to about 2.2).
     """
 
     family_type = WalkFamily
 
     def __init__(self, task: Task | None = None, render_mode: str | None = None,
                  gait_generator: bool = False, observe_command: bool = False,
-                 command_frame: str = "base", observe_yaw: bool = False) -> None:
+                 command_frame: str = "base", observe_yaw: bool = False,
+                 action_scale_factor: float = 1.0) -> None:
         for name, flag in (("observe_command", observe_command), ("observe_yaw", observe_yaw)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be a bool, got {flag!r}")
@@ -148,7 +151,8 @@ class WalkEnv(LeggedEnv):
         self.observe_yaw = observe_yaw
         command_size = 0 if not observe_command else 2 if command_frame == "base" else 1
         self.task_obs_size = command_size + (2 if observe_yaw else 0)
-        super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator)
+        super().__init__(task=task, render_mode=render_mode, gait_generator=gait_generator,
+                         action_scale_factor=action_scale_factor)
 
     def dynamics_of(self, task: Task) -> Dynamics:
         p: WalkParams = task.params  # type: ignore[assignment]

@@ -10,6 +10,7 @@ import numpy as np
 import pybullet
 import pytest
 from envtools import trace
+from pybullet_utils.bullet_client import BulletClient
 
 import sim_envs  # noqa: F401  (registers the gymnasium ids)
 from sim_envs.legged import (
@@ -36,7 +37,7 @@ from sim_envs.locomotion import (
     held_out_factors,
     task_command,
 )
-from sim_envs.robots.a1 import ACTION_SCALE, STANDING_POSE, TRUNK_MASS
+from sim_envs.robots.a1 import A1, ACTION_SCALE, STANDING_POSE, TRUNK_MASS
 from sim_envs.terrain import (
     HEIGHT_LIMIT,
     PLATFORM_HALF_WIDTH,
@@ -279,6 +280,40 @@ def test_the_feet_clearance_term_charges_low_moving_feet_only():
     finally:
         env.close()
         plain.close()
+
+
+def test_the_action_scale_bounds_how_high_a_foot_can_rise():
+    """With the trunk held, the default action scale lets a front foot rise at most 10 cm
+    above its standing position, below every held-out stairs step (19-23 cm); a factor of 2
+    lets it rise 20 cm. Factors the joint limits do not allow are refused."""
+    client = BulletClient(pybullet.DIRECT)
+    try:
+        lifts = {}
+        for factor in (1.0, 2.0):
+            robot = A1(client, (0.0, 0.0, 1.0), visual=False, action_scale_factor=factor)
+            robot.reset_pose((0.0, 0.0, 1.0), STANDING_POSE)
+            standing = robot.foot_states()[0][0, 2]
+            best = -1.0
+            for thigh in np.linspace(-1, 1, 21):
+                for calf in np.linspace(-1, 1, 21):
+                    action = np.zeros(12)
+                    action[1:3] = thigh, calf  # the FR leg
+                    robot.reset_pose((0.0, 0.0, 1.0), robot.action_to_targets(action))
+                    best = max(best, robot.foot_states()[0][0, 2] - standing)
+            lifts[factor] = best
+        assert 0.095 < lifts[1.0] < 0.105
+        assert lifts[2.0] > 0.20
+        for bad in (2.3, 0.0, -1.0, float("nan"), True):
+            with pytest.raises(ValueError, match="action_scale_factor"):
+                A1(client, visual=False, action_scale_factor=bad)
+    finally:
+        client.disconnect()
+    env = LocomotionEnv(action_scale_factor=2.0)
+    try:
+        np.testing.assert_allclose(env.robot.action_to_targets(np.ones(12)),
+                                   STANDING_POSE + 2.0 * ACTION_SCALE)
+    finally:
+        env.close()
 
 
 def test_reset_observation_layout(env):

@@ -55,11 +55,13 @@ class A1:
         client: the PyBullet client to load into.
         base_position: initial base position (m, world frame).
         visual: load the visual meshes (needed only to render; the physics is the same).
+        action_scale_factor: factor on :data:`ACTION_SCALE` (``> 0``; the targets must stay
+            within the URDF joint limits, which allow up to about 2.2).
     """
 
     def __init__(self, client: BulletClient,
                  base_position: tuple[float, float, float] = (0.0, 0.0, STANDING_HEIGHT),
-                 visual: bool = True) -> None:
+                 visual: bool = True, action_scale_factor: float = 1.0) -> None:
         self.client = client
         # Per-step calls go to pybullet directly: BulletClient's attribute lookup builds a
         # functools.partial on every call.
@@ -88,9 +90,20 @@ class A1:
             by_name[f"{leg}_{part}_joint"][0] for leg in _LEGS for part in ("upper", "lower"))
         self.joint_lower = np.array([by_name[n][8] for n in names])
         self.joint_upper = np.array([by_name[n][9] for n in names])
-        if np.any(STANDING_POSE - ACTION_SCALE < self.joint_lower) or np.any(
-                STANDING_POSE + ACTION_SCALE > self.joint_upper):
-            raise ValueError("STANDING_POSE ± ACTION_SCALE exceeds the URDF joint limits")
+        if (isinstance(action_scale_factor, bool)
+                or not isinstance(action_scale_factor, (int, float))
+                or not action_scale_factor > 0.0):
+            raise ValueError(f"action_scale_factor must be a number > 0, "
+                             f"got {action_scale_factor!r}")
+        #: Joint target offset (rad) of an action of +1: ``ACTION_SCALE x factor``.
+        self.action_scale = ACTION_SCALE * float(action_scale_factor)
+        if np.any(STANDING_POSE - self.action_scale < self.joint_lower) or np.any(
+                STANDING_POSE + self.action_scale > self.joint_upper):
+            limit = float(np.min(np.minimum(STANDING_POSE - self.joint_lower,
+                                            self.joint_upper - STANDING_POSE) / ACTION_SCALE))
+            raise ValueError(f"action_scale_factor {action_scale_factor!r}: STANDING_POSE ± "
+                             f"the action scale exceeds the URDF joint limits (at most "
+                             f"{limit:.3f})")
         #: URDF torque limits (N·m) of the 12 joints.
         self.effort_limits = np.array([by_name[n][10] for n in names])
         self._max_forces = self.effort_limits.tolist()
@@ -146,7 +159,7 @@ class A1:
         No clipping needed: the constructor checked that every such target lies within
         the URDF joint limits.
         """
-        return STANDING_POSE + ACTION_SCALE * action
+        return STANDING_POSE + self.action_scale * action
 
     def command_positions(self, targets: np.ndarray) -> None:
         """Send joint position targets (rad, shape ``(12,)``) to the 12 position motors."""
