@@ -33,14 +33,12 @@ from bench.videos import record_episode
 from metarobot.training.evaluate import load_trained_policy
 from sim_envs.locomotion import LocomotionParams
 from sim_envs.registry import env_id, make_family
+from sim_envs.robots.a1 import FOOT_RADIUS
 from sim_envs.terrain import CELL_SIZE, NUM_CELLS, step_height, terrain_heights
 
-DEFAULT_CASES = ("flat:0", "stairs:0", "stairs:0.2", "stairs:0.4", "stairs:0.6", "rough:0.5",
-                 "slopes:0.5", "obstacles:0.5")
-
-
-#: Radius (m) of the A1's spherical feet: a foot's height is its centre's minus this.
-FOOT_RADIUS = 0.02
+#: Stairs up to 0.8 are training difficulties (5-19.4 cm steps), 1 a held-out one (23 cm).
+DEFAULT_CASES = ("flat:0", "stairs:0", "stairs:0.2", "stairs:0.4", "stairs:0.6", "stairs:0.8",
+                 "stairs:1", "rough:0.5", "slopes:0.5", "obstacles:0.5")
 
 
 def goes_up(terrain: str, difficulty: float, seed: int) -> bool | None:
@@ -56,8 +54,7 @@ def feet_recorder(feet: list[list[float]]) -> Callable[[Any], None]:
     """A step callback appending the four feet's heights (m, flat ground) to ``feet``."""
     def record(env: Any) -> None:
         robot = env.unwrapped.robot
-        feet.append([robot.client.getLinkState(robot.body_id, f)[0][2] - FOOT_RADIUS
-                     for f in robot.foot_ids])
+        feet.append(list(robot.foot_states()[0][:, 2] - FOOT_RADIUS))
     return record
 
 
