@@ -233,13 +233,13 @@ def test_run_directories_that_cannot_be_made_are_one_line(tmp_path, capsys, wher
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"),
                                           (errno.EACCES, "Permission denied")])
 def test_unwritable_run_directories_are_one_line(tmp_path, capsys, monkeypatch, code, reason):
-    from metarobot.training import checkpoint
+    from deploy import files
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(code, reason, kwargs.get("dir"))
 
     # Root ignores permission bits, so the mount's refusal is simulated at the write.
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     assert cli_main(train_args(tmp_path / "run")) == 2
     assert reason in one_line_error(capsys)
 
