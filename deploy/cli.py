@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -318,7 +319,7 @@ def write_results(args: argparse.Namespace, policy: Policy, env_id: str,
         UsageError: the file cannot be written.
     """
     results = {
-        "command": "metarobot-deploy " + " ".join(sys.argv[1:]),
+        "command": "metarobot-deploy " + shlex.join(args.argv),
         "bundle": str(policy.bundle.path), "family": policy.bundle.family,
         "params_sha256": policy.bundle.spec.params.sha256,
         "adaptation": policy.bundle.adaptation, "env_id": env_id, "split": args.split,
@@ -342,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``metarobot-deploy``; returns the process exit status (2: a
     failure the user caused, printed as one line)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by --json
     try:
         if args.command == "adapt":
             return cmd_adapt(args)

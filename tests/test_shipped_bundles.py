@@ -134,6 +134,7 @@ def test_cli_json_records_what_the_table_prints(tmp_path, capsys):
     assert cli_main(args + ["--json", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     record = json.loads(out.read_text())
+    assert record["command"] == "metarobot-deploy " + " ".join(args + ["--json", str(out)])
     assert [p.name for p in out.parent.iterdir()] == ["adapt.json"]  # no temporary left
     assert record["family"] == load_bundle(name).family
     assert record["params_sha256"] == load_bundle(name).spec.params.sha256
